@@ -1,0 +1,51 @@
+# kdbench — `make run` (quickstart) and `make test` set everything up on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-slow lint sweep table bench models reproduce-hinton clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install kdbench with pinned versions (constraints.txt)
+
+run: $(STAMP) ## quickstart: teacher + KD ablation on the embedded digits data, offline, CPU (ARGS= for overrides)
+	$(PY) -m kdbench.quickstart $(ARGS)
+
+test: $(STAMP) ## the fast test suite (slow tests excluded)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP) ## only the slow tests (kill/resume, DDP, CIFAR slice, long sweeps)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check kdbench tests
+
+sweep: $(STAMP) ## run an ablation grid: default experiment=mnist_ablation; ARGS="experiment=... hydra/launcher=joblib"
+	$(PY) -m kdbench.sweep $(ARGS)
+
+table: $(STAMP) ## rebuild tables and plots from run records: ARGS="--experiment mnist_ablation"
+	$(PY) -m kdbench.report $(ARGS)
+
+bench: $(STAMP) ## benchmarks that print tables (loss, data pipeline, training step)
+	$(PY) -m kdbench.bench $(ARGS)
+
+models: $(STAMP) ## every model's parameters and MACs
+	$(PY) -m kdbench.cli models $(ARGS)
+
+reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST table into results/hinton_mnist/
+	$(PY) -m kdbench.sweep experiment=hinton_mnist $(ARGS)
+
+clean: ## remove the virtualenv, caches and Hydra outputs (keeps results/)
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache wandb
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,139 @@
+"""Config validation: every bad value is rejected before any work, with one line naming the key."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import ConfigError
+from kdbench.losses import KL_DIRECTIONS, KL_REDUCTIONS
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
+AUGMENTS = ("none", "default", "crop_flip", "flip", "jitter")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
+WANDB_MODES = ("offline", "online", "disabled")
+#: the classes of each named dataset (imagefolder: known only once loaded)
+DATASET_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if node is None or not hasattr(node, "get"):
+            return default
+        node = node.get(part, default)
+    return node
+
+
+def _number(cfg, key: str) -> float:
+    v = _get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(key, f"must be a number, got {v!r}")
+    return float(v)
+
+
+def _positive_int(cfg, key: str, allow_zero: bool = False) -> int:
+    v = _get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(key, f"must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+    return v
+
+
+def _choice(cfg, key: str, allowed) -> str:
+    v = _get(cfg, key)
+    if v not in allowed:
+        raise ConfigError(key, f"unknown value {v!r}; allowed: {', '.join(map(str, allowed))}")
+    return v
+
+
+def validate_distill(cfg) -> None:
+    alpha = _number(cfg, "distill.alpha")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError("distill.alpha", f"must be in [0, 1], got {alpha:g}")
+    tau = _number(cfg, "distill.tau")
+    if not tau > 0:
+        raise ConfigError("distill.tau", f"must be > 0, got {tau:g}")
+    _choice(cfg, "distill.kl", KL_DIRECTIONS)
+    _choice(cfg, "distill.kl_reduction", KL_REDUCTIONS)
+    for key in ("enabled", "tau_squared", "student_tau_one", "teacher_train_mode", "teacher_grad"):
+        if not isinstance(_get(cfg, f"distill.{key}"), bool):
+            raise ConfigError(f"distill.{key}", f"must be true or false, got {_get(cfg, f'distill.{key}')!r}")
+
+
+def validate_optim(cfg, prefix: str) -> None:
+    _choice(cfg, f"{prefix}optim.name", OPTIMIZERS)
+    lr = _number(cfg, f"{prefix}optim.lr")
+    if lr < 0:
+        raise ConfigError(f"{prefix}optim.lr", f"must be >= 0, got {lr:g}")
+    _choice(cfg, f"{prefix}sched.name", SCHEDULERS)
+    if _get(cfg, f"{prefix}sched.name") == "multistep":
+        ms = _get(cfg, f"{prefix}sched.milestones")
+        if ms is None or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in ms):
+            raise ConfigError(f"{prefix}sched.milestones", f"must be a list of non-negative epochs, got {ms!r}")
+
+
+def validate(cfg) -> None:
+    """Check everything that can be checked without loading data or weights."""
+    from kdbench.data import dataset_names
+    from kdbench.models import model_names
+
+    validate_distill(cfg)
+    ds = _get(cfg, "dataset.name")
+    if ds not in dataset_names():
+        raise ConfigError("dataset.name", f"unknown dataset {ds!r}; valid: {', '.join(dataset_names())}")
+    models = model_names()
+    if _get(cfg, "student.arch") not in models:
+        raise ConfigError("student.arch", f"unknown model {_get(cfg, 'student.arch')!r}; valid: {', '.join(models)}")
+    if _get(cfg, "distill.enabled") and _get(cfg, "teacher.arch") not in models + ["oracle"]:
+        raise ConfigError("teacher.arch", f"unknown model {_get(cfg, 'teacher.arch')!r}; valid: oracle, "
+                                          f"{', '.join(models)}")
+    if _get(cfg, "teacher.arch") == "oracle" and _get(cfg, "distill.enabled") and ds != "synthetic":
+        raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic")
+    _positive_int(cfg, "trainer.max_epochs")
+    _positive_int(cfg, "dataset.batch_size")
+    _positive_int(cfg, "dataset.eval_batch_size")
+    _choice(cfg, "dataset.augment", AUGMENTS)
+    vs = _get(cfg, "dataset.val_size", 0)
+    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or vs < 0:
+        raise ConfigError("dataset.val_size", f"must be >= 0 (an int count or a fraction < 1), got {vs!r}")
+    for key in ("train_subset", "test_subset"):
+        if _get(cfg, f"dataset.{key}") is not None:
+            _positive_int(cfg, f"dataset.{key}")
+    if not isinstance(_get(cfg, "seed"), int) or isinstance(_get(cfg, "seed"), bool):
+        raise ConfigError("seed", f"must be an integer, got {_get(cfg, 'seed')!r}")
+    _choice(cfg, "trainer.precision", PRECISIONS)
+    validate_optim(cfg, "")
+    if _get(cfg, "distill.enabled") and _get(cfg, "teacher.arch") != "oracle":
+        _positive_int(cfg, "teacher.recipe.epochs")
+        _positive_int(cfg, "teacher.recipe.batch_size")
+        validate_optim(cfg, "teacher.recipe.")
+    for k in ("student.kwargs", "teacher.kwargs"):
+        v = _get(cfg, k)
+        if v is not None and not hasattr(v, "keys"):
+            raise ConfigError(k, f"must be a mapping of model arguments, got {v!r}")
+    logger = _get(cfg, "logger") or {}
+    if "wandb" in logger:
+        _choice(cfg, "logger.wandb.mode", WANDB_MODES)
+    check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
+
+
+def check_writable(path: str, key: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable directory."""
+    p = Path(path).absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{p} is not writable (nearest existing folder: {probe})")
+
+
+def check_class_counts(dataset_classes: int, cfg) -> None:
+    """Student (and teacher) heads are built for the dataset's class count; explicit overrides must agree."""
+    for who in ("student", "teacher"):
+        n = _get(cfg, f"{who}.num_classes")
+        if n is not None and int(n) != dataset_classes and (who == "student" or _get(cfg, "distill.enabled")):
+            raise ConfigError(f"{who}.num_classes", f"is {n}, but dataset {_get(cfg, 'dataset.name')!r} has "
+                                                   f"{dataset_classes} classes")

@@ -1,0 +1,125 @@
+"""TensorData (a dataset held in memory) and TensorLoader (shuffled, augmented batches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kdbench.data import augment as aug
+
+
+@dataclass
+class TensorData:
+    """A whole dataset as tensors.
+
+    ``*_x`` are uint8 images ``[N, C, H, W]`` (scaled by 1/255 then normalised with ``mean``/``std``
+    per channel when batched) or float32 features ``[N, D]`` (normalised the same way, per feature
+    or with scalars). Labels are int64 in ``[0, num_classes)``.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    #: which batch augmentation suits this data: "none", "crop_flip" or "jitter"
+    default_augment: str = "none"
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    #: provenance for records and teacher keys (root, files, sizes...)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.train_x.dtype == torch.uint8
+
+
+def split_train_val(data: TensorData, val_size: int | float, seed: int = 0) -> TensorData:
+    """Hold out ``val_size`` training examples (an int, or a fraction) as the validation set.
+
+    The split depends only on ``seed`` and the data, so every run with the same split seed sees the
+    same validation set. ``val_size=0`` leaves ``val_x`` unset (callers then validate on test).
+    """
+    n = data.train_x.shape[0]
+    k = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if k <= 0:
+        return data
+    if k >= n:
+        raise ValueError(f"val_size {val_size} leaves no training data (train has {n} examples)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:k].sort().values, perm[k:].sort().values
+    return TensorData(
+        name=data.name, train_x=data.train_x[train_idx], train_y=data.train_y[train_idx],
+        test_x=data.test_x, test_y=data.test_y, num_classes=data.num_classes, mean=data.mean, std=data.std,
+        default_augment=data.default_augment, val_x=data.train_x[val_idx], val_y=data.train_y[val_idx],
+        class_names=data.class_names, info={**data.info, "val_size": k, "val_seed": seed},
+    )
+
+
+class TensorLoader:
+    """Iterate ``(x, y, idx)`` batches from in-memory tensors: shuffled, augmented, normalised.
+
+    The tensors stay where they are (move them to the GPU once with :meth:`to`); each epoch draws a
+    permutation from a generator seeded by ``seed + epoch``, so an epoch's batches are a pure function
+    of (seed, epoch) and a resumed run sees the same order as an uninterrupted one. ``idx`` are the
+    dataset indices of the batch (used to align cached teacher outputs).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                 augment: str = "none", mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False):
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.augment = augment
+        self.channels_last = channels_last
+        self.epoch = 0
+        self._set_norm(mean, std)
+
+    def _set_norm(self, mean, std) -> None:
+        shape = (1, -1, 1, 1) if self.x.dim() == 4 else (1, -1)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.x.device).reshape(shape)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.x.device).reshape(shape)
+
+    def to(self, device: torch.device | str) -> TensorLoader:
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = self.x.shape[0]
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)
+        aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        aug_gen = torch.Generator(device=self.x.device).manual_seed(aug_seed)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            xb = self.x[idx]
+            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+            if self.augment != "none":
+                xb = aug.apply(self.augment, xb, aug_gen)
+            xb = (xb - self.mean) / self.std
+            if self.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx], idx
+        if self.shuffle:
+            self.epoch += 1

@@ -1,0 +1,235 @@
+"""DistillModule: the LightningModule that ties a student, a frozen teacher, the KD loss and metrics.
+
+The teacher is registered as a submodule (so it moves with the module and lands in checkpoints),
+but :meth:`train` keeps it in eval mode: Lightning calls ``.train()`` on the whole module at the
+start of every epoch, which would otherwise switch the teacher's BatchNorm/dropout to training
+behaviour. Keeping it in train mode is a named ablation (``teacher_train_mode``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+
+from kdbench.errors import DivergedError
+from kdbench.losses import kd_loss_terms
+from kdbench.metrics import ClassificationMetrics
+
+
+@dataclass
+class LossSpec:
+    """The KD loss and its ablation switches (see ``conf/distill/``)."""
+
+    alpha: float = 1.0
+    tau: float = 1.0
+    kl: str = "forward"
+    tau_squared: bool = True
+    kl_reduction: str = "sum"
+    student_tau_one: bool = False
+    teacher_train_mode: bool = False
+    teacher_grad: bool = False
+
+
+@dataclass
+class OptimSpec:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class SchedSpec:
+    name: str = "none"  # none | multistep | cosine | onecycle
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    pct_start: float = 0.25
+    warmup_epochs: int = 0
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
+
+
+class DistillModule(pl.LightningModule):
+    """Train ``student`` on ``alpha*CE + (1-alpha)*w*KL(teacher || student)``; ``teacher=None`` is plain CE."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, num_classes: int,
+                 loss: LossSpec, optim: OptimSpec, sched: SchedSpec, check_finite_every: int = 1):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.loss_spec, self.optim_spec, self.sched_spec = loss, optim, sched
+        self.num_classes = num_classes
+        self.check_finite_every = max(1, int(check_finite_every))
+        if teacher is not None:
+            teacher.requires_grad_(loss.teacher_grad)
+            teacher.train(loss.teacher_train_mode)
+        with_t = teacher is not None
+        self.val_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
+        self.test_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
+        self.teacher_test_metrics = ClassificationMetrics(num_classes) if with_t else None
+        self.history: list[dict] = []
+        self._train_loss_sum: torch.Tensor | None = None
+        self._train_batches = 0
+        self._first_bad_step: torch.Tensor | None = None
+        self.last_test: dict[str, float] = {}
+        self.last_teacher_test: dict[str, float] = {}
+        self.last_reliability: dict = {}
+        self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "sched": asdict(sched),
+                                   "num_classes": num_classes}, ignore=["student", "teacher"])
+
+    # ---- teacher handling -------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None and not self.loss_spec.teacher_train_mode:
+            self.teacher.eval()
+        return self
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        if self.loss_spec.teacher_grad:
+            return self.teacher(x)
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        s = self.student(x)
+        t = self.teacher_logits(x)
+        ls = self.loss_spec
+        terms = kd_loss_terms(
+            s, t, y, alpha=ls.alpha if t is not None else 1.0, tau=ls.tau, kl=ls.kl, tau_squared=ls.tau_squared,
+            kl_reduction=ls.kl_reduction, student_tau_one=ls.student_tau_one, detach_teacher=not ls.teacher_grad)
+        loss = terms["loss"]
+        self._watch_finite(loss, s)
+        detached = loss.detach()
+        self._train_loss_sum = detached if self._train_loss_sum is None else self._train_loss_sum + detached
+        self._train_batches += 1
+        return loss
+
+    def _watch_finite(self, loss: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record the first step whose loss or logits are not finite; check on the host every few steps.
+
+        The flag stays on the device, so on a GPU the host syncs only every ``check_finite_every`` steps.
+        """
+        step = self.global_step
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(logits.detach()).all())
+        step_t = torch.tensor(step, device=loss.device)
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.tensor(-1, device=loss.device)
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step_t, self._first_bad_step)
+        if (step + 1) % self.check_finite_every == 0:
+            self._raise_if_bad()
+
+    def _raise_if_bad(self) -> None:
+        if self._first_bad_step is not None:
+            first = int(self._first_bad_step)
+            if first >= 0:
+                raise DivergedError(first, "the loss or the student logits")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        apply = getattr(self.student, "apply_max_norm", None)
+        if callable(apply):
+            apply()
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_bad()
+        mean = float(self._train_loss_sum / max(1, self._train_batches)) if self._train_loss_sum is not None \
+            else math.nan
+        self.log("train/loss", mean, prog_bar=True)
+        self._pending_train_loss = mean
+        self._train_loss_sum, self._train_batches = None, 0
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.val_metrics.update(self.student(x), y, self.teacher_logits(x))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        m = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in m.items()}, prog_bar=False)
+        self.log("val/acc", m["acc"], prog_bar=True)
+        row = {"epoch": self.current_epoch, "train_loss": getattr(self, "_pending_train_loss", math.nan)}
+        row.update({f"val_{k}": v for k, v in m.items()})
+        row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else math.nan
+        self.history.append(row)
+
+    def test_step(self, batch, batch_idx):
+        x, y, _ = batch
+        t = self.teacher_logits(x)
+        self.test_metrics.update(self.student(x), y, t)
+        if self.teacher_test_metrics is not None and t is not None:
+            self.teacher_test_metrics.update(t, y)
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test = self.test_metrics.compute()
+        self.last_reliability = self.test_metrics.reliability()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v for k, v in self.last_test.items()})
+        if self.teacher_test_metrics is not None:
+            self.last_teacher_test = self.teacher_test_metrics.compute()
+            self.teacher_test_metrics.reset()
+
+    # ---- checkpoints keep the history (resumption) -------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kdbench_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("kdbench_history", []))
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = list(self.student.parameters())
+        if self.teacher is not None and self.loss_spec.teacher_grad:
+            params += list(self.teacher.parameters())
+        o = self.optim_spec
+        if o.name == "sgd":
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                  nesterov=o.nesterov)
+        elif o.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        else:
+            raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
+        s = self.sched_spec
+        epochs = self.trainer.max_epochs
+        steps_per_epoch = max(1, self.trainer.num_training_batches) if self.trainer.num_training_batches != \
+            float("inf") else 1
+        total = max(1, epochs * steps_per_epoch)
+        warm = int(s.warmup_epochs * steps_per_epoch)
+        if s.name == "none":
+            return opt
+        if s.name == "multistep":
+            # milestones are epochs; stepped per optimisation step so warm-up composes
+            milestones = [int(m) * steps_per_epoch for m in s.milestones]
+            fn = lambda step: s.gamma ** sum(step >= m for m in milestones)  # noqa: E731
+        elif s.name == "cosine":
+            ratio = s.min_lr / o.lr if o.lr else 0.0
+            fn = lambda step: ratio + (1 - ratio) * 0.5 * (  # noqa: E731
+                1 + math.cos(math.pi * min(1.0, max(0, step - warm) / max(1, total - warm))))
+        elif s.name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=s.pct_start)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        else:
+            raise ValueError(f"sched.name: unknown scheduler {s.name!r}; valid: {', '.join(SCHEDULERS)}")
+        if warm > 0:
+            base = fn
+            fn = lambda step: base(step) * min(1.0, (step + 1) / warm)  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

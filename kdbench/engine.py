@@ -1,0 +1,153 @@
+"""Fit and test a DistillModule on in-memory data with a Lightning Trainer.
+
+Used for both teacher training (no teacher, alpha=1) and student distillation, so both get the
+same loaders, precision policy, checkpoints and resumption.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from kdbench.data import TensorData, TensorLoader
+from kdbench.distill import DistillModule
+
+
+@dataclass
+class FitSpec:
+    """How to run one training job (the parts of ``trainer`` and ``dataset`` config that matter)."""
+
+    max_epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    augment: str = "none"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    deterministic: bool | str = True
+    channels_last: bool | str = "auto"
+    progress: bool = True
+    seed: int = 0
+    limit_train_batches: int | float | None = None
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 50
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """bf16 autocast on GPUs (the loss itself runs in float32 inside kd_loss), full float32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+
+
+class _EpochSync(Callback):
+    """Keep the in-memory loaders on the module's device and their shuffling keyed to the epoch."""
+
+    def __init__(self, loaders: list[TensorLoader], train_loader: TensorLoader):
+        self.loaders, self.train_loader = loaders, train_loader
+
+    def setup(self, trainer, pl_module, stage):
+        dev = pl_module.device if pl_module.device.type != "cpu" else trainer.strategy.root_device
+        if dev.type != "cpu":
+            for ld in self.loaders:
+                ld.to(dev)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.train_loader.set_epoch(trainer.current_epoch)
+
+
+def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    aug = data.default_augment if spec.augment in ("default", None) else spec.augment
+    common = dict(mean=data.mean, std=data.std, channels_last=channels_last)
+    train = TensorLoader(data.train_x, data.train_y, spec.batch_size, shuffle=True, augment=aug, seed=spec.seed,
+                         **common)
+    vx, vy = (data.val_x, data.val_y) if data.val_x is not None else (data.test_x, data.test_y)
+    val = TensorLoader(vx, vy, spec.eval_batch_size, **common)
+    test = TensorLoader(data.test_x, data.test_y, spec.eval_batch_size, **common)
+    return train, val, test
+
+
+def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: list | None = None) -> pl.Trainer:
+    acc = resolve_accelerator(spec.accelerator)
+    kw = dict(
+        max_epochs=spec.max_epochs, accelerator=acc, devices=spec.devices, strategy=spec.strategy,
+        precision=resolve_precision(spec.precision, acc), deterministic=spec.deterministic,
+        enable_progress_bar=spec.progress, enable_model_summary=False, logger=logger if logger else False,
+        num_sanity_val_steps=0, log_every_n_steps=spec.log_every_n_steps, callbacks=callbacks or [],
+        gradient_clip_val=spec.gradient_clip_val, default_root_dir=str(ckpt_dir) if ckpt_dir else None,
+        enable_checkpointing=ckpt_dir is not None, use_distributed_sampler=False,
+    )
+    if spec.limit_train_batches is not None:
+        kw["limit_train_batches"] = spec.limit_train_batches
+    kw.update(spec.extra)
+    return pl.Trainer(**kw)
+
+
+@dataclass
+class FitResult:
+    last: dict
+    best: dict
+    teacher_test: dict
+    history: list[dict]
+    reliability: dict
+    resumed_from: str | None
+    deterministic: bool
+
+
+def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_dir: Path | None = None,
+                 logger=None, resume: bool = True, extra_callbacks: list | None = None) -> FitResult:
+    """Train ``module`` for ``spec.max_epochs``, then test the last and the best (by val accuracy) weights.
+
+    With ``ckpt_dir``, ``last.ckpt`` is saved after every epoch and a later call with the same
+    directory resumes from it.
+    """
+    acc = resolve_accelerator(spec.accelerator)
+    channels_last = (acc in ("gpu", "cuda")) if spec.channels_last == "auto" else bool(spec.channels_last)
+    if channels_last and data.is_image:
+        module = module.to(memory_format=torch.channels_last)
+    train, val, test = make_loaders(data, spec, channels_last)
+    callbacks = [_EpochSync([train, val, test], train)] + list(extra_callbacks or [])
+    ckpt_cb = None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
+                                  save_last=True, save_top_k=1, enable_version_counter=False)
+        callbacks.append(ckpt_cb)
+    trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
+    last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
+    resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
+    history = copy.deepcopy(module.history)
+
+    trainer.test(module, dataloaders=test, verbose=False)
+    last = {"epoch": history[-1]["epoch"] if history else trainer.current_epoch - 1,
+            "val": _val_of(history[-1]) if history else {}, "test": dict(module.last_test)}
+    reliability = {"last": module.last_reliability}
+    teacher_test = dict(module.last_teacher_test)
+    best = last
+    if ckpt_cb is not None and ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).exists():
+        trainer.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=False)
+        best_i = max(range(len(history)), key=lambda i: (history[i].get("val_acc", -1), -i)) if history else None
+        best = {"epoch": history[best_i]["epoch"] if best_i is not None else None,
+                "val": _val_of(history[best_i]) if best_i is not None else {}, "test": dict(module.last_test)}
+        reliability["best"] = module.last_reliability
+    module.history = history
+    return FitResult(last=last, best=best, teacher_test=teacher_test, history=history, reliability=reliability,
+                     resumed_from=resume_from, deterministic=torch.are_deterministic_algorithms_enabled())
+
+
+def _val_of(row: dict) -> dict:
+    return {k[4:]: v for k, v in row.items() if k.startswith("val_")}

@@ -1,0 +1,117 @@
+"""Run records: one JSON file per run, written atomically, loaded into pandas for reports.
+
+Schema (``schema: 1``)::
+
+    run_id, experiment, variant, seed, status ("running"|"complete"|"failed"|"diverged"), error,
+    config (resolved), overrides, dataset, teacher_arch, student_arch,
+    distill {alpha, tau, kl, tau_squared, ...switches},
+    metrics {last|best: {epoch, val: {...}, test: {acc, ece, mce, nll, brier, agreement, kl_teacher}}},
+    teacher {key, arch, test: {acc, ece, mce, nll, brier}} | null,
+    history [{epoch, train_loss, val_acc, val_ece, val_nll, ...}],
+    reliability {last|best: {confidence: [..], accuracy: [..], count: [..]}} (15 equal-width bins),
+    versions, device, deterministic, wall_time_s, started_at, finished_at
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "complete", "failed", "diverged")
+TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _clean(obj: Any) -> Any:
+    """Make a record JSON-safe: NaN/Inf become None, tuples become lists, tensors become numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_record(path: str | os.PathLike, record: dict) -> Path:
+    """Atomically write one run record (JSON)."""
+    record = {"schema": SCHEMA_VERSION, **record}
+    atomic_write_text(path, json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def iter_records(root: str | os.PathLike) -> Iterable[tuple[Path, dict]]:
+    """Yield ``(path, record)`` for every ``*.json`` record under ``root`` (unreadable files skipped)."""
+    for p in sorted(Path(root).rglob("*.json")):
+        if p.name.startswith("."):
+            continue
+        try:
+            rec = read_record(p)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and rec.get("schema") == SCHEMA_VERSION and "run_id" in rec:
+            yield p, rec
+
+
+def flatten_record(rec: dict) -> dict:
+    """One flat row per record: identity columns, distill settings, ``last_test_acc``, ``best_test_acc``...."""
+    row: dict[str, Any] = {k: rec.get(k) for k in (
+        "run_id", "experiment", "variant", "seed", "status", "error", "dataset", "teacher_arch",
+        "student_arch", "wall_time_s", "device")}
+    for k, v in (rec.get("distill") or {}).items():
+        row[f"distill_{k}"] = v
+    for which in ("last", "best"):
+        m = (rec.get("metrics") or {}).get(which) or {}
+        row[f"{which}_epoch"] = m.get("epoch")
+        for split in ("val", "test"):
+            for k, v in (m.get(split) or {}).items():
+                row[f"{which}_{split}_{k}"] = v
+    t = rec.get("teacher") or {}
+    row["teacher_key"] = t.get("key")
+    for k, v in (t.get("test") or {}).items():
+        row[f"teacher_test_{k}"] = v
+    return row
+
+
+def load_records(root: str | os.PathLike, experiment: str | None = None):
+    """All records under ``root`` as a pandas DataFrame (one row per run), optionally one experiment."""
+    import pandas as pd
+
+    rows = [flatten_record(r) | {"path": str(p)} for p, r in iter_records(root)]
+    df = pd.DataFrame(rows)
+    if experiment is not None and not df.empty:
+        df = df[df["experiment"] == experiment].reset_index(drop=True)
+    return df
