@@ -164,7 +164,7 @@ class DistillModule(pl.LightningModule):
             return
         m = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict({f"val/{k}": v for k, v in m.items()}, prog_bar=False)
+        self.log_dict({f"val/{k}": v for k, v in m.items() if k != "acc"})
         self.log("val/acc", m["acc"], prog_bar=True)
         row = {"epoch": self.current_epoch, "train_loss": getattr(self, "_pending_train_loss", math.nan)}
         row.update({f"val_{k}": v for k, v in m.items()})
@@ -208,10 +208,9 @@ class DistillModule(pl.LightningModule):
         else:
             raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
         s = self.sched_spec
-        epochs = self.trainer.max_epochs
-        steps_per_epoch = max(1, self.trainer.num_training_batches) if self.trainer.num_training_batches != \
-            float("inf") else 1
-        total = max(1, epochs * steps_per_epoch)
+        epochs = max(1, int(self.trainer.max_epochs))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // epochs)
         warm = int(s.warmup_epochs * steps_per_epoch)
         if s.name == "none":
             return opt

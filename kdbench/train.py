@@ -402,12 +402,20 @@ def main(cfg: DictConfig) -> float:
     return float(((rec.get("metrics") or {}).get("best") or {}).get("val", {}).get("acc", 0.0))
 
 
+_NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",
+          ".*smaller than the logging interval.*", ".*module\\(s\\) in eval mode.*", ".*anonymous setting.*",
+          ".*litlogger.*", ".*GPU available but not used.*")
+
+
 def _quiet_libraries() -> None:
+    """Keep the console to what a user needs: Lightning's INFO chatter and known-benign warnings off."""
+    import pytorch_lightning  # noqa: F401  (sets its own logger level on import; override it after)
+
     os.environ.setdefault("WANDB_SILENT", "true")
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 if __name__ == "__main__":

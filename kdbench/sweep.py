@@ -1,0 +1,185 @@
+"""``make sweep``: validate every job of a Hydra grid, run it with a real Hydra launcher, report.
+
+1. Compose each job's config (the experiment's ``hydra.sweeper.params`` x command-line sweeps)
+   and validate it, so a bad value or an empty grid stops the sweep before any work.
+2. Run ``python -m kdbench.train -m ...`` (basic, joblib or submitit launcher as configured),
+   showing one progress line per finished job (read from the run records as they land).
+3. Summarise: complete / failed / skipped (already complete), build the table and plots, and
+   exit non-zero if any job failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_EXPERIMENT = "mnist_ablation"
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _err(msg: str) -> int:
+    print(f"kdbench-sweep: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
+    """The list of per-job override lists that Hydra's basic sweeper would produce, and the base config."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        parser = OverridesParser.create()
+        parsed_cli = parser.parse_overrides(overrides)
+        # compose the base config with the non-sweep overrides to find the sweeper params of the experiment
+        fixed = [o.input_line for o in parsed_cli if not o.is_sweep_override()]
+        base = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+        params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    jobs = batches[0] if batches else []
+    return jobs, base
+
+
+def compose_job(job: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=task)
+
+
+def plan(overrides: list[str]) -> list[dict]:
+    """Compose and validate every job; returns [{overrides, cfg, run_id}] or raises KDBenchError."""
+    from kdbench.config import validate
+    from kdbench.errors import ConfigError
+    from kdbench.train import run_id_of
+
+    jobs, _ = expand_jobs(overrides)
+    if not jobs:
+        raise ConfigError("hydra.sweeper.params", "the grid expands to no jobs")
+    out = []
+    for i, job in enumerate(jobs):
+        try:
+            cfg = compose_job(job)
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{e.message} (job {i}: {' '.join(job)})") from None
+        out.append({"overrides": job, "cfg": cfg, "run_id": run_id_of(cfg)})
+    ids = [j["run_id"] for j in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError("hydra.sweeper.params", f"two jobs of the grid are the same run ({', '.join(dup)}): "
+                                                  "the grid repeats a point")
+    return out
+
+
+def _records_dir(cfg) -> Path:
+    return Path(cfg.paths.runs_dir).absolute() / cfg.experiment_name
+
+
+def _status(path: Path) -> dict | None:
+    from kdbench.records import read_record
+
+    try:
+        return read_record(path)
+    except Exception:
+        return None
+
+
+def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = True) -> int:
+    from kdbench.errors import KDBenchError
+
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
+    try:
+        jobs = plan(overrides)
+    except KDBenchError as e:
+        return _err(str(e))
+    except Exception as e:  # Hydra's own composition errors (unknown group option, bad override syntax)
+        return _err(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+    cfg0 = jobs[0]["cfg"]
+    rec_dir = _records_dir(cfg0)
+    exp = cfg0.experiment_name
+    before = {j["run_id"]: (_status(rec_dir / f"{j['run_id']}.json") or {}).get("status") for j in jobs}
+    force = any(o.startswith("force=true") for o in overrides)
+    skipped = [r for r, s in before.items() if s == "complete" and not force]
+    print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)", flush=True)
+
+    log_dir = Path("multirun") / exp
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "last_sweep.log"
+    extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
+    cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
+    t0 = time.time()
+    seen: dict[str, str] = {r: "complete" for r in skipped}
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+        while True:
+            done = proc.poll() is not None
+            _progress(jobs, rec_dir, seen, t0, len(jobs))
+            if done:
+                break
+            time.sleep(1.0)
+    rc = proc.returncode
+    final = {j["run_id"]: (_status(rec_dir / f"{j['run_id']}.json") or {}) for j in jobs}
+    complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
+    failed = [(r, rec) for r, rec in final.items() if rec.get("status") in ("failed", "diverged", "running")]
+    missing = [r for r, rec in final.items() if not rec]
+    mins = (time.time() - t0) / 60
+    print(f"\nsweep '{exp}' finished in {mins:.1f} min: {len(complete)} complete, {len(failed)} failed, "
+          f"{len(missing)} without a record; log: {log_path}")
+    for r, rec in failed:
+        first = (rec.get("error") or rec.get("status") or "").splitlines()[0][:200] if rec else ""
+        print(f"  FAILED {r}: {first}")
+    if missing:
+        print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
+        tail = log_path.read_text().strip().splitlines()[-8:]
+        print("  " + "\n  ".join(tail))
+    if report and complete:
+        from kdbench.report import make_report
+
+        out = make_report(Path(cfg0.paths.runs_dir).absolute(), exp)
+        table = out.get("markdown") or ""
+        if table:
+            print("\n" + table)
+        print(f"\ntables and plots: {out.get('out_dir')}")
+    ok = rc == 0 and not failed and not missing
+    return 0 if ok else 1
+
+
+def _progress(jobs, rec_dir: Path, seen: dict, t0: float, total: int) -> None:
+    for j in jobs:
+        rid = j["run_id"]
+        rec = _status(rec_dir / f"{rid}.json")
+        if not rec:
+            continue
+        st = rec.get("status")
+        if st in ("complete", "failed", "diverged") and seen.get(rid) != st:
+            seen[rid] = st
+            n = sum(1 for s in seen.values() if s in ("complete", "failed", "diverged"))
+            acc = ((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc")
+            extra = f"test acc {100 * acc:.2f}%" if acc is not None else (rec.get("error") or "")[:80]
+            print(f"[{n:>3}/{total}] {st:<8} {rec.get('variant')} seed {rec.get('seed')}  {extra}  "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("usage: python -m kdbench.sweep [experiment=NAME] [hydra overrides ...]")
+        return 0
+    return run_sweep(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
