@@ -283,7 +283,7 @@ def _make_tree(root: Path, size: int = 8, test_classes=("cat", "dog")) -> Path:
 
 
 def _tar(tree: Path, out: Path, arcprefix: str = "") -> Path:
-    with tarfile.open(out, "w:gz") as tf:
+    with tarfile.open(out, "w:gz" if out.name.endswith(("gz", "tgz")) else "w") as tf:
         for split in ("train", "test"):
             tf.add(tree / split, arcname=f"{arcprefix}{split}")
     return out
@@ -317,7 +317,7 @@ def test_imagefolder_archive_and_jpeg(tmp_path):
     tree = _make_tree(tmp_path / "tree", size=32)
     ref = load_dataset({"name": "imagefolder", "root": str(tree), "cache_dir": str(tmp_path / "c")})
     assert ref.default_augment == "crop_flip"
-    for name, prefix in (("data.tar.gz", ""), ("wrapped.tgz", "mydata/")):
+    for name, prefix in (("data.tar.gz", ""), ("wrapped.tgz", "mydata/"), ("dot.tar", "./")):
         arc = _tar(tree, tmp_path / name, prefix)
         d = load_dataset({"name": "imagefolder", "root": str(arc), "cache_dir": str(tmp_path / "c")})
         assert torch.equal(d.train_x, ref.train_x) and torch.equal(d.test_y, ref.test_y)

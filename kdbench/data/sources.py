@@ -499,21 +499,21 @@ def _classify(listing: _Listing, rel: PurePosixPath, prefix: tuple[str, ...], is
 
 
 def _list_directory(root: Path) -> _Listing:
-    rels: list[tuple[PurePosixPath, bool, os.stat_result | None]] = []
+    rels: list[tuple[PurePosixPath, bool]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
         base = Path(dirpath)
         rel_base = PurePosixPath(base.relative_to(root).as_posix()) if base != root else PurePosixPath()
         for d in dirnames:
-            rels.append((rel_base / d, True, None))
+            rels.append((rel_base / d, True))
         for f in sorted(filenames):
             if _is_image(f) and not f.startswith("."):
-                rels.append((rel_base / f, False, None))
-    prefix = _split_prefix(r for r, _, _ in rels)
+                rels.append((rel_base / f, False))
+    prefix = _split_prefix(r for r, _ in rels)
     listing = _Listing()
     if prefix is None:
         return listing
-    for rel, is_dir, _ in rels:
+    for rel, is_dir in rels:
         _classify(listing, rel, prefix, is_dir)
     fp = []
     for split in ("train", "test"):
