@@ -105,6 +105,7 @@ def validate(cfg) -> None:
     if not isinstance(_get(cfg, "seed"), int) or isinstance(_get(cfg, "seed"), bool):
         raise ConfigError("seed", f"must be an integer, got {_get(cfg, 'seed')!r}")
     _choice(cfg, "trainer.precision", PRECISIONS)
+    validate_devices(cfg)
     validate_optim(cfg, "")
     if _get(cfg, "distill.enabled") and _get(cfg, "teacher.arch") != "oracle":
         _positive_int(cfg, "teacher.recipe.epochs")
@@ -117,7 +118,58 @@ def validate(cfg) -> None:
     logger = _get(cfg, "logger") or {}
     if "wandb" in logger:
         _choice(cfg, "logger.wandb.mode", WANDB_MODES)
+    reject_secrets(cfg)
     check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
+
+
+#: strategies that run a multi-device fit in processes spawned from this one (results come back to it)
+MULTI_DEVICE_STRATEGIES = ("ddp_spawn",)
+
+
+def validate_devices(cfg) -> None:
+    """``trainer.devices`` is a count; more than one needs a strategy whose processes are spawned from this one.
+
+    Lightning's plain ``ddp`` re-launches ``sys.argv`` in every extra process: under Hydra's ``-m`` that
+    re-runs the whole sweep in each child, so it is refused (as are strategies this harness never tested).
+    """
+    dev = _get(cfg, "trainer.devices", 1)
+    if isinstance(dev, bool) or not isinstance(dev, int) or dev < 1:
+        raise ConfigError("trainer.devices", f"must be a positive integer (how many devices), got {dev!r}; "
+                                             "pick GPUs with CUDA_VISIBLE_DEVICES")
+    strategy = _get(cfg, "trainer.strategy", "auto")
+    if dev > 1 and strategy not in MULTI_DEVICE_STRATEGIES:
+        raise ConfigError("trainer.strategy", f"trainer.devices>1 is supported with trainer.strategy=ddp_spawn only, "
+                                              f"got {strategy!r} (plain ddp re-launches the command line in every "
+                                              "process, which under Hydra -m re-runs the sweep)")
+
+
+def secret_entries(cfg, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every non-empty config value whose key looks like a credential."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from kdbench.train import _SECRET_WORDS
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    out: list[tuple[str, Any]] = []
+    for k, v in (cfg.items() if isinstance(cfg, Mapping) else []):
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += secret_entries(v, key + ".")
+        elif any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, ""):
+            out.append((key, v))
+    return out
+
+
+def reject_secrets(cfg) -> None:
+    """Credentials never go in the config: Hydra saves the config and the overrides to ``.hydra/`` and
+    W&B records the command line, so a key passed there would be written to disk in several places."""
+    found = secret_entries(cfg)
+    if found:
+        key = found[0][0]
+        raise ConfigError(key, "looks like a credential: secrets must not be passed in the config or on the "
+                               "command line (they would be saved with it); set them in the environment "
+                               "instead (e.g. WANDB_API_KEY, or `wandb login`)")
 
 
 def check_writable(path: str, key: str) -> None:

@@ -9,6 +9,7 @@ behaviour. Keeping it in train mode is a named ablation (``teacher_train_mode``)
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass
 
 import pytorch_lightning as pl
@@ -58,6 +59,53 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
 
 
+def rng_state() -> dict:
+    """The global RNG states that training consumes (dropout draws from torch's), as plain data.
+
+    Lightning's checkpoints do not hold them; without them a resumed run draws different dropout
+    masks from an uninterrupted one. Plain tensors/ints only, so ``weights_only`` loading accepts it.
+    """
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype("int64")),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    py = state.get("python")
+    if py is not None:
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state.get("numpy")
+    if n is not None:
+        np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _no_cross_rank_sync(metrics: nn.Module | None) -> None:
+    """Every rank evaluates the whole (unsharded) eval set, so metrics are complete per rank: no gather.
+
+    With several devices (DDP) the validation loader is not sharded; each rank computes the same
+    metrics on the same data, and a cross-rank sync would only count every example once per rank.
+    """
+    if metrics is None:
+        return
+    from torchmetrics import Metric
+
+    for m in metrics.modules():
+        if isinstance(m, Metric):
+            m.sync_on_compute = False
+            m._to_sync = False
+
+
 class DistillModule(pl.LightningModule):
     """Train ``student`` on ``alpha*CE + (1-alpha)*w*KL(teacher || student)``; ``teacher=None`` is plain CE."""
 
@@ -76,6 +124,8 @@ class DistillModule(pl.LightningModule):
         self.val_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
         self.test_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
         self.teacher_test_metrics = ClassificationMetrics(num_classes) if with_t else None
+        for m in (self.val_metrics, self.test_metrics, self.teacher_test_metrics):
+            _no_cross_rank_sync(m)
         self.history: list[dict] = []
         self._train_loss_sum: torch.Tensor | None = None
         self._train_batches = 0
@@ -150,10 +200,15 @@ class DistillModule(pl.LightningModule):
         mean = float(self._train_loss_sum / max(1, self._train_batches)) if self._train_loss_sum is not None \
             else math.nan
         self.log("train/loss", mean, prog_bar=True)
-        self._pending_train_loss = mean
         self._train_loss_sum, self._train_batches = None, 0
 
     # ---- evaluation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        # a NaN flagged but not yet checked (check_finite_every > 1) stops the run before it is
+        # evaluated and checkpointed, so last.ckpt never holds diverged weights
+        if not self.trainer.sanity_checking:
+            self._raise_if_bad()
+
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
         self.val_metrics.update(self.student(x), y, self.teacher_logits(x))
@@ -166,7 +221,8 @@ class DistillModule(pl.LightningModule):
         self.val_metrics.reset()
         self.log_dict({f"val/{k}": v for k, v in m.items() if k != "acc"})
         self.log("val/acc", m["acc"], prog_bar=True)
-        row = {"epoch": self.current_epoch, "train_loss": getattr(self, "_pending_train_loss", math.nan)}
+        train_loss = float(self._train_loss_sum / self._train_batches) if self._train_batches else math.nan
+        row = {"epoch": self.current_epoch, "train_loss": train_loss}
         row.update({f"val_{k}": v for k, v in m.items()})
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else math.nan
         self.history.append(row)
@@ -187,12 +243,18 @@ class DistillModule(pl.LightningModule):
             self.last_teacher_test = self.teacher_test_metrics.compute()
             self.teacher_test_metrics.reset()
 
-    # ---- checkpoints keep the history (resumption) -------------------------------------------
+    # ---- checkpoints keep the history and the RNG state (exact resumption) ---------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._raise_if_bad()
         checkpoint["kdbench_history"] = list(self.history)
+        checkpoint["kdbench_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("kdbench_history", []))
+        trainer = getattr(self, "_trainer", None)
+        # only when resuming a fit: loading the best weights for testing must not rewind the RNG
+        if "kdbench_rng" in checkpoint and trainer is not None and trainer.state.fn == "fit":
+            set_rng_state(checkpoint["kdbench_rng"])
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -7,7 +7,7 @@ same loaders, precision policy, checkpoints and resumption.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,7 +54,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 class _EpochSync(Callback):
-    """Keep the in-memory loaders on the module's device and their shuffling keyed to the epoch."""
+    """Keep the in-memory loaders on the module's device and their shuffling keyed to the epoch.
+
+    With several processes (DDP), each rank iterates only its shard of every epoch's training
+    permutation (padded to equal length, like ``DistributedSampler``); validation and test loaders
+    are not sharded: every rank evaluates the whole set and the metrics are not synced across ranks.
+    """
 
     def __init__(self, loaders: list[TensorLoader], train_loader: TensorLoader):
         self.loaders, self.train_loader = loaders, train_loader
@@ -64,6 +69,7 @@ class _EpochSync(Callback):
         if dev.type != "cpu":
             for ld in self.loaders:
                 ld.to(dev)
+        self.train_loader.set_shard(trainer.global_rank, trainer.world_size)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.train_loader.set_epoch(trainer.current_epoch)
@@ -115,6 +121,9 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     directory resumes from it.
     """
     acc = resolve_accelerator(spec.accelerator)
+    if acc == "cpu":
+        # confident softmaxes produce subnormal floats in the backward pass, which run ~100x slower on x86
+        torch.set_flush_denormal(True)
     channels_last = (acc in ("gpu", "cuda")) if spec.channels_last == "auto" else bool(spec.channels_last)
     if channels_last and data.is_image:
         module = module.to(memory_format=torch.channels_last)
@@ -130,16 +139,26 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
+    tester = trainer
+    if _fits_in_child_processes(trainer):
+        # ddp_spawn: fit ran in child processes; the main process got rank 0's final weights (and the best
+        # checkpoint's path) but none of the module's attributes. The history comes from rank 0's last
+        # checkpoint; testing runs here, on one device, on the whole test set.
+        if last_ckpt is None or not last_ckpt.exists():
+            raise RuntimeError("a multi-process fit needs a checkpoint directory to bring its history back")
+        module.history = _history_in(last_ckpt)
+        tester = build_trainer(replace(spec, devices=1, strategy="auto"), None, logger,
+                               [_EpochSync([test], train)])
     history = copy.deepcopy(module.history)
 
-    trainer.test(module, dataloaders=test, verbose=False)
+    tester.test(module, dataloaders=test, verbose=False)
     last = {"epoch": history[-1]["epoch"] if history else trainer.current_epoch - 1,
             "val": _val_of(history[-1]) if history else {}, "test": dict(module.last_test)}
     reliability = {"last": module.last_reliability}
     teacher_test = dict(module.last_teacher_test)
     best = last
     if ckpt_cb is not None and ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).exists():
-        trainer.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=False)
+        tester.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=False)
         best_i = max(range(len(history)), key=lambda i: (history[i].get("val_acc", -1), -i)) if history else None
         best = {"epoch": history[best_i]["epoch"] if best_i is not None else None,
                 "val": _val_of(history[best_i]) if best_i is not None else {}, "test": dict(module.last_test)}
@@ -147,6 +166,17 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     module.history = history
     return FitResult(last=last, best=best, teacher_test=teacher_test, history=history, reliability=reliability,
                      resumed_from=resume_from, deterministic=torch.are_deterministic_algorithms_enabled())
+
+
+def _fits_in_child_processes(trainer: pl.Trainer) -> bool:
+    from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+
+
+def _history_in(ckpt: Path) -> list[dict]:
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    return list(state.get("kdbench_history", []))
 
 
 def _val_of(row: dict) -> dict:

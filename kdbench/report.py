@@ -454,8 +454,6 @@ _TEX_UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", "α": r"$\alpha$", "τ": r"$\
 def tex_escape(s: Any) -> str:
     """LaTeX-safe text (special characters escaped, the few Unicode symbols used here as math)."""
     s = str(s)
-    if s.startswith("\\"):
-        s = s  # the backslash replacement below handles it
     out = []
     for ch in s:
         rep = next((r for c, r in _TEX_REPL if c == ch), None)
@@ -512,7 +510,9 @@ def render_markdown(display_df, caption: str, failed: list[dict] | None = None) 
     if extra:
         lines += ["", " ".join(extra)]
     body = display_df.map(_md_cell) if len(display_df) else display_df
-    lines += ["", body.to_markdown(index=False, disable_numparse=True, colalign=None), "", "## Failed runs", ""]
+    n_left = len(display_df.attrs.get("group_cols") or ["variant"])
+    align = ["left" if j < n_left else "right" for j in range(len(body.columns))]
+    lines += ["", body.to_markdown(index=False, disable_numparse=True, colalign=align), "", "## Failed runs", ""]
     if failed:
         fdf = pd.DataFrame(failed, columns=["run_id", "variant", "seed", "status", "error"]).astype(object)
         fdf = fdf.map(lambda v: "" if v is None else _md_cell(v))
@@ -604,7 +604,7 @@ def _label(row: Mapping, group_cols: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def _groups(runs, group_cols: Sequence[str] | None, complete_only: bool = True) -> dict[tuple, list]:
+def _groups(runs, group_cols: Sequence[str] | None, complete_only: bool = True) -> tuple[dict[tuple, list], list[str]]:
     if group_cols is None:
         import pandas as pd
 
@@ -661,7 +661,7 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
     runs = _as_runs(records_df_or_records)
     groups, gcols = _groups(runs, group_cols)
     pooled = []
-    for _key_, members in groups.items():
+    for members in groups.values():
         p = pool_reliability(((rec.get("reliability") or {}).get(which) for _, rec in members))
         if p is not None:
             pooled.append((_label(members[0][0], gcols), p))
@@ -679,15 +679,15 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
                linewidth=0.5, label="accuracy")
         gap_bottom = [min(a, c) if n else 0 for a, c, n in zip(p["accuracy"], p["confidence"], p["count"])]
         gap = [abs(c - a) if n else 0 for a, c, n in zip(p["accuracy"], p["confidence"], p["count"])]
-        ax.bar(edges[:-1], gap, bottom=gap_bottom, width=widths, align="edge", color="tab:red", alpha=0.3,
-               edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+        ax.bar(edges[:-1], gap, bottom=gap_bottom, width=widths, align="edge", fill=False, hatch="///",
+               edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{label} (n={p['runs']})\nECE = {p['ece']:.4f}", fontsize=10)
+        ax.set_title(f"{label} (n={p['runs']})\npooled ECE = {p['ece']:.4f}", fontsize=10)
     axes.flat[0].legend(loc="upper left", fontsize=7)
     epoch = "final epoch" if which == "last" else "best-validation epoch"
     fig.suptitle(f"Reliability on test, {epoch} (bins pooled over seeds)", fontsize=11)
@@ -749,7 +749,7 @@ def plot_learning_curves(records_df_or_records, out_path: str | os.PathLike, met
     runs = _as_runs(records_df_or_records)
     groups, gcols = _groups(runs, group_cols)
     curves = []
-    for _k, members in groups.items():
+    for members in groups.values():
         per_epoch: dict[int, list[float]] = {}
         for _, rec in members:
             for h in rec.get("history") or []:
@@ -769,6 +769,9 @@ def plot_learning_curves(records_df_or_records, out_path: str | os.PathLike, met
         (line,) = ax.plot(ep, mean, marker="." if len(ep) < 30 else None, label=f"{label} (n={n})")
         ax.fill_between(ep, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.15)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 (%)" if metric == "val_acc" else metric)
     ax.set_title("Learning curves (mean ± std over seeds)")
@@ -824,10 +827,9 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
     gcols = display.attrs.get("group_cols")
     plots: dict[str, Path] = {}
     if recs is not None:
-        runs = [(r, rec) for r, rec in zip(df.to_dict("records"), recs)]
-        for name, fn in (("reliability", lambda p: plot_reliability(runs, p, group_cols=gcols)),
-                         ("learning_curves", lambda p: plot_learning_curves(runs, p, group_cols=gcols)),
-                         ("tau_curves", lambda p: plot_tau_curves(runs, p))):
+        for name, fn in (("reliability", lambda p: plot_reliability(recs, p, group_cols=gcols)),
+                         ("learning_curves", lambda p: plot_learning_curves(recs, p, group_cols=gcols)),
+                         ("tau_curves", lambda p: plot_tau_curves(recs, p))):
             path = fn(out_dir / f"{name}.png")
             if path is not None:
                 plots[name] = path
@@ -836,10 +838,6 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
     if wandb_log:
         result["wandb_dir"] = _log_wandb(experiment, out_dir, display, summary, plots)
     return result
-
-
-def _as_runs_from_pairs(runs):  # pragma: no cover - kept for API symmetry
-    return runs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,3 +138,63 @@ def versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     return out
+
+
+def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers_dir: str | os.PathLike,
+                     evaluate: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Register a RepDistiller/mdistiller teacher checkpoint (``.pth``) as a registry entry.
+
+    The file is read with ``torch.load(weights_only=True)`` only (a checkpoint that needs arbitrary
+    unpickling is refused), checked against ``arch`` and the dataset's class count with a strict
+    load, optionally evaluated on the dataset's test split when its files are present, and stored
+    as safetensors + ``meta.json``. Use it with ``teacher.checkpoint=<entry name>``.
+    """
+    from kdbench.config import DATASET_CLASSES
+    from kdbench.errors import DataError
+    from kdbench.models import build_model, get_spec
+    from kdbench.models.checkpoints import check_state_dict, infer_num_classes, read_state_dict
+
+    src = Path(path)
+    try:
+        get_spec(arch)
+    except KeyError as e:
+        raise TeacherError("--arch", str(e).strip("'\"")) from None
+    state = read_state_dict(src, key="PATH")
+    n_ckpt = infer_num_classes(state)
+    name = dataset.get("name")
+    n_data = DATASET_CLASSES.get(name, n_ckpt)
+    if n_ckpt is not None and n_data is not None and n_ckpt != n_data:
+        raise TeacherError("--dataset", f"checkpoint has {n_ckpt} classes, dataset {name!r} has {n_data}")
+    num_classes = int(n_data or n_ckpt)
+    spec = get_spec(arch)
+    model = build_model(arch, num_classes, spec.input_shape or (1, 28, 28))
+    check_state_dict(model, state, arch, key="--arch")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    metrics: dict = {}
+    note = None
+    if evaluate:
+        try:
+            metrics = evaluate_on_test(model, dataset)
+        except DataError as e:
+            note = f"not evaluated: {e}"
+            log(f"teacher import: {note}")
+    entry = Path(teachers_dir) / f"{name}-{arch}-imported-{digest[:10]}"
+    meta = {"arch": arch, "num_classes": num_classes, "dataset": {"name": name}, "key": f"imported-{digest[:10]}",
+            "source": str(src.resolve()), "sha256": digest, "test": metrics, "note": note, "imported": True,
+            "versions": versions()}
+    save_entry(entry, model, meta)
+    return entry
+
+
+@torch.no_grad()
+def evaluate_on_test(model: nn.Module, dataset: dict, batch_size: int = 500) -> dict:
+    """Test-set metrics of ``model`` (eval mode) on the dataset described by ``dataset`` (a config dict)."""
+    from kdbench.data import TensorLoader, load_dataset
+    from kdbench.metrics import ClassificationMetrics
+
+    data = load_dataset(dataset)
+    model.eval()
+    metrics = ClassificationMetrics(data.num_classes)
+    for x, y, _ in TensorLoader(data.test_x, data.test_y, batch_size, mean=data.mean, std=data.std):
+        metrics.update(model(x), y)
+    return metrics.compute()

@@ -260,8 +260,13 @@ def run(cfg: DictConfig) -> dict:
     data = load_data(cfg)
     check_class_counts(data.num_classes, cfg)
     teacher, tmeta = (None, None)
-    if cfg.distill.enabled:
+    if cfg.distill.enabled or cfg.get("teacher_only"):
         teacher, tmeta = get_teacher(cfg, data)
+    if cfg.get("teacher_only"):
+        acc = (tmeta.get("test") or {}).get("acc")
+        print(f"kdbench: teacher {tmeta.get('name')} ready at {tmeta.get('path')}"
+              + (f" (test acc {100 * acc:.2f}%)" if acc is not None else ""))
+        return {"teacher": tmeta, "metrics": {}}
 
     pl.seed_everything(int(cfg.seed), verbose=False)
     skw = OmegaConf.to_container(cfg.student.kwargs, resolve=True) or {}
@@ -288,6 +293,8 @@ def run(cfg: DictConfig) -> dict:
         "versions": versions(), "device": device_name(acc), "host": socket.gethostname(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "val_is_test": data.val_x is None,
+        # what was asked for; replaced by what Lightning actually set once the fit is done
+        "deterministic": cfg.trainer.deterministic not in (False, None),
     }
     if tmeta is not None:
         record["teacher"] = {"key": tmeta.get("key"), "name": tmeta.get("name"), "arch": tmeta.get("arch"),
@@ -350,9 +357,50 @@ def _overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
+        task = list(HydraConfig.get().overrides.task)
     except Exception:
         return []
+    return [_redact_override(o) for o in task]
+
+
+def _redact_override(o: str) -> str:
+    key, eq, _ = str(o).partition("=")
+    return f"{key}=<redacted>" if eq and any(w in key.lower() for w in _SECRET_WORDS) else str(o)
+
+
+def _scrub_hydra_files(cfg: DictConfig) -> None:
+    """Blank credential-like config values in the files Hydra saved when the job started.
+
+    Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` (and a sweep's ``multirun.yaml``) before the
+    task runs, so a secret passed as an override is on disk before :func:`run` can reject it.
+    """
+    from kdbench.config import secret_entries
+    from kdbench.records import atomic_write_text
+
+    secrets = sorted({str(v) for _, v in secret_entries(cfg) if str(v)}, key=len, reverse=True)
+    if not secrets:
+        return
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except Exception:
+        return
+    files: list[Path] = []
+    if hc.output_subdir:
+        files += sorted((Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"))
+    if _in_multirun():
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        clean = text
+        for secret in secrets:
+            clean = clean.replace(secret, "<redacted>")
+        if clean != text:
+            atomic_write_text(f, clean)
 
 
 def print_summary(record: dict, path: Path) -> None:
@@ -387,6 +435,7 @@ def _in_multirun() -> bool:
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the best validation accuracy (for sweepers that optimise)."""
     _quiet_libraries()
+    _scrub_hydra_files(cfg)
     try:
         rec = run(cfg)
     except KDBenchError as e:
@@ -399,7 +448,7 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"kdbench: error: {e}; record status 'diverged'", file=sys.stderr)
         sys.exit(3)
-    return float(((rec.get("metrics") or {}).get("best") or {}).get("val", {}).get("acc", 0.0))
+    return float((((rec.get("metrics") or {}).get("best") or {}).get("val") or {}).get("acc", 0.0))
 
 
 _NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",

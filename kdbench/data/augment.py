@@ -9,16 +9,19 @@ AUGMENTS = ("none", "crop_flip", "jitter", "flip")
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Random ``H x W`` crop of each image after zero-padding by ``pad`` pixels (per-image offsets)."""
-    b, _, h, w = x.shape
+    """Random ``H x W`` crop of each image after zero-padding by ``pad`` pixels (per-image offsets).
+
+    One gather over the flattened padded batch: no per-image Python, the same kernel on CPU and GPU.
+    """
+    b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # [B, H]
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # [B, W]
-    bidx = torch.arange(b, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2).contiguous()
+    width = w + 2 * pad
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=gen, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=gen, device=x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
+    idx = (rows * width + cols).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, idx).view(b, c, h, w)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -72,6 +72,12 @@ class TensorLoader:
     permutation from a generator seeded by ``seed + epoch``, so an epoch's batches are a pure function
     of (seed, epoch) and a resumed run sees the same order as an uninterrupted one. ``idx`` are the
     dataset indices of the batch (used to align cached teacher outputs).
+
+    :meth:`set_shard` splits every epoch's order across ``world_size`` processes the way
+    ``DistributedSampler`` does: the permutation is padded (with its first indices) to a multiple
+    of ``world_size`` and rank ``r`` takes positions ``r, r + world_size, ...``, so every rank has the
+    same number of batches and step ``b`` of all ranks together covers the same examples as step ``b``
+    of one process with ``world_size`` times the batch size.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -85,6 +91,7 @@ class TensorLoader:
         self.augment = augment
         self.channels_last = channels_last
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
         self._set_norm(mean, std)
 
     def _set_norm(self, mean, std) -> None:
@@ -100,16 +107,32 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Iterate only shard ``rank`` of ``world_size`` (``0, 1`` = everything)."""
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"bad shard: rank {rank} of world size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def _shard_size(self) -> int:
         n = self.x.shape[0]
+        return n if self.world_size == 1 else -(-n // self.world_size)
+
+    def __len__(self) -> int:
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
         n = self.x.shape[0]
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            total = self._shard_size() * self.world_size
+            if total > n:
+                order = torch.cat([order, order.repeat(-(-(total - n) // max(n, 1)))[:total - n]])
+            order = order[self.rank:total:self.world_size]
         order = order.to(self.x.device)
-        aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        # ranks draw different augmentations (rank 0, and a single process, keep the unsharded stream)
+        aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) + self.rank
         aug_gen = torch.Generator(device=self.x.device).manual_seed(aug_seed)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]

@@ -1,0 +1,301 @@
+"""Tests for kdbench.report: numbers recomputed with ``statistics``, formulas on hand values, files written."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdbench import report
+from kdbench.records import write_record
+
+EXP = "ablation"
+TEACHER_ACC = 0.98
+#: variant -> last test accuracy of seeds 0, 1, 2 (means: scratch 0.90, kd 0.95, no_tau2 0.93)
+ACC = {"scratch": [0.89, 0.90, 0.91], "kd": [0.94, 0.95, 0.965], "no_tau2": [0.925, 0.93, 0.935]}
+#: variant -> ECE of seeds 0, 1, 2: no_tau2 is the best calibrated
+ECE = {"scratch": [0.040, 0.050, 0.045], "kd": [0.030, 0.020, 0.025], "no_tau2": [0.010, 0.015, 0.012]}
+
+
+def metrics_of(variant: str, seed: int) -> dict:
+    """Known per-run values; every metric differs between runs so the stds are non-trivial."""
+    acc, ece = ACC[variant][seed % 3], ECE[variant][seed % 3]
+    test = {"acc": acc, "ece": ece, "mce": 2 * ece, "nll": 1.0 - acc + 0.01 * seed, "brier": (1.0 - acc) / 2 + 0.001 * seed}
+    if variant != "scratch":
+        test |= {"agreement": acc + 0.01, "kl_teacher": 0.1 * (1.0 - acc) + 0.002 * seed}
+    best = dict(test, acc=acc + 0.003 * (seed + 1), ece=ece + 0.001)
+    return {"last": {"epoch": 2, "val": {"acc": acc}, "test": test},
+            "best": {"epoch": 1, "val": {"acc": acc + 0.01}, "test": best}}
+
+
+def reliability(acc: float, seed: int) -> dict:
+    edges = [i / 15 for i in range(16)]
+    count = [0.0] * 15
+    conf = [0.0] * 15
+    accs = [0.0] * 15
+    for b, n in ((12, 10.0 + seed), (14, 90.0)):
+        count[b] = n
+        conf[b] = (edges[b] + edges[b + 1]) / 2
+        accs[b] = min(1.0, acc + 0.01 * (b - 13))
+    return {"edges": edges, "confidence": conf, "accuracy": accs, "count": count}
+
+
+def record(variant: str, seed: int, *, exp: str = EXP, alpha: float = 0.5, tau: float = 4.0,
+           status: str = "complete", error: str | None = None) -> dict:
+    enabled = variant != "scratch"
+    m = metrics_of(variant, seed)
+    acc = m["last"]["test"]["acc"]
+    return {
+        "run_id": f"{exp}-{variant}-a{alpha}-t{tau}-s{seed}-{status}", "experiment": exp, "variant": variant,
+        "seed": seed, "status": status, "error": error, "config": {}, "overrides": [], "dataset": "digits",
+        "teacher_arch": "mlp" if enabled else None, "student_arch": "mlp_tiny",
+        "distill": {"variant": variant, "enabled": enabled, "alpha": alpha if enabled else 1.0, "tau": tau,
+                    "kl": "forward", "tau_squared": variant != "no_tau2"},
+        "metrics": m,
+        "teacher": {"key": "t1", "arch": "mlp", "test": {"acc": TEACHER_ACC, "ece": 0.02}} if enabled else None,
+        "history": [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_acc": acc - 0.05 * (2 - e), "val_ece": 0.05,
+                     "val_nll": 0.3, "lr": 0.1} for e in range(3)],
+        "reliability": {"last": reliability(acc, seed), "best": reliability(acc, seed)},
+    }
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """<tmp>/results/runs/ablation: scratch, kd, no_tau2 x 3 seeds, plus one failed kd run (with bogus metrics)."""
+    res = tmp_path / "results"
+    runs = res / "runs" / EXP
+    for v in ACC:
+        for s in range(3):
+            write_record(runs / f"{v}-{s}.json", record(v, s))
+    bad = record("kd", 7, status="failed", error="RuntimeError: CUDA out of memory\n  File 'x.py', line 3")
+    bad["metrics"]["last"]["test"]["acc"] = 0.10  # must not enter the means
+    write_record(runs / "kd-7.json", bad)
+    return res
+
+
+def table(results: Path):
+    return report.build_table(results / "runs", EXP)
+
+
+def row(summary: pd.DataFrame, **sel) -> dict:
+    m = summary
+    for k, v in sel.items():
+        m = m[m[k] == v]
+    assert len(m) == 1, sel
+    return m.iloc[0].to_dict()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_summary_equals_statistics_of_the_records(results):
+    summary, display = table(results)
+    assert list(summary["variant"]) == ["scratch", "kd", "no_tau2"]
+    for v in ACC:
+        r = row(summary, variant=v)
+        assert r["n"] == 3
+        assert r["n_failed"] == (1 if v == "kd" else 0)
+        for name, key, which in (("last_test_acc", "acc", "last"), ("best_test_acc", "acc", "best"),
+                                 ("last_test_ece", "ece", "last"), ("last_test_nll", "nll", "last"),
+                                 ("last_test_brier", "brier", "last")):
+            vals = [metrics_of(v, s)[which]["test"][key] for s in range(3)]
+            assert r[f"{name}_mean"] == pytest.approx(statistics.mean(vals), abs=1e-12)
+            assert r[f"{name}_std"] == pytest.approx(statistics.stdev(vals), abs=1e-12)
+    assert math.isnan(row(summary, variant="scratch")["last_test_agreement_mean"])
+    kd_agree = [metrics_of("kd", s)["last"]["test"]["agreement"] for s in range(3)]
+    assert row(summary, variant="kd")["last_test_agreement_mean"] == pytest.approx(statistics.mean(kd_agree))
+
+    # the display cell is the same numbers, in %, 2 decimals
+    d = display.set_index("variant")
+    m, s = statistics.mean(ACC["kd"]) * 100, statistics.stdev(ACC["kd"]) * 100
+    assert d.loc["kd", "top-1 last (%)"] == f"{m:.2f} ± {s:.2f}"
+    e = ECE["no_tau2"]
+    assert d.loc["no_tau2", "ECE last"] == f"{statistics.mean(e):.4f} ± {statistics.stdev(e):.4f}"
+    assert d.loc["kd", "n"] == "3" and d.loc["kd", "failed"] == "1" and d.loc["scratch", "failed"] == "0"
+    assert "top-1 best-epoch (%)" in display.columns
+
+
+def test_single_seed_std_is_nan_and_shown_as_zero(tmp_path):
+    write_record(tmp_path / "runs" / "one" / "a.json", record("kd", 0, exp="one"))
+    summary, display = report.build_table(tmp_path / "runs", "one")
+    assert summary.loc[0, "n"] == 1 and math.isnan(summary.loc[0, "last_test_acc_std"])
+    assert display.loc[0, "top-1 last (%)"] == f"{ACC['kd'][0] * 100:.2f} ± 0.00"
+
+
+def test_deltas_and_teacher_quality_kept(results):
+    summary, display = table(results)
+    kd, sc, nt = (statistics.mean(ACC[v]) for v in ("kd", "scratch", "no_tau2"))
+    r = row(summary, variant="no_tau2")
+    assert r["delta_vs_kd"] == pytest.approx((nt - kd) * 100)
+    assert r["delta_vs_scratch"] == pytest.approx((nt - sc) * 100)
+    assert r["teacher_kept"] == pytest.approx((nt - sc) / (TEACHER_ACC - sc) * 100)
+    assert row(summary, variant="kd")["delta_vs_kd"] == pytest.approx(0.0)
+    assert row(summary, variant="scratch")["teacher_kept"] == pytest.approx(0.0)
+    assert summary.attrs["teacher_acc"] == pytest.approx(TEACHER_ACC)
+
+    # hand-computed: scratch 90, kd 95, teacher 98 -> kd keeps 5/8 = 62.5 % of the teacher's lead
+    hand = pd.DataFrame({"variant": ["scratch", "kd", "x"], "n": [3, 3, 3],
+                         "last_test_acc_mean": [0.90, 0.95, 0.93], "teacher_test_acc_mean": [math.nan, 0.98, 0.98]})
+    out = report.add_deltas(hand)
+    assert list(out["teacher_kept"]) == pytest.approx([0.0, 62.5, 37.5])
+    assert list(out["delta_vs_kd"]) == pytest.approx([-5.0, 0.0, -2.0])
+    assert list(out["delta_vs_scratch"]) == pytest.approx([0.0, 5.0, 3.0])
+    # an explicit teacher accuracy, given in % (published numbers) or as a fraction
+    assert report.add_deltas(hand, teacher_acc=100.0)["teacher_kept"][1] == pytest.approx(50.0)
+    assert report.add_deltas(hand, teacher_acc=1.0)["teacher_kept"][1] == pytest.approx(50.0)
+    # no baseline group -> NaN, not a wrong number
+    assert out.pipe(report.add_deltas, baseline="nope")["delta_vs_kd"].isna().all()
+
+    d = display.set_index("variant")
+    assert d.loc["no_tau2", "Δ vs KD (pp)"] == f"{(nt - kd) * 100:+.2f}"
+    assert d.loc["kd", "teacher kept (%)"] == f"{(kd - sc) / (TEACHER_ACC - sc) * 100:.1f}"
+
+
+def _tex_rows(tex: str) -> tuple[list[str], list[list[str]]]:
+    lines = tex.splitlines()
+    top, mid, bot = lines.index("\\toprule"), lines.index("\\midrule"), lines.index("\\bottomrule")
+    def cells(s):
+        return [c.strip() for c in s.rstrip("\\ ").split(" & ")]
+    return cells(lines[top + 1]), [cells(s) for s in lines[mid + 1:bot]]
+
+
+def test_tables_written_with_protocol_bold_best_and_csv_round_trip(results, tmp_path):
+    summary, display = table(results)
+    paths = report.write_tables(display, tmp_path / "out", "ablation: digits")
+    assert {p.name for p in paths.values()} == {"table.md", "table.tex", "table.csv"}
+
+    md = paths["md"].read_text()
+    assert report.PROTOCOL_NOTE in md
+    assert "top-1 last (%)" in md and "top-1 best-epoch (%)" in md
+    m, s = statistics.mean(ACC["kd"]) * 100, statistics.stdev(ACC["kd"]) * 100
+    assert f"{m:.2f} ± {s:.2f}" in md
+
+    tex = paths["tex"].read_text()
+    assert "\\toprule" in tex and "\\caption{" in tex and "CRD protocol" in tex
+    header, rows = _tex_rows(tex)
+    by_variant = {r[0].replace("\\_", "_"): r for r in rows}
+    acc_j = header.index("top-1 last (\\%)")
+    ece_j = header.index("ECE last")
+    kl_j = header.index("KL(T$\\|$S) last")
+    assert by_variant["kd"][acc_j] == f"\\textbf{{{m:.2f} $\\pm$ {s:.2f}}}"  # max accuracy
+    assert not by_variant["no_tau2"][acc_j].startswith("\\textbf")
+    assert by_variant["no_tau2"][ece_j].startswith("\\textbf{")  # min ECE
+    assert sum(r[ece_j].startswith("\\textbf") for r in rows) == 1
+    assert by_variant["kd"][kl_j].startswith("\\textbf{")  # min KL among the distilled students
+    assert by_variant["scratch"][kl_j] == "--"  # no teacher: no KL, never bold
+
+    back = report.read_summary_csv(paths["csv"])
+    assert list(back.columns) == list(summary.columns)
+    assert len(back) == len(summary) == 3
+    pd.testing.assert_frame_equal(back, summary, check_dtype=False, check_exact=True)
+
+
+def test_failed_runs_listed_and_excluded(results, tmp_path):
+    summary, display = table(results)
+    assert row(summary, variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))
+    md = report.write_tables(display, tmp_path / "o", "cap")["md"].read_text()
+    section = md.split("## Failed runs", 1)[1]
+    assert "ablation-kd-a0.5-t4.0-s7-failed" in section
+    assert "RuntimeError: CUDA out of memory" in section and "line 3" not in section
+    assert "| failed" in md  # the count column
+
+
+def test_make_report_writes_plots_without_tau_curve(results):
+    out = report.make_report(results / "runs", EXP)
+    assert out["out_dir"] == results / EXP
+    assert set(out["plots"]) == {"reliability", "learning_curves"}  # tau is fixed: no tau curve
+    assert not (results / EXP / "tau_curves.png").exists()
+    for p in out["plots"].values():
+        data = Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert (results / EXP / "table.md").read_text() == out["markdown"]
+
+
+def test_pooled_reliability_and_ece():
+    recs = [record("kd", s) for s in range(3)]
+    p = report.pool_reliability(r["reliability"]["last"] for r in recs)
+    bins = [r["reliability"]["last"] for r in recs]
+    n12 = sum(b["count"][12] for b in bins)
+    assert p["count"][12] == n12 == 33.0
+    assert p["accuracy"][12] == pytest.approx(sum(b["count"][12] * b["accuracy"][12] for b in bins) / n12)
+    total = sum(p["count"])
+    ece = sum(c * abs(a - f) for c, a, f in zip(p["count"], p["accuracy"], p["confidence"])) / total
+    assert p["ece"] == pytest.approx(ece)
+
+
+def test_grid_experiment_groups_by_alpha_tau_and_plots_tau_curves(tmp_path):
+    runs = tmp_path / "results" / "runs" / "grid"
+    for a in (0.1, 0.9):
+        for t in (1.0, 4.0, 8.0):
+            for s in range(2):
+                write_record(runs / f"a{a}-t{t}-s{s}.json", record("kd", s, exp="grid", alpha=a, tau=t))
+    out = report.make_report(tmp_path / "results" / "runs", "grid")
+    summary = out["summary"]
+    assert list(summary.columns[:3]) == ["variant", "distill_alpha", "distill_tau"]
+    assert len(summary) == 6 and set(summary["n"]) == {2}
+    assert list(out["display"].columns[:3]) == ["variant", "α", "τ"]
+    assert "tau_curves" in out["plots"] and out["plots"]["tau_curves"].stat().st_size > 5000
+    assert report.plot_tau_curves([record("kd", s) for s in range(2)], tmp_path / "x.png") is None
+
+
+def test_main_missing_experiment_exits_2_and_writes_nothing(results, capsys):
+    before = sorted(p for p in results.parent.rglob("*"))
+    rc = report.main(["--experiment", "nope", "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err == f"kdbench-report: error: no run records for experiment 'nope' under {results / 'runs'} (found: {EXP})"
+    assert sorted(p for p in results.parent.rglob("*")) == before
+
+    rc = report.main(["--experiment", "nope", "--results", str(results.parent / "missing")])
+    assert rc == 2 and "(found: none)" in capsys.readouterr().err
+    assert not (results.parent / "missing").exists()
+
+
+def test_main_writes_tables_and_prints_markdown(results, capsys):
+    assert report.main(["--experiment", EXP, "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 last (%)" in out and "## Failed runs" in out
+    assert (results / EXP / "table.tex").exists() and (results / EXP / "reliability.png").exists()
+    assert report.main(["-e", EXP, "--records", str(results / "runs"), "--out", str(results / "o"),
+                        "--no-print"]) == 0
+    assert capsys.readouterr().out == "" and (results / "o" / "table.csv").exists()
+
+
+def test_from_wandb_offline_is_a_clear_error(results, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rc = report.main(["--experiment", EXP, "--from-wandb", "me/kdbench", "--out", str(results / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("kdbench-report: error: ") and "WANDB_MODE=online" in err
+    assert not (results / "w").exists()
+
+
+def test_wandb_logging_uses_report_job_and_finishes(results, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    seen = {}
+    real_init = wandb.init
+
+    def spy(**kw):
+        run = real_init(**kw)
+        seen.update(kw)
+        return run
+
+    monkeypatch.setattr(wandb, "init", spy)
+    out = report.make_report(results / "runs", EXP, out_dir=results / "wb", wandb_log=True)
+    assert seen["job_type"] == "report" and seen["group"] == EXP and seen["mode"] == "disabled"
+    assert (results / "wb" / "table.md").exists() and set(out["plots"]) == {"reliability", "learning_curves"}
+
+
+def test_only_failed_runs_still_make_a_table(tmp_path):
+    runs = tmp_path / "runs" / "bad"
+    for s in range(2):
+        write_record(runs / f"{s}.json", record("kd", s, exp="bad", status="diverged", error="loss is NaN"))
+    out = report.make_report(tmp_path / "runs", "bad", out_dir=tmp_path / "o")
+    assert out["summary"].loc[0, "n"] == 0 and out["summary"].loc[0, "n_failed"] == 2
+    assert out["display"].loc[0, "top-1 last (%)"] == "—" and out["plots"] == {}
+    assert "loss is NaN" in out["markdown"]
