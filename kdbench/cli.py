@@ -45,7 +45,7 @@ def _teacher_import(args) -> int:
         raise KDBenchError("--dataset", f"unknown dataset {args.dataset!r}; valid: {', '.join(dataset_names())}")
     if not Path(args.path).is_file():
         raise KDBenchError("PATH", f"no such file: {args.path}")
-    ds = {"name": args.dataset, "root": args.root, "download": False}
+    ds = {"name": args.dataset, "root": args.root, "download": False, "test_subset": args.test_subset}
     if args.dataset in DATASET_CLASSES and args.root is None:
         ds["root"] = "data"
     entry = import_published(args.path, args.arch, ds, args.teachers_dir, evaluate=not args.no_eval)
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--root", default=None, help="dataset root for measuring test accuracy")
     ti.add_argument("--teachers-dir", default="results/teachers")
     ti.add_argument("--no-eval", action="store_true", help="skip measuring test accuracy")
+    ti.add_argument("--test-subset", type=int, default=None, help="measure on the first N test images only")
     tl = tsub.add_parser("list", help="registered teachers")
     tl.add_argument("--teachers-dir", default="results/teachers")
     for name in ("train", "sweep", "report"):

@@ -16,7 +16,7 @@ AUGMENTS = ("none", "default", "crop_flip", "flip", "jitter")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
 #: the classes of each named dataset (imagefolder: known only once loaded)
-DATASET_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"cifar10_jpeg": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
@@ -80,6 +80,7 @@ def validate(cfg) -> None:
     from kdbench.data import dataset_names
     from kdbench.models import model_names
 
+    reject_secrets(cfg)  # first: a credential is refused whatever else is wrong
     validate_distill(cfg)
     ds = _get(cfg, "dataset.name")
     if ds not in dataset_names():
@@ -118,7 +119,6 @@ def validate(cfg) -> None:
     logger = _get(cfg, "logger") or {}
     if "wandb" in logger:
         _choice(cfg, "logger.wandb.mode", WANDB_MODES)
-    reject_secrets(cfg)
     check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
 
 

@@ -7,12 +7,16 @@ same loaders, precision policy, checkpoints and resumption.
 from __future__ import annotations
 
 import copy
+import logging
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from kdbench.data import TensorData, TensorLoader
 from kdbench.distill import DistillModule
@@ -86,6 +90,45 @@ def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool) -> tuple[
     return train, val, test
 
 
+log = logging.getLogger("kdbench")
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file in the checkpoint's own folder, then rename it into place.
+
+    Lightning's writer stages the file in the system temp folder and *moves* it: across file systems
+    (local /tmp, results on a network disk) that is a copy, and a job killed during it leaves a
+    truncated ``last.ckpt`` that every later resume trips over. A rename within one folder is atomic.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _usable_checkpoint(path: Path) -> bool:
+    """A ``last.ckpt`` that cannot be read (a disk fault, a copy cut short) is set aside, not resumed from."""
+    try:
+        torch.load(str(path), map_location="cpu", weights_only=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, ...
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log.warning("cannot resume from %s (%s: %s); moved it to %s and starting from scratch", path,
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", aside.name)
+        return False
+
+
 def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: list | None = None) -> pl.Trainer:
     acc = resolve_accelerator(spec.accelerator)
     kw = dict(
@@ -95,6 +138,7 @@ def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: 
         num_sanity_val_steps=0, log_every_n_steps=spec.log_every_n_steps, callbacks=callbacks or [],
         gradient_clip_val=spec.gradient_clip_val, default_root_dir=str(ckpt_dir) if ckpt_dir else None,
         enable_checkpointing=ckpt_dir is not None, use_distributed_sampler=False,
+        plugins=[_AtomicCheckpointIO()],
     )
     if spec.limit_train_batches is not None:
         kw["limit_train_batches"] = spec.limit_train_batches
@@ -133,11 +177,16 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
-                                  save_last=True, save_top_k=1, enable_version_counter=False)
-        callbacks.append(ckpt_cb)
+                                  save_top_k=1, enable_version_counter=False)
+        # its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only in epochs where the
+        # monitored metric improved, and resumption needs the latest epoch
+        last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
+                                  enable_version_counter=False)
+        callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
-    resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None
+    resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()
+                                     and _usable_checkpoint(last_ckpt)) else None
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
     tester = trainer
     if _fits_in_child_processes(trainer):

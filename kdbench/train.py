@@ -77,7 +77,12 @@ def load_data(cfg: DictConfig):
     from kdbench.data import load_dataset, split_train_val
 
     data = load_dataset(_data_cfg(cfg))
-    return split_train_val(data, cfg.dataset.val_size, seed=cfg.dataset.split_seed)
+    try:
+        return split_train_val(data, cfg.dataset.val_size, seed=cfg.dataset.split_seed)
+    except ValueError as e:  # val_size >= the training set: a config error, known only once the data is loaded
+        from kdbench.errors import ConfigError
+
+        raise ConfigError("dataset.val_size", str(e)) from None
 
 
 def fit_spec(cfg: DictConfig, *, epochs: int, batch_size: int, augment: str, seed: int, progress: bool | None = None):
@@ -214,9 +219,11 @@ def _finish_wandb() -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(quiet=True)
-    except Exception:  # never let tracker shutdown sink a run
-        pass
+            # finish it, so that the next run in this process (Hydra's basic launcher runs a whole sweep in
+            # one process) gets its own W&B run instead of logging into this one
+            wandb.finish()
+    except Exception as e:  # never let tracker shutdown sink a run
+        log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)
 
 
 def versions() -> dict:
