@@ -43,8 +43,10 @@ bench: $(STAMP) ## benchmarks that print tables (loss, data pipeline, training s
 models: $(STAMP) ## every model's parameters and MACs
 	$(PY) -m kdbench.cli models $(ARGS)
 
-reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST table into results/hinton_mnist/
+reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: both sweeps, then the table/plot in results/hinton_mnist/
 	$(PY) -m kdbench.sweep experiment=hinton_mnist $(ARGS)
+	$(PY) -m kdbench.sweep experiment=hinton_mnist_tau $(ARGS)
+	$(PY) -m kdbench.studies.hinton
 
 clean: ## remove the virtualenv, caches and Hydra outputs (keeps results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache wandb

@@ -138,9 +138,9 @@ def test_rerun_skips_a_complete_record_and_redoes_failed_ones(compose, tmp_path)
     assert rec["deterministic"] is False  # recorded as it was set
     first = rec["metrics"]
 
-    # killed (left "running"), diverged, or a record cut short: not complete, so run again; the finished
+    # killed (left "running") or a record cut short: not complete, so run again; the finished
     # checkpoint is there, so the re-run resumes at the end and only re-tests
-    for planted in ('{"run_id": "x", "status": "running"}', '{"run_id": "x", "status": "diverged"}', '{"run_id'):
+    for planted in ('{"run_id": "x", "status": "running"}', '{"run_id'):
         path.write_text(planted)
         rec = run(cfg)
         assert rec["status"] == "complete" and rec["resumed_from"] and rec["metrics"] == first
@@ -457,7 +457,10 @@ def test_env_key_never_lands_in_records_logs_or_wandb_files(compose, tmp_path, m
     rec = run(compose("distill=none", "trainer.max_epochs=1", "logger=wandb", "logger.wandb.mode=offline"))
     assert rec["status"] == "complete" and rec["wandb_dir"]
     wandb_run = Path(rec["wandb_dir"]).parent
-    assert (wandb_run / "files" / "config.yaml").exists() and list(wandb_run.rglob("*.wandb"))
+    # offline, W&B keeps the config, the metadata (command line, host...) and the history in run-*.wandb
+    (stream,) = wandb_run.glob("run-*.wandb")
+    assert b"val/acc" in stream.read_bytes() and b'"project":"kdbench"' in stream.read_bytes()
+    assert list((wandb_run / "logs").glob("*.log"))
     assert _files_containing(tmp_path, FAKE_ENV_KEY) == []
     # redaction of credential-like keys in what records and W&B configs carry
     assert redact({"a": {"api_key": "x", "my_token": 1, "ok": [{"password": "y"}]}}) == \
@@ -674,13 +677,11 @@ def test_wandb_online_without_credentials_falls_back_to_offline(compose, tmp_pat
     assert rec["status"] == "complete" and "offline-run-" in rec["wandb_dir"]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("trainer.devices=2", "trainer.strategy"),
-    ("distill.alpha=2", "distill.alpha"),
-])
-def test_cli_bad_config_exits_2_with_one_line(tmp_path, override, key):
-    p = _cli([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none", override])
+def test_cli_multi_device_with_plain_ddp_exits_2_with_one_line(tmp_path):
+    p = _cli([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none",
+              "trainer.devices=2"])  # strategy auto would be Lightning's re-launching ddp
     assert p.returncode == 2, p.stderr[-3000:]
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"kdbench: error: {key}: "), p.stderr
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error: trainer.strategy: "), p.stderr
+    assert "ddp_spawn only" in lines[0] and "Traceback" not in p.stderr
     assert not (tmp_path / "r" / "runs").exists()
