@@ -147,7 +147,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     if report and complete:
         from kdbench.report import make_report
 
-        out = make_report(Path(cfg0.paths.runs_dir).absolute(), exp)
+        lg = cfg0.get("logger") or {}
+        to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
+        out = make_report(Path(cfg0.paths.runs_dir).absolute(), exp, wandb_log=to_wandb)
         table = out.get("markdown") or ""
         if table:
             print("\n" + table)

@@ -175,3 +175,25 @@ def test_mnist_run_on_a_slice(compose):
                       "teacher.recipe.epochs=2"))
     assert rec["dataset"] == "mnist" and rec["metrics"]["last"]["test"]["acc"] > 0.8
     assert json.dumps(rec)  # serialisable as written
+
+
+def test_bf16_autocast_path_runs_with_float32_loss(compose):
+    """The GPU precision policy (bf16-mixed) exercised on CPU: logits in bf16, the loss in float32."""
+    from kdbench.distill import DistillModule
+    from kdbench.train import run
+
+    dtypes = []
+    orig = DistillModule.training_step
+
+    def spy(self, batch, batch_idx):
+        loss = orig(self, batch, batch_idx)
+        dtypes.append((self.student(batch[0]).dtype, loss.dtype))
+        return loss
+
+    DistillModule.training_step = spy
+    try:
+        rec = run(compose("trainer.max_epochs=1", "teacher.recipe.epochs=1", "trainer.precision=bf16-mixed"))
+    finally:
+        DistillModule.training_step = orig
+    assert rec["status"] == "complete"
+    assert (torch.bfloat16, torch.float32) in dtypes

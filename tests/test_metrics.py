@@ -1,0 +1,82 @@
+"""Metrics against closed forms computed by hand in float64 (not with the implementation)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdbench.metrics import ClassificationMetrics
+
+
+def _manual(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor):
+    p = logits.double().softmax(-1)
+    n, c = p.shape
+    conf, pred = p.max(-1)
+    correct = (pred == y).double()
+    ece, mce = 0.0, 0.0
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            gap = abs(conf[m].mean().item() - correct[m].mean().item())
+            ece += m.double().mean().item() * gap
+            mce = max(mce, gap)
+    onehot = torch.nn.functional.one_hot(y, c).double()
+    pt = t.double().softmax(-1)
+    return {
+        "acc": correct.mean().item(), "ece": ece, "mce": mce,
+        "nll": -(p[torch.arange(n), y].log()).mean().item(),
+        "brier": ((p - onehot) ** 2).sum(-1).mean().item(),
+        "agreement": (pred == t.argmax(-1)).double().mean().item(),
+        "kl_teacher": (pt * (pt.log() - p.log())).sum(-1).mean().item(),
+    }
+
+
+def test_metrics_match_closed_forms_over_several_batches():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 7, generator=g) * 3
+    y = torch.randint(0, 7, (300,), generator=g)
+    t = logits + torch.randn(300, 7, generator=g)
+    m = ClassificationMetrics(7, with_teacher=True)
+    for i in range(0, 300, 64):  # uneven batches: metrics must accumulate, not average batch means
+        m.update(logits[i:i + 64], y[i:i + 64], t[i:i + 64])
+    got, want = m.compute(), _manual(logits, y, t)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-5), k
+
+
+def test_perfect_confident_predictions():
+    y = torch.arange(10) % 4
+    logits = torch.nn.functional.one_hot(y, 4).float() * 50
+    m = ClassificationMetrics(4, with_teacher=True)
+    m.update(logits, y, logits)
+    out = m.compute()
+    assert out["acc"] == 1.0 and out["ece"] == pytest.approx(0, abs=1e-6)
+    assert out["brier"] == pytest.approx(0, abs=1e-6) and out["agreement"] == 1.0
+    assert out["kl_teacher"] == pytest.approx(0, abs=1e-6)
+
+
+def test_uniform_predictions_brier_and_nll():
+    c = 5
+    y = torch.arange(20) % c
+    m = ClassificationMetrics(c)
+    m.update(torch.zeros(20, c), y)
+    out = m.compute()
+    assert out["nll"] == pytest.approx(math.log(c))
+    assert out["brier"] == pytest.approx((1 - 1 / c) ** 2 + (c - 1) / c**2)
+
+
+def test_reliability_bins_cover_every_example():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(200, 10, generator=g) * 2
+    y = torch.randint(0, 10, (200,), generator=g)
+    m = ClassificationMetrics(10)
+    m.update(logits, y)
+    rel = m.reliability()
+    assert sum(rel["count"]) == 200 and len(rel["confidence"]) == 15
+    conf = torch.tensor(rel["confidence"])
+    counts = torch.tensor(rel["count"])
+    weighted = (conf * counts).sum() / counts.sum()
+    assert weighted.item() == pytest.approx(logits.softmax(-1).max(-1).values.mean().item(), rel=1e-5)
