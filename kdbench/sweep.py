@@ -154,6 +154,11 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
         if table:
             print("\n" + table)
         print(f"\ntables and plots: {out.get('out_dir')}")
+        print(f"run records:      {rec_dir}")
+        if to_wandb:
+            wdir = Path(cfg0.paths.wandb_dir).absolute() / "wandb"
+            mode = lg.wandb.mode
+            print(f"W&B ({mode}):     {wdir}" + ("  (upload: wandb sync <dir>/offline-run-*)" if mode == "offline" else ""))
     ok = rc == 0 and not failed and not missing
     return 0 if ok else 1
 
