@@ -1,3 +1,4 @@
+# ruff: noqa: B023, B007  (each closure is timed within its own loop iteration)
 """``make bench``: speed benchmarks that print tables (medians and side-by-side ratios).
 
 1. loss: kdbench.losses.kd_loss vs the usual inline formulation (F.kl_div + cross_entropy), fwd+bwd.

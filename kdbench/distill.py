@@ -199,7 +199,7 @@ class DistillModule(pl.LightningModule):
         self._raise_if_bad()
         mean = float(self._train_loss_sum / max(1, self._train_batches)) if self._train_loss_sum is not None \
             else math.nan
-        self.log("train/loss", mean, prog_bar=True)
+        self.log("train/loss", mean, prog_bar=True, sync_dist=True)  # DDP: the mean over the ranks' shards
         self._train_loss_sum, self._train_batches = None, 0
 
     # ---- evaluation -------------------------------------------------------------------------
@@ -219,8 +219,9 @@ class DistillModule(pl.LightningModule):
             return
         m = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict({f"val/{k}": v for k, v in m.items() if k != "acc"})
-        self.log("val/acc", m["acc"], prog_bar=True)
+        # identical on every rank (each evaluates the whole set), so syncing them changes nothing
+        self.log_dict({f"val/{k}": v for k, v in m.items() if k != "acc"}, sync_dist=True)
+        self.log("val/acc", m["acc"], prog_bar=True, sync_dist=True)
         train_loss = float(self._train_loss_sum / self._train_batches) if self._train_batches else math.nan
         row = {"epoch": self.current_epoch, "train_loss": train_loss}
         row.update({f"val_{k}": v for k, v in m.items()})
@@ -238,7 +239,7 @@ class DistillModule(pl.LightningModule):
         self.last_test = self.test_metrics.compute()
         self.last_reliability = self.test_metrics.reliability()
         self.test_metrics.reset()
-        self.log_dict({f"test/{k}": v for k, v in self.last_test.items()})
+        self.log_dict({f"test/{k}": v for k, v in self.last_test.items()}, sync_dist=True)
         if self.teacher_test_metrics is not None:
             self.last_teacher_test = self.teacher_test_metrics.compute()
             self.teacher_test_metrics.reset()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from kdbench.data import TensorData, TensorLoader
 from kdbench.distill import DistillModule
+from kdbench.errors import DivergedError
 
 
 @dataclass
@@ -187,7 +189,13 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()
                                      and _usable_checkpoint(last_ckpt)) else None
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
+    except torch.multiprocessing.ProcessRaisedException as e:  # ddp_spawn: a child's exception, as text
+        m = re.search(r"DivergedError: training diverged at step (\d+)", str(e))
+        if m:
+            raise DivergedError(int(m.group(1)), "the loss or the student logits") from None
+        raise
     tester = trainer
     if _fits_in_child_processes(trainer):
         # ddp_spawn: fit ran in child processes; the main process got rank 0's final weights (and the best

@@ -63,6 +63,8 @@ def plan(overrides: list[str]) -> list[dict]:
     from kdbench.errors import ConfigError
     from kdbench.train import run_id_of
 
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
     jobs, _ = expand_jobs(overrides)
     if not jobs:
         raise ConfigError("hydra.sweeper.params", "the grid expands to no jobs")
@@ -72,7 +74,10 @@ def plan(overrides: list[str]) -> list[dict]:
             cfg = compose_job(job)
             validate(cfg)
         except ConfigError as e:
-            raise ConfigError(e.key, f"{e.message} (job {i}: {' '.join(job)})") from None
+            from kdbench.train import _redact_override as redact_override
+
+            shown = " ".join(redact_override(o) for o in job)
+            raise ConfigError(e.key, f"{e.message} (job {i}: {shown})") from None
         out.append({"overrides": job, "cfg": cfg, "run_id": run_id_of(cfg)})
     ids = [j["run_id"] for j in out]
     if len(set(ids)) != len(ids):

@@ -460,7 +460,10 @@ def main(cfg: DictConfig) -> float:
 
 _NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",
           ".*smaller than the logging interval.*", ".*module\\(s\\) in eval mode.*", ".*anonymous setting.*",
-          ".*litlogger.*", ".*GPU available but not used.*")
+          ".*litlogger.*", ".*GPU available but not used.*",
+          # resuming (the folder holds the run's own checkpoints) and testing the best weights after a
+          # multi-device fit (on a fresh one-device trainer, without the checkpoint callbacks)
+          ".*Checkpoint directory .* exists and is not empty.*", ".*callbacks used to create the checkpoint.*")
 
 
 def _quiet_libraries() -> None:

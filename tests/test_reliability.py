@@ -58,13 +58,13 @@ def _files_containing(root: Path, needle: str) -> list[str]:
 # 1. kill and resume; re-runs skip complete records and redo failed ones
 # =============================================================================================
 
-KILL_EPOCHS = 8
+KILL_EPOCHS = 6
 
 
 def _kill_cmd(results: Path, teachers: Path, out: Path) -> list[str]:
     return [f"paths.results_dir={results}", f"paths.teachers_dir={teachers}", f"hydra.run.dir={out}",
             "logger=none", "trainer.progress=false", "experiment_name=killres", f"trainer.max_epochs={KILL_EPOCHS}",
-            "dataset.batch_size=8", "teacher.recipe.epochs=1", "teacher.kwargs.hidden=[64]",
+            "dataset.batch_size=16", "teacher.recipe.epochs=1", "teacher.kwargs.hidden=[64]",
             "+student.kwargs.dropout=0.3", "trainer.accelerator=cpu"]
 
 
@@ -427,6 +427,25 @@ def test_two_process_ddp_spawn_matches_single_process(compose, tmp_path):
         assert abs(h1["val_acc"] - h2["val_acc"]) <= 0.02 and h1["lr"] == pytest.approx(h2["lr"])
         assert abs(h1["train_loss"] - h2["train_loss"]) <= 0.05 * abs(h1["train_loss"]) + 1e-3
     assert sum(two["reliability"]["last"]["count"]) == sum(one["reliability"]["last"]["count"])  # whole test set
+    # each rank iterated half of every epoch: 2 x 32 per step gives as many steps as 1 x 64
+    import torch
+
+    steps = [torch.load(next((tmp_path / d / "checkpoints" / "default").rglob("last.ckpt")), map_location="cpu",
+                        weights_only=True)["global_step"] for d in ("one", "two")]
+    assert steps[0] == steps[1] == 4 * 18  # digits: 1145 training examples, 18 batches of 64 per epoch
+
+
+@pytest.mark.slow
+def test_divergence_in_a_ddp_child_is_reported_as_diverged(compose, tmp_path):
+    from kdbench.train import run
+
+    cfg = compose("distill=none", "optim.lr=1e6", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                  "trainer.devices=2", "trainer.strategy=ddp_spawn", "dataset.batch_size=32")
+    with pytest.raises(DivergedError) as e:
+        run(cfg)
+    (path,) = _records(tmp_path / "results")
+    rec = read_record(path)
+    assert rec["status"] == "diverged" and rec["diverged_step"] == e.value.step >= 0
 
 
 # =============================================================================================
@@ -459,7 +478,9 @@ def test_env_key_never_lands_in_records_logs_or_wandb_files(compose, tmp_path, m
     wandb_run = Path(rec["wandb_dir"]).parent
     # offline, W&B keeps the config, the metadata (command line, host...) and the history in run-*.wandb
     (stream,) = wandb_run.glob("run-*.wandb")
-    assert b"val/acc" in stream.read_bytes() and b'"project":"kdbench"' in stream.read_bytes()
+    data = stream.read_bytes()
+    assert b"val/acc" in data, (len(data), data[-300:])
+    assert b'"project":"kdbench"' in data, (len(data), data[:600])
     assert list((wandb_run / "logs").glob("*.log"))
     assert _files_containing(tmp_path, FAKE_ENV_KEY) == []
     # redaction of credential-like keys in what records and W&B configs carry
@@ -675,13 +696,3 @@ def test_wandb_online_without_credentials_falls_back_to_offline(compose, tmp_pat
         rec = run(compose("distill=none", "trainer.max_epochs=1", "logger=wandb", "logger.wandb.mode=online"))
     assert any("logging offline instead" in str(w.message) for w in caught)
     assert rec["status"] == "complete" and "offline-run-" in rec["wandb_dir"]
-
-
-def test_cli_multi_device_with_plain_ddp_exits_2_with_one_line(tmp_path):
-    p = _cli([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none",
-              "trainer.devices=2"])  # strategy auto would be Lightning's re-launching ddp
-    assert p.returncode == 2, p.stderr[-3000:]
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("kdbench: error: trainer.strategy: "), p.stderr
-    assert "ddp_spawn only" in lines[0] and "Traceback" not in p.stderr
-    assert not (tmp_path / "r" / "runs").exists()

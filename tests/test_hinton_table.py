@@ -1,0 +1,156 @@
+"""The Hinton et al. (2015) MNIST table, built from synthetic run records (fast, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pandas as pd
+import pytest
+
+from kdbench.records import write_record
+from kdbench.studies import hinton
+
+N_TEST = 10_000
+SEEDS = (0, 1, 2)
+# accuracies chosen so that (1 - acc) * 10000 is not an integer in float arithmetic
+TEACHER_ACC = {0: 0.99330001, 1: 0.99291234, 2: 0.99349999}
+SCRATCH_ACC = {0: 0.98540002, 1: 0.98466, 2: 0.98612}
+KD_ACC = {0: 0.99260002, 1: 0.99211, 2: 0.99188}
+TAU_ACC = {1.0: 0.9862, 2.0: 0.9881, 4.0: 0.99, 8.0: 0.9921, 20.0: KD_ACC[0]}
+
+
+def _config(seed: int) -> dict:
+    return {"teacher": {"seed": seed, "recipe": {"epochs": 15, "batch_size": 128, "augment": "jitter",
+                                                 "optim": {"lr": 0.02, "momentum": 0.9, "nesterov": True},
+                                                 "sched": {"name": "cosine"}}},
+            "trainer": {"max_epochs": 15}, "optim": {"lr": 0.02, "momentum": 0.9, "nesterov": True,
+                                                     "weight_decay": 0.0},
+            "sched": {"name": "cosine"}, "dataset": {"val_size": 5000, "batch_size": 128, "augment": "none"}}
+
+
+def _record(run_id: str, variant: str, seed: int, acc: float, tau: float | None = None, status: str = "complete",
+            teacher_acc: float | None = None, finished_at: str = "2026-01-01T00:00:00+00:00") -> dict:
+    test = {"acc": acc, "ece": 0.01 + seed / 1000, "nll": 0.05, "mce": 0.3, "brier": 0.02}
+    rec = {"run_id": run_id, "experiment": "hinton_mnist", "variant": variant, "seed": seed, "status": status,
+           "error": None, "config": _config(seed), "dataset": "mnist",
+           "dataset_info": {"sizes": {"train": 60000, "test": N_TEST}, "val_size": 5000},
+           "distill": {"alpha": 0.1 if variant == "kd" else 1.0, "tau": tau if tau is not None else 4.0},
+           "metrics": {}, "teacher": None, "history": [], "device": "cpu (x86_64, 2 cores)",
+           "wall_time_s": 600.0 + seed, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": finished_at}
+    if status == "complete":
+        if variant == "kd":
+            test |= {"agreement": 0.995, "kl_teacher": 0.02}
+        rec["metrics"] = {"last": {"epoch": 14, "test": test}, "best": {"epoch": 13, "test": test}}
+    if variant == "kd":
+        tacc = TEACHER_ACC[seed] if teacher_acc is None else teacher_acc
+        rec["teacher"] = {"key": f"key{seed}", "name": f"mnist-hinton_teacher-s{seed}-key{seed}",
+                          "arch": "hinton_teacher", "test": {"acc": tacc, "ece": 0.005, "nll": 0.03}}
+    return rec
+
+
+@pytest.fixture
+def results(tmp_path):
+    runs = tmp_path / "results" / "runs" / "hinton_mnist"
+    for s in SEEDS:
+        write_record(runs / f"scratch-s{s}.json", _record(f"scratch-s{s}", "scratch", s, SCRATCH_ACC[s]))
+        write_record(runs / f"kd-s{s}.json", _record(f"kd-s{s}", "kd", s, KD_ACC[s], tau=20.0))
+    for t, acc in TAU_ACC.items():
+        if t != 20.0:  # the tau=20 run of seed 0 is the grid's own run (same run id)
+            write_record(runs / f"kd-tau{t:g}.json", _record(f"kd-tau{t:g}", "kd", 0, acc, tau=t))
+    for s in SEEDS:  # the teachers' registry entries
+        entry = tmp_path / "results" / "teachers" / f"mnist-hinton_teacher-s{s}-key{s}"
+        entry.mkdir(parents=True)
+        (entry / "meta.json").write_text(json.dumps({"key": f"key{s}", "test": {"acc": TEACHER_ACC[s]}}))
+    return tmp_path / "results"
+
+
+def _errors(accs):
+    errs = [round((1 - a) * N_TEST) for a in accs]
+    return statistics.mean(errs), statistics.stdev(errs), errs
+
+
+def test_errors_are_counts_out_of_10000_mean_std_over_seeds(results):
+    table = hinton.build_hinton_table(results / "runs" / "hinton_mnist").set_index("model")
+    assert list(table.index) == [hinton.ROW_TEACHER, hinton.ROW_SCRATCH, hinton.ROW_KD]
+    for row, accs in ((hinton.ROW_TEACHER, TEACHER_ACC), (hinton.ROW_SCRATCH, SCRATCH_ACC), (hinton.ROW_KD, KD_ACC)):
+        mean, std, errs = _errors([accs[s] for s in SEEDS])
+        assert table.loc[row, "errors_mean"] == pytest.approx(mean)
+        assert table.loc[row, "errors_std"] == pytest.approx(std)
+        assert table.loc[row, "n_seeds"] == 3
+        assert table.loc[row, "errors_per_seed"] == " / ".join(str(e) for e in errs)
+    assert round((1 - TEACHER_ACC[0]) * N_TEST) == 67  # rounding, not truncation: 66.9999 -> 67
+    assert table["published_errors"].to_dict() == {hinton.ROW_TEACHER: 67, hinton.ROW_SCRATCH: 146,
+                                                   hinton.ROW_KD: 74}
+    # agreement / KL with the teacher: measured for the distilled student only
+    assert table.loc[hinton.ROW_KD, "agreement"] == pytest.approx(0.995)
+    assert math.isnan(table.loc[hinton.ROW_SCRATCH, "agreement"])
+    assert math.isnan(table.loc[hinton.ROW_TEACHER, "kl_to_teacher"])
+
+
+def test_teacher_deduplicated_by_key(results):
+    # seed 0's teacher appears in 5 records (grid + tau sweep) but counts once; a second record
+    # carrying the same key with another acc must not be a fourth teacher
+    runs = results / "runs" / "hinton_mnist"
+    write_record(runs / "kd-s0-running.json", _record("kd-s0-running", "kd", 0, 0.5, tau=3.0, status="running",
+                                                      teacher_acc=0.90))
+    table = hinton.build_hinton_table(runs).set_index("model")
+    assert table.loc[hinton.ROW_TEACHER, "n_seeds"] == 3
+    assert table.loc[hinton.ROW_TEACHER, "seeds"] == "0 1 2"
+    assert table.loc[hinton.ROW_TEACHER, "errors_mean"] == pytest.approx(
+        _errors([TEACHER_ACC[s] for s in SEEDS])[0])
+
+
+def test_rerun_replaces_older_record_and_incomplete_runs_are_flagged(results):
+    runs = results / "runs" / "hinton_mnist"
+    write_record(runs / "scratch-s1-rerun.json", _record("scratch-s1-rerun", "scratch", 1, 0.9800,
+                                                         finished_at="2026-02-01T00:00:00+00:00"))
+    write_record(runs / "scratch-s3.json", _record("scratch-s3", "scratch", 3, 0.5, status="running"))
+    study = hinton.collect(runs)
+    row = study.table.set_index("model").loc[hinton.ROW_SCRATCH]
+    assert row["n_seeds"] == 3
+    assert row["errors_mean"] == pytest.approx(_errors([SCRATCH_ACC[0], 0.98, SCRATCH_ACC[2]])[0])
+    assert not study.partial and any("running" in p for p in study.problems)
+
+
+def test_partial_grid_is_marked(results):
+    runs = results / "runs" / "hinton_mnist"
+    (runs / "scratch-s2.json").unlink()
+    (runs / "kd-tau8.json").unlink()
+    study = hinton.collect(runs)
+    assert study.partial
+    assert study.table.set_index("model").loc[hinton.ROW_SCRATCH, "n_seeds"] == 2
+    out = results / "hinton_mnist"
+    hinton.write_outputs(study, out)
+    assert "PARTIAL" in (out / "table.md").read_text()
+
+
+def test_cli_writes_table_csv_tex_plot_and_copies(results, capsys):
+    assert hinton.main(["--results", str(results)]) == 0
+    out = results / "hinton_mnist"
+    csv = pd.read_csv(out / "table.csv")
+    assert {"model", "published_errors", "errors_mean", "errors_std", "n_seeds"} <= set(csv.columns)
+    assert csv["published_errors"].tolist() == [67, 146, 74]
+    assert csv["errors_mean"].iloc[2] == pytest.approx(_errors([KD_ACC[s] for s in SEEDS])[0])
+    png = out / "tau_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    tau = pd.read_csv(out / "tau_table.csv")
+    assert tau["tau"].tolist() == [1.0, 2.0, 4.0, 8.0, 20.0]
+    assert tau["errors"].tolist() == [round((1 - TAU_ACC[t]) * N_TEST) for t in tau["tau"]]
+    md = (out / "table.md").read_text()
+    assert "LAST-epoch" in md and "PARTIAL" not in md and "| 67 |" in md
+    assert "\\begin{table}" in (out / "table.tex").read_text()
+    assert len(list((out / "records").glob("*.json"))) == 10
+    assert sorted(p.parent.name for p in (out / "teachers").glob("*/meta.json")) == [
+        f"mnist-hinton_teacher-s{s}-key{s}" for s in SEEDS]
+    # the frozen copy rebuilds the same table
+    assert hinton.main(["--results", str(results), "--records", str(out / "records"),
+                        "--out", str(results / "again")]) == 0
+    assert pd.read_csv(results / "again" / "table.csv").equals(csv)
+
+
+def test_no_records_is_a_one_line_error_exit_2(tmp_path, capsys):
+    assert hinton.main(["--results", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no hinton_mnist run records" in err
