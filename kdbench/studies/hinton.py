@@ -497,6 +497,112 @@ def write_outputs(study: Study, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+# ---- diagnostics (optional): re-evaluate the saved weights, no training ------------------------------
+def _predict(model, x, y, data, batch_size: int = 2000):
+    import torch
+
+    from kdbench.data import TensorLoader
+
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for xb, _, _ in TensorLoader(x, y, batch_size, mean=data.mean, std=data.std):
+            preds.append(model(xb).argmax(1))
+    return torch.cat(preds)
+
+
+def _student_state(ckpt: Path) -> dict:
+    import torch
+
+    # our own Lightning checkpoint (it also holds RNG state and history, hence weights_only=False)
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)["state_dict"]
+    return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+
+
+def diagnose(study: Study, results: Path) -> list[dict]:
+    """Per seed: train/test errors of teacher, distilled and scratch student (last-epoch weights), and
+    how the students' test errors overlap the teacher's. Needs the registry teachers and the runs'
+    ``last.ckpt`` (``<results>/checkpoints/<experiment>/<run_id>/``); seeds without them are skipped."""
+    from safetensors.torch import load_file
+
+    from kdbench.data import load_dataset, split_train_val
+    from kdbench.models import build_model
+
+    kd = {r.get("seed"): r for r in study.sources[ROW_KD]}
+    scratch = {r.get("seed"): r for r in study.sources[ROW_SCRATCH]}
+    out: list[dict] = []
+    data = None
+    for seed in sorted(set(kd) & set(scratch)):
+        rk, rs = kd[seed], scratch[seed]
+        t = rk.get("teacher") or {}
+        tw = results / "teachers" / str(t.get("name")) / "model.safetensors"
+        ck = {v: results / "checkpoints" / str(r.get("experiment")) / str(r.get("run_id")) / "last.ckpt"
+              for v, r in (("kd", rk), ("scratch", rs))}
+        if not tw.is_file() or not all(p.is_file() for p in ck.values()):
+            continue
+        if data is None:
+            dcfg = dict((rk.get("config") or {}).get("dataset") or {})
+            for key in ("root", "cache_dir"):
+                if dcfg.get(key):
+                    dcfg[key] = str(Path(dcfg[key]).resolve())
+            data = split_train_val(load_dataset(dcfg), dcfg.get("val_size", 0), seed=dcfg.get("split_seed", 0))
+        models = {"teacher": build_model(t.get("arch", "hinton_teacher"), data.num_classes, data.input_shape),
+                  "kd": build_model(rk["student_arch"], data.num_classes, data.input_shape),
+                  "scratch": build_model(rs["student_arch"], data.num_classes, data.input_shape)}
+        models["teacher"].load_state_dict(load_file(str(tw)))
+        for v in ("kd", "scratch"):
+            models[v].load_state_dict(_student_state(ck[v]))
+        pred = {split: {m: _predict(model, x, y, data) for m, model in models.items()}
+                for split, (x, y) in (("train", (data.train_x, data.train_y)), ("test", (data.test_x, data.test_y)))}
+        ytr, yte = data.train_y, data.test_y
+        wrong = {m: pred["test"][m] != yte for m in models}
+        t_wrong_tr = pred["train"]["teacher"] != ytr
+        row = {"seed": seed, "n_train": int(ytr.numel()), "n_test": int(yte.numel())}
+        for m in models:
+            row[f"{m}_train_errors"] = int((pred["train"][m] != ytr).sum())
+            row[f"{m}_test_errors"] = int(wrong[m].sum())
+        row.update({
+            "kd_test_errors_shared_with_teacher": int((wrong["kd"] & wrong["teacher"]).sum()),
+            "scratch_test_errors_shared_with_teacher": int((wrong["scratch"] & wrong["teacher"]).sum()),
+            "kd_agreement_with_teacher_test": float((pred["test"]["kd"] == pred["test"]["teacher"]).float().mean()),
+            "scratch_agreement_with_teacher_test": float(
+                (pred["test"]["scratch"] == pred["test"]["teacher"]).float().mean()),
+            "kd_copies_teacher_train_mistakes": int((t_wrong_tr & (pred["train"]["kd"] == pred["train"]["teacher"])).sum()),
+        })
+        out.append(row)
+        del models, pred
+    return out
+
+
+def render_diagnostics(rows: list[dict]) -> str:
+    import pandas as pd
+
+    if not rows:
+        return "# Diagnostics\n\nNo seed had both the teacher weights and the students' last.ckpt.\n"
+    df = pd.DataFrame(rows)
+    show = pd.DataFrame({
+        "seed": df["seed"],
+        f"teacher train errors (/{rows[0]['n_train']:,})": df["teacher_train_errors"],
+        "distilled train errors": df["kd_train_errors"],
+        "scratch train errors": df["scratch_train_errors"],
+        "teacher's train mistakes copied by distilled": df["kd_copies_teacher_train_mistakes"],
+        f"teacher test errors (/{rows[0]['n_test']:,})": df["teacher_test_errors"],
+        "distilled test errors": df["kd_test_errors"],
+        "… shared with teacher": df["kd_test_errors_shared_with_teacher"],
+        "scratch test errors": df["scratch_test_errors"],
+        "… shared with teacher ": df["scratch_test_errors_shared_with_teacher"],
+        "test agreement with teacher, distilled (%)": (100 * df["kd_agreement_with_teacher_test"]).round(2),
+        "test agreement with teacher, scratch (%)": (100 * df["scratch_agreement_with_teacher_test"]).round(2),
+    }).astype(str)
+    return "\n".join([
+        "# Diagnostics: the saved last-epoch weights, re-evaluated (no training)", "",
+        markdown(show), "",
+        "Errors are counts of wrong argmax predictions (eval mode: no dropout, no jitter) on the 55,000 "
+        "training images the models were fitted on and on the 10,000 test images. Regenerate with "
+        "`python -m kdbench.studies.hinton --diagnose` (needs `results/teachers/` and "
+        "`results/checkpoints/hinton_mnist/`).", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kdbench.studies.hinton", description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results", help="results folder (default: results)")
@@ -504,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"records folder (default: <results>/runs/{EXPERIMENT}); "
                          f"<results>/{EXPERIMENT}/records rebuilds from the frozen copy")
     ap.add_argument("--out", default=None, help=f"output folder (default: <results>/{EXPERIMENT})")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also re-evaluate the saved teacher and student weights (train/test errors, error overlap) "
+                         "into diagnostics.md / diagnostics.csv")
     args = ap.parse_args(argv)
     results = Path(args.results)
     records_dir = Path(args.records) if args.records else results / "runs" / EXPERIMENT
@@ -515,6 +624,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = write_outputs(study, out_dir)
     n_rec, n_t = copy_sources(study, out_dir, results / "teachers")
+    if args.diagnose:
+        import pandas as pd
+
+        from kdbench.records import atomic_write_text
+
+        rows = diagnose(study, results)
+        atomic_write_text(out_dir / "diagnostics.md", render_diagnostics(rows))
+        atomic_write_text(out_dir / "diagnostics.csv", pd.DataFrame(rows).to_csv(index=False))
+        paths["diagnostics"] = out_dir / "diagnostics.md"
     print(markdown(display_table(study.table)))
     if study.partial:
         print("PARTIAL: " + "; ".join(study.problems))
