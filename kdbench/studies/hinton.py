@@ -411,7 +411,7 @@ def plot_tau_curve(study: Study, out_path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.6, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     tab = study.table.set_index("model")
@@ -440,7 +440,7 @@ def plot_tau_curve(study: Study, out_path: str | Path) -> Path:
     title = "Hinton et al. 2015, MNIST: 784-800-800-10 student vs T (last epoch)"
     ax.set_title(title + (" [PARTIAL]" if study.partial else ""), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
