@@ -125,13 +125,9 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
 
 
 def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
+    from kdbench.train import _wandb_has_credentials
+
+    return _wandb_has_credentials()
 
 
 def load_wandb_runs(path: str, experiment: str, timeout: int = 30):
