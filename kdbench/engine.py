@@ -215,11 +215,15 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     teacher_test = dict(module.last_teacher_test)
     best = last
     if ckpt_cb is not None and ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).exists():
+        # testing the best checkpoint loads its weights; put the final weights back afterwards, so the
+        # caller (e.g. the teacher registry) keeps the model whose "last" metrics it records
+        final_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         tester.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=False)
         best_i = max(range(len(history)), key=lambda i: (history[i].get("val_acc", -1), -i)) if history else None
         best = {"epoch": history[best_i]["epoch"] if best_i is not None else None,
                 "val": _val_of(history[best_i]) if best_i is not None else {}, "test": dict(module.last_test)}
         reliability["best"] = module.last_reliability
+        module.load_state_dict(final_state)
     module.history = history
     return FitResult(last=last, best=best, teacher_test=teacher_test, history=history, reliability=reliability,
                      resumed_from=resume_from, deterministic=torch.are_deterministic_algorithms_enabled())

@@ -197,3 +197,22 @@ def test_bf16_autocast_path_runs_with_float32_loss(compose):
         DistillModule.training_step = orig
     assert rec["status"] == "complete"
     assert (torch.bfloat16, torch.float32) in dtypes
+
+
+def test_fit_returns_the_final_weights_after_testing_the_best_checkpoint(tmp_path):
+    """Testing the best-epoch checkpoint must not leave its weights in the model (the teacher registry
+    stores the model it gets back, next to the *last*-epoch metrics)."""
+    from kdbench.data import load_dataset, split_train_val
+    from kdbench.distill import DistillModule, LossSpec, OptimSpec, SchedSpec
+    from kdbench.engine import FitSpec, fit_and_test
+    from kdbench.models import build_model
+    from kdbench.teachers import evaluate_on_test
+
+    torch.manual_seed(0)
+    data = split_train_val(load_dataset({"name": "digits"}), 0.15)
+    model = build_model("mlp", 10, data.input_shape, hidden=[64])
+    module = DistillModule(model, None, 10, LossSpec(alpha=1.0), OptimSpec(lr=1.5, momentum=0.9),
+                           SchedSpec(name="none"))
+    res = fit_and_test(module, data, FitSpec(max_epochs=6, batch_size=64, progress=False), ckpt_dir=tmp_path / "c")
+    assert res.best["epoch"] != res.last["epoch"], "precondition: this recipe must peak before its last epoch"
+    assert evaluate_on_test(model, {"name": "digits"})["acc"] == pytest.approx(res.last["test"]["acc"], abs=1e-6)
