@@ -177,10 +177,10 @@ class DistillModule(pl.LightningModule):
         """
         step = self.global_step
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(logits.detach()).all())
-        step_t = torch.tensor(step, device=loss.device)
         if self._first_bad_step is None:
-            self._first_bad_step = torch.tensor(-1, device=loss.device)
-        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step_t, self._first_bad_step)
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        # a Python scalar operand: no per-step host-to-device copy, no sync
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
         if (step + 1) % self.check_finite_every == 0:
             self._raise_if_bad()
 

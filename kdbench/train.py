@@ -295,7 +295,8 @@ def run(cfg: DictConfig) -> dict:
         "status": "running", "error": None, "config": resolved(cfg), "overrides": _overrides(),
         "dataset": cfg.dataset.name, "dataset_info": _jsonable(data.info),
         "teacher_arch": cfg.teacher.arch if d.enabled else None, "student_arch": cfg.student.arch,
-        "distill": {k: resolved(cfg)["distill"][k] for k in cfg.distill},
+        # what the loss actually used: a scratch run (enabled=false) trains on labels only, alpha = 1
+        "distill": {**resolved(cfg)["distill"], "alpha": loss.alpha},
         "metrics": {}, "teacher": None, "history": [], "reliability": {},
         "versions": versions(), "device": device_name(acc), "host": socket.gethostname(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
