@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -104,7 +105,8 @@ def test_seed_example_by_hand_and_reference():
 @pytest.mark.parametrize("shape", [(1, 2), (8, 10), (4, 3, 5), (2, 3, 2, 6)])
 @pytest.mark.parametrize("kl", KL_DIRECTIONS)
 def test_random_cases_match_reference(shape, kl):
-    gen = torch.Generator().manual_seed(hash((shape, kl)) % 2**31)
+    # A seed fixed per case (``hash()`` of a str changes with PYTHONHASHSEED between processes).
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, kl)).encode()))
     for alpha in (0.0, 0.3, 1.0):
         for tau in (0.5, 1.0, 4.0):
             for tau_squared in (True, False):
@@ -113,7 +115,12 @@ def test_random_cases_match_reference(shape, kl):
                 got = kd_loss(s, t, y, **kw)
                 want = ref_kd(s, t, y, **kw)
                 assert got.dtype == torch.float32
-                torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+                # float32 log_softmax rounds each log-probability to ~1e-7 absolute; for nearly
+                # equal distributions the KL (~1e-6) keeps that absolute error, amplified by its
+                # weight (1-alpha)*tau^2. The tolerance scales with the loss's total weight.
+                w = tau**2 if tau_squared else 1.0
+                atol = 1e-6 * (alpha + (1 - alpha) * w)
+                torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=atol)
 
 
 def test_kl_divergence_matches_reference_and_shape():
