@@ -477,6 +477,12 @@ def test_env_key_never_lands_in_records_logs_or_wandb_files(compose, tmp_path, m
     assert rec["status"] == "complete" and rec["wandb_dir"]
     wandb_run = Path(rec["wandb_dir"]).parent
     # offline, W&B keeps the config, the metadata (command line, host...) and the history in run-*.wandb
+    # wandb.finish() hands the last records to the W&B service, which writes the offline stream
+    # asynchronously (a busy machine showed a header-only file right after finish()); tearing the
+    # service down, as the process exit does, flushes it.
+    import wandb
+
+    wandb.teardown()
     (stream,) = wandb_run.glob("run-*.wandb")
     data = stream.read_bytes()
     assert b"val/acc" in data, (len(data), data[-300:])
