@@ -100,6 +100,73 @@ def experiments_under(records_dir: str | os.PathLike) -> list[str]:
     return sorted({str(r.get("experiment")) for _, r in iter_records(root) if r.get("experiment") is not None})
 
 
+#: config keys that never make two runs different computations (or are covered by other columns)
+_CONFIG_SKIP_TOP = ("paths", "logger", "hydra", "resume", "force", "tags", "experiment_name", "seed",
+                    "teacher_only")
+_CONFIG_SKIP_KEYS = ("trainer.progress", "trainer.log_every_n_steps", "trainer.check_finite_every",
+                     "distill.variant", "distill.enabled", "distill.alpha", "distill.tau",
+                     "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size",
+                     "teacher.train_if_missing")
+
+
+def _config_leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for a nested config; lists become compact JSON strings (hashable)."""
+    import json
+
+    out: dict[str, Any] = {}
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            out.update(_config_leaves(v, f"{prefix}{k}."))
+    elif isinstance(cfg, (list, tuple)):
+        out[prefix[:-1]] = json.dumps(cfg, separators=(",", ":"), sort_keys=True, default=str)
+    elif prefix:
+        out[prefix[:-1]] = cfg
+    return out
+
+
+def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
+    """The config keys that tell runs of the same variant apart, and each run's value of them.
+
+    A table must never average runs that are different computations: a sweep over, say,
+    ``student.kwargs.hidden`` or ``teacher.arch`` inside one experiment varies keys that the variant
+    name does not show. A key counts when it takes several values among the runs of one variant.
+    Seed-derived keys (``teacher.seed: ${seed}``), α and τ (own columns) and keys that do not change
+    the computation (paths, logging) are left out. Returns ``{key: {run_id: value}}``.
+    """
+    recs = [r for r in recs if isinstance(r, Mapping)]
+    leaves = []
+    for r in recs:
+        flat = {k: v for k, v in _config_leaves(r.get("config") or {}).items()
+                if k.split(".", 1)[0] not in _CONFIG_SKIP_TOP and k not in _CONFIG_SKIP_KEYS}
+        leaves.append(flat)
+    seed_like = {k for flat in leaves for k in flat}
+    for r, flat in zip(recs, leaves):
+        seed_like = {k for k in seed_like if k in flat and str(flat[k]) == str(r.get("seed"))}
+    per_variant: dict[Any, dict[str, set]] = {}
+    for r, flat in zip(recs, leaves):
+        vals = per_variant.setdefault(r.get("variant"), {})
+        for k, v in flat.items():
+            vals.setdefault(k, set()).add(json_key(v))
+    keys = sorted({k for vals in per_variant.values() for k, vs in vals.items() if len(vs) > 1} - seed_like)
+    return {k: {r.get("run_id"): flat.get(k) for r, flat in zip(recs, leaves)} for k in keys}
+
+
+def json_key(v: Any) -> Any:
+    """A hashable stand-in for a config value (dicts and lists by their JSON text)."""
+    import json
+
+    return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
+
+
+def add_config_columns(rows: list[dict], recs: Sequence[Mapping]) -> list[str]:
+    """Add the :func:`config_columns` of ``recs`` to the flat ``rows`` (same order); returns their names."""
+    cols = config_columns(recs)
+    for row, rec in zip(rows, recs):
+        for k, by_run in cols.items():
+            row[k] = by_run.get(rec.get("run_id"))
+    return list(cols)
+
+
 def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[Any, list[dict]]:
     """``(df, records)``: one flat row per run (``flatten_record`` + ``path``) and the raw records.
 
@@ -117,6 +184,8 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
             if r.get("experiment") == experiment:
                 recs.append(r)
                 rows.append(flatten_record(r) | {"path": str(p)})
+    if rows:
+        add_config_columns(rows, recs)
     if not rows:
         found = experiments_under(_runs_root(records_dir, experiment))
         raise ReportError("experiment", f"no run records for experiment '{experiment}' under "
@@ -295,6 +364,24 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
     above 1 is read as %); when None it is the mean ``teacher_test_acc`` of the baseline's runs
     (all runs with a teacher if the baseline has none).
     """
+    extra = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
+    if extra and len(summary):
+        # one comparison per configuration (e.g. per teacher or per student width): each row is
+        # compared with the KD and scratch groups that share its config-column values
+        import pandas as pd
+
+        keys = [tuple(_key(v) for v in row) for row in summary[extra].itertuples(index=False, name=None)]
+        parts = []
+        for k in dict.fromkeys(keys):
+            sub = summary[[kk == k for kk in keys]].copy()
+            sub.attrs.update(summary.attrs, group_cols=[c for c in summary.attrs["group_cols"] if c not in extra])
+            parts.append(add_deltas(sub, baseline, scratch, teacher_acc))
+        s = pd.concat(parts).loc[summary.index]
+        s.attrs.update(summary.attrs)
+        one = len(parts) == 1
+        s.attrs.update({a: (parts[0].attrs[a] if one else math.nan)
+                        for a in ("teacher_acc", "baseline_acc", "scratch_acc")})
+        return s
     s = summary.copy()
     acc = s["last_test_acc_mean"].astype(float)
     kd = _reference_acc(s, baseline)
@@ -395,6 +482,14 @@ def _is_grid(df) -> bool:
     return any(len(s) > 1 for s in seen.values())
 
 
+def default_group_cols(df) -> tuple[str, ...]:
+    """``variant``, then the config keys that tell runs of one variant apart (:func:`config_columns`,
+    dotted names), then α and τ when some variant ran with several (α, τ) settings."""
+    extra = [c for c in (df.columns if df is not None else []) if "." in str(c)]
+    tail = GRID_COLS[1:] if _is_grid(df) else ()
+    return ("variant", *extra, *tail)
+
+
 def _failed_rows(df) -> list[dict]:
     if df is None or not len(df):
         return []
@@ -434,7 +529,7 @@ def build_table(records_dir: str | os.PathLike, experiment: str, group_cols: Seq
     """
     df = _frame if _frame is not None else load_experiment(records_dir, experiment)[0]
     if group_cols is None:
-        group_cols = GRID_COLS if _is_grid(df) else ("variant",)
+        group_cols = default_group_cols(df)
     summary = add_deltas(summarize(df, group_cols))
     display = format_display(summary, group_cols)
     display.attrs.update(failed=_failed_rows(df), experiment=experiment, caption=_caption(df, experiment))
@@ -589,6 +684,7 @@ def _as_runs(obj) -> list[tuple[dict, dict]]:
     for item in obj or []:
         rec = item[1] if isinstance(item, tuple) else item
         out.append((flatten_record(rec), rec))
+    add_config_columns([row for row, _ in out], [rec for _, rec in out])
     return out
 
 
@@ -604,7 +700,7 @@ def _groups(runs, group_cols: Sequence[str] | None, complete_only: bool = True) 
     if group_cols is None:
         import pandas as pd
 
-        group_cols = GRID_COLS if _is_grid(pd.DataFrame([r for r, _ in runs])) else ("variant",)
+        group_cols = default_group_cols(pd.DataFrame([r for r, _ in runs]))
     gs: dict[tuple, list] = {}
     for row, rec in runs:
         if complete_only and row.get("status") != "complete":
@@ -700,21 +796,25 @@ def plot_tau_curves(records_df_or_records, out_path: str | os.PathLike) -> Path 
         return None
     if "distill_alpha" not in df.columns:
         df["distill_alpha"] = None
-    s = summarize(df, GRID_COLS, ["last_test_acc", "last_test_ece"])
+    # one line per (variant, config columns, alpha): runs of different configurations never share a line
+    line_cols = ["variant", *[c for c in df.columns if "." in str(c)]]
+    s = summarize(df, (*line_cols, "distill_alpha", "distill_tau"), ["last_test_acc", "last_test_ece"])
     s = s[s["n"] > 0]
+    line_of = [tuple(_key(v) for v in row) for row in s[line_cols].itertuples(index=False, name=None)]
     lines: list[tuple[str, list[tuple[float, float, float, float, float]]]] = []
-    variants = [v for v in dict.fromkeys(s["variant"].tolist())
-                if len({_key(t) for t in s.loc[s["variant"] == v, "distill_tau"].tolist()} - {None}) > 1]
-    if not variants:
+    combos = [c for c in dict.fromkeys(line_of)
+              if len({_key(t) for t, lc in zip(s["distill_tau"].tolist(), line_of) if lc == c} - {None}) > 1]
+    if not combos:
         return None
-    for v in variants:
-        sv = s[s["variant"] == v]
+    for combo in combos:
+        sv = s[[lc == combo for lc in line_of]]
         for a in sorted({_key(x) for x in sv["distill_alpha"].tolist()}, key=lambda x: (x is None, _num(x))):
             sa = sv[[_key(x) == a for x in sv["distill_alpha"].tolist()]]
             pts = sorted((_num(r["distill_tau"]), r["last_test_acc_mean"] * 100, _nz(r["last_test_acc_std"]) * 100,
                           r["last_test_ece_mean"], _nz(r["last_test_ece_std"]))
                          for r in sa.to_dict("records") if not math.isnan(_num(r["distill_tau"])))
-            name = f"α={_fmt_num(a)}" + (f" ({v})" if len(variants) > 1 else "")
+            tag = " ".join([str(combo[0])] + [f"{c}={_fmt_num(v)}" for c, v in zip(line_cols[1:], combo[1:])])
+            name = f"α={_fmt_num(a)}" + (f" ({tag})" if len(combos) > 1 else "")
             lines.append((name, pts))
     fig, axes = _figure(1, 2, (5.0, 3.8))
     taus = sorted({p[0] for _, pts in lines for p in pts})

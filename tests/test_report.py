@@ -299,3 +299,40 @@ def test_only_failed_runs_still_make_a_table(tmp_path):
     assert out["summary"].loc[0, "n"] == 0 and out["summary"].loc[0, "n_failed"] == 2
     assert out["display"].loc[0, "top-1 last (%)"] == "—" and out["plots"] == {}
     assert "loss is NaN" in out["markdown"]
+
+
+def test_runs_that_differ_in_config_are_never_averaged_together(tmp_path):
+    """A sweep over student widths inside one experiment: one row per (variant, width), and each
+    width's KD row is compared with the scratch row of the same width."""
+    runs = tmp_path / "results" / "runs" / "widths"
+    accs = {("kd", 16): [0.90, 0.91, 0.92], ("scratch", 16): [0.85, 0.86, 0.87],
+            ("kd", 64): [0.96, 0.97, 0.95], ("scratch", 64): [0.94, 0.93, 0.95]}
+    for (variant, width), vals in accs.items():
+        for seed, acc in enumerate(vals):
+            rec = record(variant, seed, exp="widths")
+            rec["run_id"] = f"{variant}-w{width}-s{seed}"
+            # teacher.seed follows the seed (seed-derived, not a column); the width is the swept key
+            rec["config"] = {"seed": seed, "teacher": {"seed": seed, "arch": "mlp"},
+                             "student": {"arch": "mlp", "kwargs": {"hidden": [width]}},
+                             "paths": {"results_dir": f"/somewhere/{seed}"}}
+            rec["metrics"]["last"]["test"]["acc"] = acc
+            write_record(runs / f"{rec['run_id']}.json", rec)
+    summary, display = report.build_table(tmp_path / "results" / "runs", "widths")
+    assert list(summary.attrs["group_cols"]) == ["variant", "student.kwargs.hidden"]
+    assert "student.kwargs.hidden" in display.columns and "teacher.seed" not in summary.columns
+    rows = {(r["variant"], r["student.kwargs.hidden"]): r for r in summary.to_dict("records")}
+    assert sorted(rows) == [("kd", "[16]"), ("kd", "[64]"), ("scratch", "[16]"), ("scratch", "[64]")]
+    for (variant, width), vals in accs.items():
+        row = rows[(variant, f"[{width}]")]
+        assert row["n"] == 3
+        assert row["last_test_acc_mean"] == pytest.approx(statistics.mean(vals), abs=1e-12)
+        assert row["last_test_acc_std"] == pytest.approx(statistics.stdev(vals), abs=1e-12)
+    for width in (16, 64):
+        kd, sc = statistics.mean(accs[("kd", width)]), statistics.mean(accs[("scratch", width)])
+        row = rows[("kd", f"[{width}]")]
+        assert row["delta_vs_scratch"] == pytest.approx((kd - sc) * 100, abs=1e-9)
+        assert row["teacher_kept"] == pytest.approx((kd - sc) / (TEACHER_ACC - sc) * 100, abs=1e-9)
+    # the table-wide baseline numbers are undefined when each width has its own
+    assert math.isnan(summary.attrs["scratch_acc"])
+    out = report.make_report(tmp_path / "results" / "runs", "widths")
+    assert "student.kwargs.hidden" in out["markdown"] and (out["out_dir"] / "reliability.png").exists()
