@@ -378,9 +378,10 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
             parts.append(add_deltas(sub, baseline, scratch, teacher_acc))
         s = pd.concat(parts).loc[summary.index]
         s.attrs.update(summary.attrs)
-        one = len(parts) == 1
-        s.attrs.update({a: (parts[0].attrs[a] if one else math.nan)
-                        for a in ("teacher_acc", "baseline_acc", "scratch_acc")})
+        for a in ("teacher_acc", "baseline_acc", "scratch_acc"):
+            # a table-wide value only when every configuration has the same one (e.g. one teacher)
+            vals = {_num(p.attrs.get(a)) for p in parts}
+            s.attrs[a] = vals.pop() if len(vals) == 1 else math.nan
         return s
     s = summary.copy()
     acc = s["last_test_acc_mean"].astype(float)

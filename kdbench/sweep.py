@@ -126,11 +126,13 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
+    # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
+    stale = {j["run_id"]: _mtime(rec_dir / f"{j['run_id']}.json") for j in jobs if j["run_id"] not in seen}
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
         while True:
             done = proc.poll() is not None
-            _progress(jobs, rec_dir, seen, t0, len(jobs))
+            _progress(jobs, rec_dir, seen, t0, len(jobs), stale)
             if done:
                 break
             time.sleep(1.0)
@@ -168,10 +170,26 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     return 0 if ok else 1
 
 
-def _progress(jobs, rec_dir: Path, seen: dict, t0: float, total: int) -> None:
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _progress(jobs, rec_dir: Path, seen: dict, t0: float, total: int, stale: dict | None = None) -> None:
+    """Print one line per job whose record reached a final status since the last call.
+
+    ``stale`` maps run ids to the modification time their record had when the sweep started: a
+    record that has not been rewritten since (a re-run failed job, or any job with force=true) is
+    the previous attempt's, not news.
+    """
     for j in jobs:
         rid = j["run_id"]
-        rec = _status(rec_dir / f"{rid}.json")
+        path = rec_dir / f"{rid}.json"
+        if stale and rid in stale and stale[rid] is not None and _mtime(path) == stale[rid]:
+            continue
+        rec = _status(path)
         if not rec:
             continue
         st = rec.get("status")

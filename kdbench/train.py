@@ -315,7 +315,7 @@ def run(cfg: DictConfig) -> dict:
         loggers = make_loggers(cfg, run_id, name)
         wandb_dir = _define_wandb_summaries(loggers)
         ckpt_dir = Path(hydra.utils.to_absolute_path(cfg.paths.checkpoints_dir)) / cfg.experiment_name / run_id
-        res = fit_and_test(module, data, spec, ckpt_dir=ckpt_dir, logger=loggers or None, resume=bool(cfg.resume))
+        res = fit_and_test(module, data, spec, ckpt_dir=ckpt_dir, logger=loggers or None, resume=bool(cfg.resume) and not cfg.force)
         record.update(status="complete", metrics={"last": res.last, "best": res.best}, history=res.history,
                       reliability=res.reliability, deterministic=res.deterministic, resumed_from=res.resumed_from)
         if record["teacher"] is not None and res.teacher_test:

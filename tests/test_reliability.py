@@ -160,12 +160,21 @@ def test_last_checkpoint_is_written_every_epoch_and_an_unreadable_one_is_set_asi
     assert "kdbench_rng" in last
     assert not list(ckdir.glob(".*.tmp"))  # atomic writes leave no temporaries
 
+    # force=true trains again from the start: it does not "resume" from the finished run's last.ckpt
+    forced = run(compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt",
+                         "force=true"))
+    assert forced["status"] == "complete" and forced["resumed_from"] is None
+    assert forced["metrics"] == rec["metrics"] and forced["started_at"] >= rec["started_at"]
+
     # a truncated last.ckpt (e.g. a copy cut short) does not wedge the run id: set aside, start over
+    from kdbench.records import read_record, write_record
+
+    rec_path = tmp_path / "results" / "runs" / "lastckpt" / f"{run_id_of(cfg)}.json"
+    write_record(rec_path, {**read_record(rec_path), "status": "running"})  # as a killed run leaves it
     data = (ckdir / "last.ckpt").read_bytes()
     (ckdir / "last.ckpt").write_bytes(data[: len(data) // 3])
     with caplog.at_level("WARNING", logger="kdbench"):
-        again = run(compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt",
-                            "force=true"))
+        again = run(compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt"))
     assert again["status"] == "complete" and again["resumed_from"] is None
     assert (ckdir / "last.ckpt.unreadable").exists() and "cannot resume" in caplog.text
     assert again["metrics"] == rec["metrics"]

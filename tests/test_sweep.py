@@ -77,3 +77,27 @@ def test_bad_grid_rejected_before_work(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "distill.alpha" in err[0] and "[0, 1]" in err[0]
     assert not (results / "runs").exists()
+
+
+def test_progress_ignores_a_stale_record_until_the_job_rewrites_it(tmp_path, capsys):
+    """force=true (or a failed job's re-run) starts with the previous attempt's record in place:
+    that record is not progress; the line comes when the job writes its new record."""
+    import os
+
+    from kdbench.records import write_record
+    from kdbench.sweep import _mtime, _progress
+
+    jobs = [{"run_id": "kd-s0-abc"}]
+    path = tmp_path / "kd-s0-abc.json"
+    write_record(path, {"run_id": "kd-s0-abc", "variant": "kd", "seed": 0, "status": "complete",
+                        "metrics": {"last": {"test": {"acc": 0.5}}}})
+    stale = {"kd-s0-abc": _mtime(path)}
+    seen: dict = {}
+    _progress(jobs, tmp_path, seen, 0.0, 1, stale)
+    assert capsys.readouterr().out == "" and seen == {}
+    write_record(path, {"run_id": "kd-s0-abc", "variant": "kd", "seed": 0, "status": "complete",
+                        "metrics": {"last": {"test": {"acc": 0.75}}}})
+    os.utime(path, ns=(stale["kd-s0-abc"] + 10**9,) * 2)
+    _progress(jobs, tmp_path, seen, 0.0, 1, stale)
+    out = capsys.readouterr().out
+    assert "[  1/1] complete kd seed 0  test acc 75.00%" in out and seen == {"kd-s0-abc": "complete"}
