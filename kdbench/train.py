@@ -240,6 +240,22 @@ def device_name(acc: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def teacher_drift(registered: dict | None, measured: dict | None, n_test: int) -> str | None:
+    """A warning when the teacher's test accuracy measured in this run differs from the one stored
+    in its registry entry by more than 0.1 % of the test set (and at least 3 images): the stored
+    weights are then not the ones those metrics describe (an entry written by older code, a
+    hand-edited file) or the test data differ. None when they agree or either is missing."""
+    a, b = (registered or {}).get("acc"), (measured or {}).get("acc")
+    if a is None or b is None or n_test <= 0:
+        return None
+    diff = round(abs(float(a) - float(b)) * n_test)
+    if diff < max(3, 0.001 * n_test):
+        return None
+    return (f"measured test accuracy {100 * float(b):.2f}% differs from the registry's {100 * float(a):.2f}% "
+            f"by {diff} of {n_test} test images: the stored weights or the test data are not the ones the "
+            "entry's metrics describe (re-register the teacher, or check the dataset)")
+
+
 def run(cfg: DictConfig) -> dict:
     """One run; returns its record. Raises KDBenchError for bad input (before anything is written)."""
     import pytorch_lightning as pl
@@ -319,6 +335,11 @@ def run(cfg: DictConfig) -> dict:
         record.update(status="complete", metrics={"last": res.last, "best": res.best}, history=res.history,
                       reliability=res.reliability, deterministic=res.deterministic, resumed_from=res.resumed_from)
         if record["teacher"] is not None and res.teacher_test:
+            warning = teacher_drift(record["teacher"].get("test"), res.teacher_test, int(len(data.test_y)))
+            if warning:
+                log.warning("teacher %s: %s", record["teacher"].get("name"), warning)
+                record["teacher"]["drift"] = warning
+            record["teacher"]["registry_test"] = record["teacher"].get("test")
             record["teacher"]["test"] = res.teacher_test
         _log_final(loggers, res)
     except DivergedError as e:

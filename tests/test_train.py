@@ -49,6 +49,30 @@ def test_digits_kd_run_writes_record_and_wandb_and_reuses_teacher(compose, tmp_p
     rec3 = run(compose(*FAST, "logger=wandb", "experiment_name=e2e"))
     assert rec3["run_id"] == rec["run_id"] and rec3["finished_at"] == on_disk["finished_at"]
 
+    # the registry stores the weights its metrics describe: re-measured in the run, the teacher's test
+    # accuracy equals the registered one exactly (on CPU), and no drift is reported
+    assert rec["teacher"]["registry_test"]["acc"] == rec["teacher"]["test"]["acc"] and "drift" not in rec["teacher"]
+    # an entry whose metrics do not describe its weights is flagged in the record
+    meta_path = teacher_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["test"]["acc"] = rec["teacher"]["test"]["acc"] - 0.05
+    meta_path.write_text(json.dumps(meta))
+    rec4 = run(compose(*FAST, "logger=none", "experiment_name=e2e", "seed=2"))
+    assert rec4["teacher"]["test"]["acc"] == rec["teacher"]["test"]["acc"]
+    assert "differs from the registry's" in rec4["teacher"]["drift"]
+
+
+def test_teacher_drift_threshold():
+    from kdbench.train import teacher_drift
+
+    # 11 of 10,000 test images (the stale best-val-weights entry that motivated the check)
+    msg = teacher_drift({"acc": 0.9902}, {"acc": 0.9891}, 10_000)
+    assert msg is not None and "by 11 of 10000 test images" in msg and "99.02%" in msg and "98.91%" in msg
+    assert teacher_drift({"acc": 0.9902}, {"acc": 0.9893}, 10_000) is None  # 9 < 0.1% of 10,000
+    assert teacher_drift({"acc": 0.95}, {"acc": 0.93}, 100) is None  # 2 images: below the 3-image floor
+    assert teacher_drift({"acc": 0.95}, {"acc": 0.92}, 100) is not None
+    assert teacher_drift(None, {"acc": 0.9}, 100) is None and teacher_drift({"acc": 0.9}, {}, 100) is None
+
 
 def test_scratch_run_has_no_teacher_pass(compose):
     from kdbench.train import run
