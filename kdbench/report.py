@@ -146,16 +146,9 @@ def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
     for r, flat in zip(recs, leaves):
         vals = per_variant.setdefault(r.get("variant"), {})
         for k, v in flat.items():
-            vals.setdefault(k, set()).add(json_key(v))
+            vals.setdefault(k, set()).add(v)
     keys = sorted({k for vals in per_variant.values() for k, vs in vals.items() if len(vs) > 1} - seed_like)
     return {k: {r.get("run_id"): flat.get(k) for r, flat in zip(recs, leaves)} for k in keys}
-
-
-def json_key(v: Any) -> Any:
-    """A hashable stand-in for a config value (dicts and lists by their JSON text)."""
-    import json
-
-    return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
 
 
 def add_config_columns(rows: list[dict], recs: Sequence[Mapping]) -> list[str]:

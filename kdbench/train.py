@@ -249,7 +249,7 @@ def teacher_drift(registered: dict | None, measured: dict | None, n_test: int) -
     if a is None or b is None or n_test <= 0:
         return None
     diff = round(abs(float(a) - float(b)) * n_test)
-    if diff < max(3, 0.001 * n_test):
+    if diff < 3 or diff <= 0.001 * n_test:
         return None
     return (f"measured test accuracy {100 * float(b):.2f}% differs from the registry's {100 * float(a):.2f}% "
             f"by {diff} of {n_test} test images: the stored weights or the test data are not the ones the "
