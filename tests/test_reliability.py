@@ -164,7 +164,7 @@ def test_last_checkpoint_is_written_every_epoch_and_an_unreadable_one_is_set_asi
     forced = run(compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt",
                          "force=true"))
     assert forced["status"] == "complete" and forced["resumed_from"] is None
-    assert forced["metrics"] == rec["metrics"] and forced["started_at"] >= rec["started_at"]
+    assert forced["metrics"] == rec["metrics"]  # deterministic on CPU: the retrained run matches
 
     # a truncated last.ckpt (e.g. a copy cut short) does not wedge the run id: set aside, start over
     from kdbench.records import read_record, write_record
