@@ -96,7 +96,7 @@ def bench_data(device: torch.device, n_images: int) -> list[dict]:
         ref = DataLoader(PILSet(), batch_size=bs, shuffle=True, num_workers=0)
 
         def run_ours():
-            for xb, yb, _ in ours:
+            for _batch in ours:
                 pass
             _sync(device)
 

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--test-subset", type=int, default=None, help="measure on the first N test images only")
     tl = tsub.add_parser("list", help="registered teachers")
     tl.add_argument("--teachers-dir", default="results/teachers")
+    r = sub.add_parser("records", help="run records")
+    rsub = r.add_subparsers(dest="rcmd", required=True)
+    rsub.add_parser("migrate", help="re-key records written before run ids hashed resolved configs",
+                    add_help=False)
     for name in ("train", "sweep", "report"):
         sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
     return p
@@ -99,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["records", "migrate"]:
+        from kdbench.migrate import main as migrate_main
+
+        return migrate_main(argv[2:])
     if argv and argv[0] in ("train", "sweep", "report"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "train":

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kdbench.credentials import redact, reject_secrets
 from kdbench.errors import ConfigError
 from kdbench.losses import KL_DIRECTIONS, KL_REDUCTIONS
 
@@ -17,6 +18,26 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
 #: the classes of each named dataset (imagefolder: known only once loaded)
 DATASET_CLASSES = {"cifar10_jpeg": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """``auto`` -> ``gpu`` when CUDA is available, else ``cpu``."""
+    if accelerator == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> bf16 autocast on GPUs (the loss itself runs in float32), full float32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+
+
+def resolve_channels_last(channels_last: bool | str, accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") if channels_last == "auto" else bool(channels_last)
 
 
 def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
@@ -49,7 +70,34 @@ def _choice(cfg, key: str, allowed) -> str:
     return v
 
 
+def is_scratch(cfg) -> bool:
+    """A student trained on labels alone: no method, no teacher signal, no teacher."""
+    return not _get(cfg, "distill.enabled", True) or _get(cfg, "distill.method", "kd") == "none"
+
+
+def resolve(cfg) -> dict:
+    """The config as plain data with every ``auto`` replaced by what it resolves to on this machine
+    (accelerator, precision, memory format, teacher signal) and credentials redacted: what the run
+    id hashes and what the record stores, so a CPU run and a GPU run of one config never share an id."""
+    from omegaconf import OmegaConf
+
+    c = redact(OmegaConf.to_container(cfg, resolve=True))
+    t = c.get("trainer") or {}
+    if "accelerator" in t:
+        acc = t["accelerator"] = resolve_accelerator(t["accelerator"])
+        t["precision"] = resolve_precision(t.get("precision", "auto"), acc)
+        t["channels_last"] = resolve_channels_last(t.get("channels_last", "auto"), acc)
+    if is_scratch(cfg):
+        c["teacher_signal"] = "none"
+    return c
+
+
 def validate_distill(cfg) -> None:
+    from kdbench.methods import method_names
+    from kdbench.signals import signal_names
+
+    _choice(cfg, "distill.method", ["none"] + method_names())
+    _choice(cfg, "teacher_signal", signal_names())
     alpha = _number(cfg, "distill.alpha")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError("distill.alpha", f"must be in [0, 1], got {alpha:g}")
@@ -88,10 +136,10 @@ def validate(cfg) -> None:
     models = model_names()
     if _get(cfg, "student.arch") not in models:
         raise ConfigError("student.arch", f"unknown model {_get(cfg, 'student.arch')!r}; valid: {', '.join(models)}")
-    if _get(cfg, "distill.enabled") and _get(cfg, "teacher.arch") not in models + ["oracle"]:
+    if not is_scratch(cfg) and _get(cfg, "teacher.arch") not in models + ["oracle"]:
         raise ConfigError("teacher.arch", f"unknown model {_get(cfg, 'teacher.arch')!r}; valid: oracle, "
                                           f"{', '.join(models)}")
-    if _get(cfg, "teacher.arch") == "oracle" and _get(cfg, "distill.enabled") and ds != "synthetic":
+    if _get(cfg, "teacher.arch") == "oracle" and not is_scratch(cfg) and ds != "synthetic":
         raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic")
     _positive_int(cfg, "trainer.max_epochs")
     _positive_int(cfg, "dataset.batch_size")
@@ -103,12 +151,13 @@ def validate(cfg) -> None:
     for key in ("train_subset", "test_subset"):
         if _get(cfg, f"dataset.{key}") is not None:
             _positive_int(cfg, f"dataset.{key}")
-    if not isinstance(_get(cfg, "seed"), int) or isinstance(_get(cfg, "seed"), bool):
-        raise ConfigError("seed", f"must be an integer, got {_get(cfg, 'seed')!r}")
+    for key in ("seed", "data_seed"):
+        if not isinstance(_get(cfg, key), int) or isinstance(_get(cfg, key), bool):
+            raise ConfigError(key, f"must be an integer, got {_get(cfg, key)!r}")
     _choice(cfg, "trainer.precision", PRECISIONS)
     validate_devices(cfg)
     validate_optim(cfg, "")
-    if _get(cfg, "distill.enabled") and _get(cfg, "teacher.arch") != "oracle":
+    if not is_scratch(cfg) and _get(cfg, "teacher.arch") != "oracle":
         _positive_int(cfg, "teacher.recipe.epochs")
         _positive_int(cfg, "teacher.recipe.batch_size")
         validate_optim(cfg, "teacher.recipe.")
@@ -143,35 +192,6 @@ def validate_devices(cfg) -> None:
                                               "process, which under Hydra -m re-runs the sweep)")
 
 
-def secret_entries(cfg, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` of every non-empty config value whose key looks like a credential."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from kdbench.train import _SECRET_WORDS
-
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=False)
-    out: list[tuple[str, Any]] = []
-    for k, v in (cfg.items() if isinstance(cfg, Mapping) else []):
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out += secret_entries(v, key + ".")
-        elif any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, ""):
-            out.append((key, v))
-    return out
-
-
-def reject_secrets(cfg) -> None:
-    """Credentials never go in the config: Hydra saves the config and the overrides to ``.hydra/`` and
-    W&B records the command line, so a key passed there would be written to disk in several places."""
-    found = secret_entries(cfg)
-    if found:
-        key = found[0][0]
-        raise ConfigError(key, "looks like a credential: secrets must not be passed in the config or on the "
-                               "command line (they would be saved with it); set them in the environment "
-                               "instead (e.g. WANDB_API_KEY, or `wandb login`)")
-
-
 def check_writable(path: str, key: str) -> None:
     """The nearest existing ancestor of ``path`` must be a writable directory."""
     p = Path(path).absolute()
@@ -186,6 +206,6 @@ def check_class_counts(dataset_classes: int, cfg) -> None:
     """Student (and teacher) heads are built for the dataset's class count; explicit overrides must agree."""
     for who in ("student", "teacher"):
         n = _get(cfg, f"{who}.num_classes")
-        if n is not None and int(n) != dataset_classes and (who == "student" or _get(cfg, "distill.enabled")):
+        if n is not None and int(n) != dataset_classes and (who == "student" or not is_scratch(cfg)):
             raise ConfigError(f"{who}.num_classes", f"is {n}, but dataset {_get(cfg, 'dataset.name')!r} has "
                                                    f"{dataset_classes} classes")

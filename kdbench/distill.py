@@ -1,9 +1,9 @@
-"""DistillModule: the LightningModule that ties a student, a frozen teacher, the KD loss and metrics.
+"""DistillModule: the LightningModule that ties a student, a teacher signal, a method and metrics.
 
-The teacher is registered as a submodule (so it moves with the module and lands in checkpoints),
-but :meth:`train` keeps it in eval mode: Lightning calls ``.train()`` on the whole module at the
-start of every epoch, which would otherwise switch the teacher's BatchNorm/dropout to training
-behaviour. Keeping it in train mode is a named ablation (``teacher_train_mode``).
+The teacher is not a submodule: the :mod:`kdbench.signals` object that produces its outputs is a
+plain attribute, so Lightning never switches it to train mode, never moves it (the module's
+``setup`` hook does, once) and never writes it into the student's checkpoints. ``method=None``
+trains on the labels alone (cross-entropy): teacher training and students from scratch.
 """
 
 from __future__ import annotations
@@ -19,20 +19,7 @@ import torch.nn as nn
 from kdbench.errors import DivergedError
 from kdbench.losses import kd_loss_terms
 from kdbench.metrics import ClassificationMetrics
-
-
-@dataclass
-class LossSpec:
-    """The KD loss and its ablation switches (see ``conf/distill/``)."""
-
-    alpha: float = 1.0
-    tau: float = 1.0
-    kl: str = "forward"
-    tau_squared: bool = True
-    kl_reduction: str = "sum"
-    student_tau_one: bool = False
-    teacher_train_mode: bool = False
-    teacher_grad: bool = False
+from kdbench.signals import NoSignal
 
 
 @dataclass
@@ -107,20 +94,18 @@ def _no_cross_rank_sync(metrics: nn.Module | None) -> None:
 
 
 class DistillModule(pl.LightningModule):
-    """Train ``student`` on ``alpha*CE + (1-alpha)*w*KL(teacher || student)``; ``teacher=None`` is plain CE."""
+    """Train ``student`` with ``method`` on the outputs of ``signal``; ``method=None`` is plain cross-entropy."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, num_classes: int,
-                 loss: LossSpec, optim: OptimSpec, sched: SchedSpec, check_finite_every: int = 1):
+    def __init__(self, student: nn.Module, num_classes: int, optim: OptimSpec, sched: SchedSpec, *,
+                 method=None, signal=None, check_finite_every: int = 1):
         super().__init__()
         self.student = student
-        self.teacher = teacher
-        self.loss_spec, self.optim_spec, self.sched_spec = loss, optim, sched
+        self.method = method
+        self.signal = signal if signal is not None else NoSignal()
+        self.optim_spec, self.sched_spec = optim, sched
         self.num_classes = num_classes
         self.check_finite_every = max(1, int(check_finite_every))
-        if teacher is not None:
-            teacher.requires_grad_(loss.teacher_grad)
-            teacher.train(loss.teacher_train_mode)
-        with_t = teacher is not None
+        with_t = self.signal.kind != "none"
         self.val_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
         self.test_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
         self.teacher_test_metrics = ClassificationMetrics(num_classes) if with_t else None
@@ -133,36 +118,24 @@ class DistillModule(pl.LightningModule):
         self.last_test: dict[str, float] = {}
         self.last_teacher_test: dict[str, float] = {}
         self.last_reliability: dict = {}
-        self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "sched": asdict(sched),
-                                   "num_classes": num_classes}, ignore=["student", "teacher"])
+        self.save_hyperparameters({"method": repr(method), "signal": self.signal.kind, "optim": asdict(optim),
+                                   "sched": asdict(sched), "num_classes": num_classes},
+                                  ignore=["student", "method", "signal"])
 
-    # ---- teacher handling -------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.teacher is not None and not self.loss_spec.teacher_train_mode:
-            self.teacher.eval()
-        return self
-
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.teacher is None:
-            return None
-        if self.loss_spec.teacher_grad:
-            return self.teacher(x)
-        with torch.no_grad():
-            return self.teacher(x)
+    def setup(self, stage: str) -> None:
+        # the teacher lives outside the module: follow the student onto its device
+        self.signal.to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        x, y, _ = batch
-        s = self.student(x)
-        t = self.teacher_logits(x)
-        ls = self.loss_spec
-        terms = kd_loss_terms(
-            s, t, y, alpha=ls.alpha if t is not None else 1.0, tau=ls.tau, kl=ls.kl, tau_squared=ls.tau_squared,
-            kl_reduction=ls.kl_reduction, student_tau_one=ls.student_tau_one, detach_teacher=not ls.teacher_grad)
+        s = self.student(batch.x)
+        if self.method is None:
+            terms = kd_loss_terms(s, None, batch.y, alpha=1.0)
+        else:
+            terms = self.method(s, self.signal(batch, "train"), batch)
         loss = terms["loss"]
         self._watch_finite(loss, s)
         detached = loss.detach()
@@ -209,9 +182,12 @@ class DistillModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._raise_if_bad()
 
+    def _dense_teacher(self, batch, split: str) -> torch.Tensor | None:
+        t = self.signal(batch, split)
+        return t if isinstance(t, torch.Tensor) else None
+
     def validation_step(self, batch, batch_idx):
-        x, y, _ = batch
-        self.val_metrics.update(self.student(x), y, self.teacher_logits(x))
+        self.val_metrics.update(self.student(batch.x), batch.y, self._dense_teacher(batch, "val"))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -229,11 +205,10 @@ class DistillModule(pl.LightningModule):
         self.history.append(row)
 
     def test_step(self, batch, batch_idx):
-        x, y, _ = batch
-        t = self.teacher_logits(x)
-        self.test_metrics.update(self.student(x), y, t)
+        t = self._dense_teacher(batch, "test")
+        self.test_metrics.update(self.student(batch.x), batch.y, t)
         if self.teacher_test_metrics is not None and t is not None:
-            self.teacher_test_metrics.update(t, y)
+            self.teacher_test_metrics.update(t, batch.y)
 
     def on_test_epoch_end(self) -> None:
         self.last_test = self.test_metrics.compute()
@@ -249,9 +224,14 @@ class DistillModule(pl.LightningModule):
         self._raise_if_bad()
         checkpoint["kdbench_history"] = list(self.history)
         checkpoint["kdbench_rng"] = rng_state()
+        teacher_state = self.signal.state_dict() if hasattr(self.signal, "state_dict") else {}
+        if teacher_state:  # only the teacher_grad ablation changes the teacher's weights
+            checkpoint["kdbench_teacher"] = {k: v.detach().cpu() for k, v in teacher_state.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("kdbench_history", []))
+        if "kdbench_teacher" in checkpoint and hasattr(self.signal, "load_state_dict"):
+            self.signal.load_state_dict(checkpoint["kdbench_teacher"])
         trainer = getattr(self, "_trainer", None)
         # only when resuming a fit: loading the best weights for testing must not rewind the RNG
         if "kdbench_rng" in checkpoint and trainer is not None and trainer.state.fn == "fit":
@@ -259,9 +239,7 @@ class DistillModule(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = list(self.student.parameters())
-        if self.teacher is not None and self.loss_spec.teacher_grad:
-            params += list(self.teacher.parameters())
+        params = list(self.student.parameters()) + list(getattr(self.signal, "trainable_parameters", []))
         o = self.optim_spec
         if o.name == "sgd":
             opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,

@@ -10,18 +10,21 @@ import copy
 import logging
 import os
 import re
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from kdbench.config import resolve_accelerator, resolve_precision
 from kdbench.data import TensorData, TensorLoader
 from kdbench.distill import DistillModule
 from kdbench.errors import DivergedError
+from kdbench.files import atomic_write
 
 
 @dataclass
@@ -39,24 +42,24 @@ class FitSpec:
     deterministic: bool | str = True
     channels_last: bool | str = "auto"
     progress: bool = True
-    seed: int = 0
+    #: seeds the data order and the augmentation views (``data_seed``; the model's init has its own seed)
+    data_seed: int = 0
     limit_train_batches: int | float | None = None
     gradient_clip_val: float | None = None
     log_every_n_steps: int = 50
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_trainer(cls, trainer: Mapping[str, Any], **fields: Any) -> FitSpec:
+        """The hardware and loop settings of a ``trainer`` config, plus ``fields`` (epochs, batch, ...)."""
+        keys = ("accelerator", "devices", "strategy", "precision", "deterministic", "channels_last", "progress",
+                "limit_train_batches", "gradient_clip_val", "log_every_n_steps")
+        return cls(**{k: trainer[k] for k in keys if k in trainer}, **fields)
 
-def resolve_accelerator(accelerator: str) -> str:
-    if accelerator == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return accelerator
 
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """bf16 autocast on GPUs (the loss itself runs in float32 inside kd_loss), full float32 on CPU."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+def check_every(value: int | str, accelerator: str) -> int:
+    """How often (in steps) the host checks for NaN/Inf: every step on CPU, every 50 on a GPU (``auto``)."""
+    return (1 if accelerator == "cpu" else 50) if value == "auto" else int(value)
 
 
 class _EpochSync(Callback):
@@ -84,7 +87,7 @@ class _EpochSync(Callback):
 def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
     aug = data.default_augment if spec.augment in ("default", None) else spec.augment
     common = dict(mean=data.mean, std=data.std, channels_last=channels_last)
-    train = TensorLoader(data.train_x, data.train_y, spec.batch_size, shuffle=True, augment=aug, seed=spec.seed,
+    train = TensorLoader(data.train_x, data.train_y, spec.batch_size, shuffle=True, augment=aug, seed=spec.data_seed,
                          **common)
     vx, vy = (data.val_x, data.val_y) if data.val_x is not None else (data.test_x, data.test_y)
     val = TensorLoader(vx, vy, spec.eval_batch_size, **common)
@@ -104,31 +107,23 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _usable_checkpoint(path: Path) -> bool:
-    """A ``last.ckpt`` that cannot be read (a disk fault, a copy cut short) is set aside, not resumed from."""
+    """A checkpoint that cannot be read (a disk fault, a copy cut short) is set aside, not resumed from."""
     try:
         torch.load(str(path), map_location="cpu", weights_only=True)
         return True
     except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, ...
-        aside = path.with_name(path.name + ".unreadable")
-        os.replace(path, aside)
-        log.warning("cannot resume from %s (%s: %s); moved it to %s and starting from scratch", path,
-                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", aside.name)
+        _set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         return False
+
+
+def _set_aside(path: Path, why: str) -> None:
+    aside = path.with_name(path.name + ".unreadable")
+    os.replace(path, aside)
+    log.warning("cannot resume from %s (%s); moved it to %s and starting from scratch", path, why, aside.name)
 
 
 def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: list | None = None) -> pl.Trainer:
@@ -173,6 +168,8 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     channels_last = (acc in ("gpu", "cuda")) if spec.channels_last == "auto" else bool(spec.channels_last)
     if channels_last and data.is_image:
         module = module.to(memory_format=torch.channels_last)
+        if hasattr(module.signal, "to_memory_format"):
+            module.signal.to_memory_format(torch.channels_last)
     train, val, test = make_loaders(data, spec, channels_last)
     callbacks = [_EpochSync([train, val, test], train)] + list(extra_callbacks or [])
     ckpt_cb = None
@@ -189,6 +186,11 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()
                                      and _usable_checkpoint(last_ckpt)) else None
+    best_ckpt = ckpt_dir / "best.ckpt" if ckpt_dir is not None else None
+    if resume_from and best_ckpt.exists() and not _usable_checkpoint(best_ckpt):
+        # the best epoch's weights are lost: a resumed run could not test them, so it starts over
+        _set_aside(last_ckpt, "its best.ckpt is unreadable")
+        resume_from = None
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
     except torch.multiprocessing.ProcessRaisedException as e:  # ddp_spawn: a child's exception, as text
@@ -218,7 +220,8 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         # testing the best checkpoint loads its weights; put the final weights back afterwards, so the
         # caller (e.g. the teacher registry) keeps the model whose "last" metrics it records
         final_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        tester.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=False)
+        # weights_only: a file planted in a shared results folder cannot run code when read back
+        tester.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=True)
         best_i = max(range(len(history)), key=lambda i: (history[i].get("val_acc", -1), -i)) if history else None
         best = {"epoch": history[best_i]["epoch"] if best_i is not None else None,
                 "val": _val_of(history[best_i]) if best_i is not None else {}, "test": dict(module.last_test)}

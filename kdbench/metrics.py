@@ -15,8 +15,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from kdbench.losses import kl_divergence
+from kdbench.records import DIRECTIONS  # noqa: F401  (re-exported: which way is better per metric)
 
 N_BINS = 15
+
 
 
 class ClassificationMetrics(nn.Module):
@@ -30,11 +32,13 @@ class ClassificationMetrics(nn.Module):
         self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
         self.mce = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="max")
-        self.nll = MeanMetric()
-        self.brier = MeanMetric()
+        # nan_strategy="disable": a NaN (or Inf) reaches the mean and shows in the record, never silently
+        # dropped (torchmetrics' default "warn" drops it, and checks on the host every update)
+        self.nll = MeanMetric(nan_strategy="disable")
+        self.brier = MeanMetric(nan_strategy="disable")
         if with_teacher:
-            self.agreement = MeanMetric()
-            self.kl_teacher = MeanMetric()
+            self.agreement = MeanMetric(nan_strategy="disable")
+            self.kl_teacher = MeanMetric(nan_strategy="disable")
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> None:

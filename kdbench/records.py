@@ -17,33 +17,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kdbench.files import atomic_write_text
+
 SCHEMA_VERSION = 1
 STATUSES = ("running", "complete", "failed", "diverged")
 TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+#: which way is better for every metric a record holds (tables bold it, W&B summaries keep it)
+DIRECTIONS: dict[str, str] = {
+    "acc": "max", "agreement": "max",
+    "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min",
+}
 
 
 def _clean(obj: Any) -> Any:
@@ -115,3 +102,44 @@ def load_records(root: str | os.PathLike, experiment: str | None = None):
     if experiment is not None and not df.empty:
         df = df[df["experiment"] == experiment].reset_index(drop=True)
     return df
+
+
+def complete_record(path: str | os.PathLike) -> dict | None:
+    """The record at ``path`` if it is there, readable and complete; otherwise None."""
+    try:
+        rec = read_record(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("status") == "complete" else None
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data for a record (tensors become a short description)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return f"<tensor {tuple(obj.shape)}>"
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def summary(record: dict, path: str | os.PathLike) -> str:
+    """The lines a finished run prints: headline metrics, the record's path and the W&B run folder."""
+    last = record["metrics"]["last"]["test"]
+    best = record["metrics"]["best"]
+    t = record.get("teacher") or {}
+    parts = [f"kdbench {record['experiment']}/{record['run_id']}: {record['dataset']}"]
+    if t:
+        parts.append(f"teacher {t.get('arch')} acc {100 * (t.get('test') or {}).get('acc', float('nan')):.2f}%")
+    parts.append(f"student {record['student_arch']} acc {100 * last['acc']:.2f}% (best-epoch "
+                 f"{100 * best['test']['acc']:.2f}% @ {best['epoch']})")
+    if "agreement" in last:
+        parts.append(f"agreement {100 * last['agreement']:.2f}%")
+    parts.append(f"ECE {last['ece']:.4f}")
+    lines = [" | ".join(parts), f"  record: {path}"]
+    if record.get("wandb_dir"):
+        lines.append(f"  wandb:  {Path(record['wandb_dir']).parent}  (upload with `wandb sync` on it)")
+    return "\n".join(lines)

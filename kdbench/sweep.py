@@ -35,12 +35,14 @@ def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        parser = OverridesParser.create()
+        # with the config loader, so that sweeps over a group's options (`pair=glob(*)`) expand
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         parsed_cli = parser.parse_overrides(overrides)
         # compose the base config with the non-sweep overrides to find the sweeper params of the experiment
         fixed = [o.input_line for o in parsed_cli if not o.is_sweep_override()]
         base = compose(config_name="train", overrides=fixed, return_hydra_config=True)
-        params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) or {}
+        grid = base.hydra.sweeper.params
+        params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
         lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
         batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
     jobs = batches[0] if batches else []
@@ -59,9 +61,10 @@ def compose_job(job: list[str]):
 
 def plan(overrides: list[str]) -> list[dict]:
     """Compose and validate every job; returns [{overrides, cfg, run_id}] or raises KDBenchError."""
-    from kdbench.config import validate
+    from kdbench.config import resolve, validate
+    from kdbench.credentials import redact_override
     from kdbench.errors import ConfigError
-    from kdbench.train import run_id_of
+    from kdbench.identity import run_id_of
 
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
@@ -74,11 +77,10 @@ def plan(overrides: list[str]) -> list[dict]:
             cfg = compose_job(job)
             validate(cfg)
         except ConfigError as e:
-            from kdbench.train import _redact_override as redact_override
-
             shown = " ".join(redact_override(o) for o in job)
             raise ConfigError(e.key, f"{e.message} (job {i}: {shown})") from None
-        out.append({"overrides": job, "cfg": cfg, "run_id": run_id_of(cfg)})
+        rid = run_id_of(resolve(cfg))
+        out.append({"overrides": job, "cfg": cfg, "run_id": rid, "record": _records_dir(cfg) / f"{rid}.json"})
     ids = [j["run_id"] for j in out]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -112,14 +114,15 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     except Exception as e:  # Hydra's own composition errors (unknown group option, bad override syntax)
         return _err(f"{type(e).__name__}: {str(e).splitlines()[0]}")
     cfg0 = jobs[0]["cfg"]
-    rec_dir = _records_dir(cfg0)
-    exp = cfg0.experiment_name
-    before = {j["run_id"]: (_status(rec_dir / f"{j['run_id']}.json") or {}).get("status") for j in jobs}
+    # a grid may span experiments (e.g. pair=glob(*) gives one per pair): each job has its own records folder
+    experiments = list(dict.fromkeys(j["cfg"].experiment_name for j in jobs))
+    exp = experiments[0] if len(experiments) == 1 else f"{experiments[0]} (+{len(experiments) - 1} more)"
+    before = {j["run_id"]: (_status(j["record"]) or {}).get("status") for j in jobs}
     force = any(o.startswith("force=true") for o in overrides)
     skipped = [r for r, s in before.items() if s == "complete" and not force]
     print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)", flush=True)
 
-    log_dir = Path("multirun") / exp
+    log_dir = Path("multirun") / experiments[0]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "last_sweep.log"
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
@@ -127,17 +130,17 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
     # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
-    stale = {j["run_id"]: _mtime(rec_dir / f"{j['run_id']}.json") for j in jobs if j["run_id"] not in seen}
+    stale = {j["run_id"]: _mtime(j["record"]) for j in jobs if j["run_id"] not in seen}
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
         while True:
             done = proc.poll() is not None
-            _progress(jobs, rec_dir, seen, t0, len(jobs), stale)
+            _progress(jobs, seen, t0, len(jobs), stale)
             if done:
                 break
             time.sleep(1.0)
     rc = proc.returncode
-    final = {j["run_id"]: (_status(rec_dir / f"{j['run_id']}.json") or {}) for j in jobs}
+    final = {j["run_id"]: (_status(j["record"]) or {}) for j in jobs}
     complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
     failed = [(r, rec) for r, rec in final.items() if rec.get("status") in ("failed", "diverged", "running")]
     missing = [r for r, rec in final.items() if not rec]
@@ -151,17 +154,21 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
         print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
         tail = log_path.read_text().strip().splitlines()[-8:]
         print("  " + "\n  ".join(tail))
-    if report and complete:
+    lg = cfg0.get("logger") or {}
+    to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
+    for name in experiments if report else []:
+        cfg = next(j["cfg"] for j in jobs if j["cfg"].experiment_name == name)
+        if not any(j["run_id"] in complete for j in jobs if j["cfg"].experiment_name == name):
+            continue
         from kdbench.report import make_report
 
-        lg = cfg0.get("logger") or {}
-        to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
-        out = make_report(Path(cfg0.paths.runs_dir).absolute(), exp, wandb_log=to_wandb)
+        out = make_report(Path(cfg.paths.runs_dir).absolute(), name, wandb_log=to_wandb)
         table = out.get("markdown") or ""
         if table:
             print("\n" + table)
         print(f"\ntables and plots: {out.get('out_dir')}")
-        print(f"run records:      {rec_dir}")
+        print(f"run records:      {_records_dir(cfg)}")
+    if report and complete:
         if to_wandb:
             wdir = Path(cfg0.paths.wandb_dir).absolute() / "wandb"
             mode = lg.wandb.mode
@@ -177,7 +184,7 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _progress(jobs, rec_dir: Path, seen: dict, t0: float, total: int, stale: dict | None = None) -> None:
+def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None) -> None:
     """Print one line per job whose record reached a final status since the last call.
 
     ``stale`` maps run ids to the modification time their record had when the sweep started: a
@@ -185,8 +192,7 @@ def _progress(jobs, rec_dir: Path, seen: dict, t0: float, total: int, stale: dic
     the previous attempt's, not news.
     """
     for j in jobs:
-        rid = j["run_id"]
-        path = rec_dir / f"{rid}.json"
+        rid, path = j["run_id"], j["record"]
         if stale and rid in stale and stale[rid] is not None and _mtime(path) == stale[rid]:
             continue
         rec = _status(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from kdbench.errors import TeacherError
-from kdbench.records import atomic_write_text
+from kdbench.files import atomic_write, atomic_write_text
+from kdbench.provenance import versions
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
@@ -55,14 +56,7 @@ def save_entry(entry: Path, model: nn.Module, meta: dict) -> None:
     """Write weights (temp file + rename) and then ``meta.json`` (the completion marker)."""
     entry.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=entry)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"arch": str(meta.get("arch", ""))})
-        os.replace(tmp, entry / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(entry / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"arch": str(meta.get("arch", ""))}))
     atomic_write_text(entry / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -122,22 +116,91 @@ def get_or_train(entry: Path, build: Callable[[], nn.Module], arch: str, num_cla
     return freeze(model), meta, True
 
 
-def versions() -> dict[str, str]:
-    import platform
+def dataset_identity(dataset_cfg: dict, data) -> dict:
+    """What identifies a teacher's training data: the dataset config minus paths and loader settings."""
+    d = dict(dataset_cfg)
+    for k in ("root", "download", "cache_dir", "batch_size", "eval_batch_size", "augment"):
+        d.pop(k, None)
+    d["num_classes"] = data.num_classes
+    d["n_train"] = int(data.train_x.shape[0])
+    return d
 
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("torchvision", "pytorch_lightning", "torchmetrics", "hydra", "omegaconf", "wandb", "pandas"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
-            pass
-    try:
-        from kdbench import __version__
 
-        out["kdbench"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+def key_fields(teacher_cfg: dict, dataset_cfg: dict, data, precision: str) -> dict:
+    """Everything that changes a trained teacher's weights: architecture, data, recipe, seed, precision.
+
+    Only the recipe and the resolved precision train a teacher: the student run's trainer settings
+    (``limit_train_batches``, ``gradient_clip_val``, ...) never reach it. Float32 is the default and is
+    left out of the key, so entries registered before precision was part of it keep their names.
+    """
+    fields = {"arch": teacher_cfg["arch"], "kwargs": teacher_cfg.get("kwargs") or {},
+              "dataset": dataset_identity(dataset_cfg, data), "recipe": teacher_cfg["recipe"],
+              "seed": int(teacher_cfg["seed"])}
+    if precision not in ("32-true", "32"):
+        fields["precision"] = precision
+    return fields
+
+
+def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, teachers_dir: Path,
+            checkpoints_dir: Path, eval_batch_size: int, log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """The frozen teacher a run asks for (a registry entry, trained once from its own recipe if missing).
+
+    ``trainer_cfg`` is the run's resolved trainer config: only its hardware settings (accelerator,
+    devices, strategy, memory format, progress) are used, and the recipe may set ``precision``.
+    """
+    from kdbench.config import resolve_precision
+    from kdbench.distill import DistillModule, OptimSpec, SchedSpec
+    from kdbench.engine import FitSpec, check_every, fit_and_test
+    from kdbench.models import build_model
+
+    tc = teacher_cfg
+    if tc["arch"] == "oracle":
+        from kdbench.data.sources import oracle_teacher
+
+        return freeze(oracle_teacher(data)), {"arch": "oracle", "key": "oracle", "name": "oracle"}
+    recipe = tc["recipe"]
+    acc = trainer_cfg["accelerator"]
+    precision = resolve_precision(recipe.get("precision", "auto"), acc)
+    fields = key_fields(tc, dataset_cfg, data, precision)
+    key = teacher_key(fields)
+    if tc.get("checkpoint"):
+        entry = Path(str(tc["checkpoint"]))
+        if not entry.is_dir():
+            entry = teachers_dir / str(tc["checkpoint"])
+        if not entry_complete(entry):
+            raise TeacherError("teacher.checkpoint", f"no registry entry at {entry} (expected {META} and {WEIGHTS})")
+    else:
+        entry = teachers_dir / entry_name(tc["arch"], dataset_cfg["name"], int(tc["seed"]), key)
+    kwargs = tc.get("kwargs") or {}
+
+    def build() -> nn.Module:
+        return build_model(tc["arch"], data.num_classes, data.input_shape, **kwargs)
+
+    def train(model: nn.Module) -> dict:
+        import pytorch_lightning as pl
+
+        hardware = {k: trainer_cfg[k] for k in ("accelerator", "devices", "strategy", "channels_last", "progress",
+                                                "log_every_n_steps", "deterministic") if k in trainer_cfg}
+        spec = FitSpec.from_trainer(
+            hardware, precision=precision, max_epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
+            eval_batch_size=int(eval_batch_size), augment=recipe.get("augment", "default"), data_seed=int(tc["seed"]),
+            limit_train_batches=recipe.get("limit_train_batches"), gradient_clip_val=recipe.get("gradient_clip_val"))
+        pl.seed_everything(int(tc["seed"]), verbose=False)
+        model.load_state_dict(build().state_dict())  # initial weights drawn under the teacher's seed
+        module = DistillModule(model, data.num_classes, OptimSpec(**recipe["optim"]), SchedSpec(**recipe["sched"]),
+                               check_finite_every=check_every(trainer_cfg.get("check_finite_every", "auto"), acc))
+        # an interrupted training resumes from its last epoch (the folder is removed once the entry is saved)
+        res = fit_and_test(module, data, spec, ckpt_dir=ckpt_dir)
+        return res.last["test"]
+
+    ckpt_dir = checkpoints_dir / "teachers" / entry.name
+    model, meta, trained_now = get_or_train(entry, build, tc["arch"], data.num_classes,
+                                            train if tc.get("train_if_missing", True) else None,
+                                            {**fields, "key": key, "name": entry.name}, log=log)
+    if trained_now:
+        # registered: its training checkpoints are done with; a later retrain (entry deleted) starts afresh
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return model, {**meta, "name": entry.name, "path": str(entry)}
 
 
 def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers_dir: str | os.PathLike,
@@ -195,6 +258,22 @@ def evaluate_on_test(model: nn.Module, dataset: dict, batch_size: int = 500) -> 
     data = load_dataset(dataset)
     model.eval()
     metrics = ClassificationMetrics(data.num_classes)
-    for x, y, _ in TensorLoader(data.test_x, data.test_y, batch_size, mean=data.mean, std=data.std):
-        metrics.update(model(x), y)
+    for batch in TensorLoader(data.test_x, data.test_y, batch_size, mean=data.mean, std=data.std):
+        metrics.update(model(batch[0]), batch[1])
     return metrics.compute()
+
+
+def drift(registered: dict | None, measured: dict | None, n_test: int) -> str | None:
+    """A warning when the teacher's test accuracy measured in this run differs from the one stored
+    in its registry entry by more than 0.1 % of the test set (and at least 3 images): the stored
+    weights are then not the ones those metrics describe (an entry written by older code, a
+    hand-edited file) or the test data differ. None when they agree or either is missing."""
+    a, b = (registered or {}).get("acc"), (measured or {}).get("acc")
+    if a is None or b is None or n_test <= 0:
+        return None
+    diff = round(abs(float(a) - float(b)) * n_test)
+    if diff < 3 or diff <= 0.001 * n_test:
+        return None
+    return (f"measured test accuracy {100 * float(b):.2f}% differs from the registry's {100 * float(a):.2f}% "
+            f"by {diff} of {n_test} test images: the stored weights or the test data are not the ones the "
+            "entry's metrics describe (re-register the teacher, or check the dataset)")

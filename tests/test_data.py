@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdbench.data import DATASETS, TensorData, TensorLoader, dataset_names, load_dataset, split_train_val
+from kdbench.data import (
+    DATASETS,
+    Batch,
+    TensorData,
+    TensorLoader,
+    dataset_names,
+    load_dataset,
+    split_train_val,
+)
+from kdbench.data.augment import AUGMENTS, apply, apply_views, decode_view, draw_views, num_views
 from kdbench.data.sources import CIFAR10_CLASSES, CIFAR10_JPEG_NOTE, _finish, oracle_teacher
 from kdbench.errors import ConfigError, DataError
 
@@ -427,31 +436,32 @@ def test_loader_covers_every_index_once_and_is_deterministic(digits):
     assert len(loader) == -(-n // 100)
     epochs = []
     for _ in range(2):
-        idx = torch.cat([i for _, _, i in loader])
+        idx = torch.cat([b.idx for b in loader])
         assert torch.equal(idx.sort().values, torch.arange(n))
         epochs.append(idx)
     assert not torch.equal(epochs[0], epochs[1]) and loader.epoch == 2
     other = TensorLoader(digits.train_x, digits.train_y, 100, shuffle=True, seed=7)
     other.set_epoch(1)
-    assert torch.equal(torch.cat([i for _, _, i in other]), epochs[1])
-    for xb, yb, ib in TensorLoader(digits.train_x, digits.train_y, 64, shuffle=True, seed=1):
+    assert torch.equal(torch.cat([b.idx for b in other]), epochs[1])
+    for xb, yb, ib, _ in TensorLoader(digits.train_x, digits.train_y, 64, shuffle=True, seed=1):
         assert torch.equal(yb, digits.train_y[ib]) and xb.dtype == torch.float32
     dl = TensorLoader(digits.train_x, digits.train_y, 100, drop_last=True)
-    assert len(dl) == n // 100 and sum(x.shape[0] for x, _, _ in dl) == (n // 100) * 100
+    assert len(dl) == n // 100 and sum(b.x.shape[0] for b in dl) == (n // 100) * 100
 
 
 def test_loader_normalises_with_mean_std(digits):
     loader = TensorLoader(digits.test_x, digits.test_y, 50, mean=digits.mean, std=digits.std)
-    xb, yb, ib = next(iter(loader))
+    xb, yb, ib, vb = next(iter(loader))
     expect = (digits.test_x[:50].float() / 255 - digits.mean[0]) / digits.std[0]
     assert torch.allclose(xb, expect) and torch.equal(ib, torch.arange(50))
+    assert vb.dtype == torch.int64 and torch.equal(vb, torch.zeros(50, dtype=torch.long))
     rgb = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
-    xb, _, _ = next(iter(TensorLoader(rgb, torch.zeros(6, dtype=torch.long), 6, mean=mean, std=std)))
+    xb = next(iter(TensorLoader(rgb, torch.zeros(6, dtype=torch.long), 6, mean=mean, std=std))).x
     for c in range(3):
         assert torch.allclose(xb[:, c], (rgb[:, c].float() / 255 - mean[c]) / std[c])
     feats = torch.randn(10, 4)
-    xb, _, _ = next(iter(TensorLoader(feats, torch.zeros(10, dtype=torch.long), 10, mean=(1.0,), std=(2.0,))))
+    xb = next(iter(TensorLoader(feats, torch.zeros(10, dtype=torch.long), 10, mean=(1.0,), std=(2.0,)))).x
     assert torch.allclose(xb, (feats - 1) / 2)
 
 
@@ -459,13 +469,13 @@ def test_loader_normalises_with_mean_std(digits):
 def test_augment_shapes_and_channels_last(mnist):
     x, y = mnist.train_x[:64], mnist.train_y[:64]
     for aug in ("crop_flip", "jitter", "flip", "none"):
-        xb, _, _ = next(iter(TensorLoader(x, y, 32, augment=aug, shuffle=True, mean=mnist.mean, std=mnist.std)))
+        xb = next(iter(TensorLoader(x, y, 32, augment=aug, shuffle=True, mean=mnist.mean, std=mnist.std))).x
         assert xb.shape == (32, 1, 28, 28) and torch.isfinite(xb).all()
     rgb = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    xb, _, _ = next(iter(TensorLoader(rgb, torch.zeros(8, dtype=torch.long), 8, augment="crop_flip",
-                                      channels_last=True)))
+    xb = next(iter(TensorLoader(rgb, torch.zeros(8, dtype=torch.long), 8, augment="crop_flip",
+                                channels_last=True))).x
     assert xb.shape == (8, 3, 32, 32) and xb.is_contiguous(memory_format=torch.channels_last)
-    xb, _, _ = next(iter(TensorLoader(rgb, torch.zeros(8, dtype=torch.long), 8)))
+    xb = next(iter(TensorLoader(rgb, torch.zeros(8, dtype=torch.long), 8))).x
     assert xb.is_contiguous() and not xb.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError):
         next(iter(TensorLoader(rgb, torch.zeros(8, dtype=torch.long), 8, augment="rotate")))
@@ -475,7 +485,7 @@ def test_jitter_moves_content_by_at_most_two_pixels():
     x = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
     x[:, 0, 14, 14] = 255
     y = torch.zeros(256, dtype=torch.long)
-    xb, _, _ = next(iter(TensorLoader(x, y, 256, augment="jitter", shuffle=True, seed=3)))
+    xb = next(iter(TensorLoader(x, y, 256, augment="jitter", shuffle=True, seed=3))).x
     flat = xb.reshape(256, -1)
     assert torch.equal((flat > 0.5).sum(1), torch.ones(256, dtype=torch.long))  # the pixel never falls off
     pos = flat.argmax(1)
@@ -483,12 +493,197 @@ def test_jitter_moves_content_by_at_most_two_pixels():
     assert dy.abs().max() <= 2 and dx.abs().max() <= 2
     assert len(set(zip(dy.tolist(), dx.tolist()))) > 15  # all 25 offsets are possible; most show up
     # crop_flip: shifts of up to 4 px, then maybe a mirror (column 14 -> 13)
-    xb, _, _ = next(iter(TensorLoader(x, y, 256, augment="crop_flip", shuffle=True, seed=3)))
+    batch = next(iter(TensorLoader(x, y, 256, augment="crop_flip", shuffle=True, seed=3)))
+    xb = batch.x
     pos = xb.reshape(256, -1).argmax(1)
     assert (pos // 28 - 14).abs().max() <= 4 and ((pos % 28) - 13.5).abs().max() <= 4.5
+    # the view codes say where the pixel went: crop corner (dy, dx) in the 36x36 padded image, then the mirror
+    for p, v in zip(pos.tolist(), batch.view.tolist()):
+        d = decode_view("crop_flip", v)
+        col = 18 - d["dx"]
+        assert (p // 28, p % 28) == (18 - d["dy"], 27 - col if d["flip"] else col)
     # deterministic per (seed, epoch)
-    again, _, _ = next(iter(TensorLoader(x, y, 256, augment="crop_flip", shuffle=True, seed=3)))
+    again = next(iter(TensorLoader(x, y, 256, augment="crop_flip", shuffle=True, seed=3))).x
     assert torch.equal(again, xb)
+
+
+# --------------------------------------------------------------------------------------------- view codes
+
+IMAGE_AUGMENTS = ("crop_flip", "jitter", "flip")
+
+
+def _distinct_image(c: int = 2, h: int = 6, w: int = 7) -> torch.Tensor:
+    """A float image whose pixels are all different and nonzero (zero is the padding), H != W."""
+    return torch.arange(1, c * h * w + 1, dtype=torch.float32).view(c, h, w)
+
+
+def _reference_view(img: torch.Tensor, pad: int, dy: int, dx: int, flip: int) -> torch.Tensor:
+    """Zero-pad by hand, slice the crop, mirror: independent of the gather in apply_views."""
+    c, h, w = img.shape
+    padded = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=img.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = img
+    out = padded[:, dy:dy + h, dx:dx + w]
+    return out.flip(-1) if flip else out
+
+
+def test_num_views_and_encoding():
+    assert AUGMENTS == ("none", "crop_flip", "jitter", "flip")
+    assert [num_views(a) for a in AUGMENTS] == [1, 162, 25, 2]
+    assert decode_view("none", 0) == {"dy": 0, "dx": 0, "flip": 0}
+    assert decode_view("flip", 1) == {"dy": 0, "dx": 0, "flip": 1}
+    assert decode_view("jitter", 12) == {"dy": 2, "dx": 2, "flip": 0}  # the unshifted crop
+    assert decode_view("jitter", 7) == {"dy": 1, "dx": 2, "flip": 0}
+    assert decode_view("crop_flip", (3 * 9 + 8) * 2 + 1) == {"dy": 3, "dx": 8, "flip": 1}
+    for name, pad, flips in (("none", 0, False), ("flip", 0, True), ("jitter", 2, False), ("crop_flip", 4, True)):
+        seen = set()
+        for code in range(num_views(name)):
+            d = decode_view(name, code)
+            assert 0 <= d["dy"] <= 2 * pad and 0 <= d["dx"] <= 2 * pad and d["flip"] in ((0, 1) if flips else (0,))
+            assert code == (d["dy"] * (2 * pad + 1) + d["dx"]) * (2 if flips else 1) + d["flip"]
+            seen.add((d["dy"], d["dx"], d["flip"]))
+        assert len(seen) == num_views(name)
+    for bad in (-1, 162):
+        with pytest.raises(ValueError):
+            decode_view("crop_flip", bad)
+    for f in (num_views, lambda n: decode_view(n, 0), lambda n: draw_views(n, 3, torch.Generator())):
+        with pytest.raises(ValueError, match="rotate"):
+            f("rotate")
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_every_view_is_distinct_and_matches_a_hand_built_reference(name):
+    pad = {"none": 0, "flip": 0, "jitter": 2, "crop_flip": 4}[name]
+    img = _distinct_image()
+    k = num_views(name)
+    codes = torch.arange(k)
+    out = apply_views(name, img.expand(k, *img.shape).contiguous(), codes)
+    assert out.shape == (k, *img.shape) and out.dtype == img.dtype
+    # as many distinct outputs as codes: distinct crops/flips really differ
+    assert len({tuple(o.flatten().tolist()) for o in out}) == k
+    for code in range(k):
+        d = decode_view(name, code)
+        assert torch.equal(out[code], _reference_view(img, pad, d["dy"], d["dx"], d["flip"])), (name, code)
+    # the same codes in a shuffled, mixed batch of different images: each row depends only on its own (image, code)
+    imgs = torch.rand(40, 3, 5, 9)
+    views = torch.randint(0, k, (40,), generator=torch.Generator().manual_seed(1))
+    mixed = apply_views(name, imgs, views)
+    for i in range(40):
+        d = decode_view(name, int(views[i]))
+        assert torch.equal(mixed[i], _reference_view(imgs[i], pad, d["dy"], d["dx"], d["flip"]))
+    with pytest.raises(ValueError):
+        apply_views(name, img[None], torch.tensor([k]))
+    with pytest.raises(ValueError):
+        apply_views(name, img[None], torch.tensor([0, 0]))
+    # feature vectors pass through and have only view 0
+    feats = torch.randn(4, 3)
+    assert apply_views(name, feats, torch.zeros(4, dtype=torch.long)) is feats
+    if k > 1:
+        with pytest.raises(ValueError):
+            apply_views(name, feats, torch.ones(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name, n", [("crop_flip", 162_000), ("jitter", 25_000), ("flip", 20_000)])
+def test_draw_views_is_uniform(name, n):
+    k = num_views(name)
+    views = draw_views(name, n, torch.Generator().manual_seed(0))
+    assert views.shape == (n,) and views.dtype == torch.int64 and views.device.type == "cpu"
+    assert int(views.min()) >= 0 and int(views.max()) < k
+    counts = torch.bincount(views, minlength=k).double()
+    expected = n / k
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    # chi-square with k-1 degrees of freedom: mean k-1, sd sqrt(2(k-1)); 6 sd is far from flaky yet catches bias
+    df = k - 1
+    assert chi2 < df + 6 * (2 * df) ** 0.5 + 10, chi2
+    assert counts.min() > 0
+    # the same generator state gives the same codes; apply() is apply_views of freshly drawn codes
+    assert torch.equal(draw_views(name, n, torch.Generator().manual_seed(0)), views)
+    x = torch.rand(64, 3, 8, 8)
+    assert torch.equal(apply(name, x, torch.Generator().manual_seed(5)),
+                       apply_views(name, x, draw_views(name, 64, torch.Generator().manual_seed(5))))
+    assert torch.equal(draw_views("none", 7, torch.Generator()), torch.zeros(7, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name, channels_last", [("crop_flip", False), ("crop_flip", True), ("jitter", False),
+                                                 ("flip", True)])
+def test_view_batch_replays_every_batch_bit_for_bit(name, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (203, 3, 10, 12), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 5, (203,), generator=g)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    loader = TensorLoader(x, y, 32, shuffle=True, augment=name, seed=11, mean=mean, std=std,
+                          channels_last=channels_last)
+    assert loader.num_views == num_views(name)
+    loader.set_epoch(3)
+    batches = list(loader)
+    assert len(batches) == 7 and loader.epoch == 4
+    for b in batches:
+        assert isinstance(b, Batch) and b._fields == ("x", "y", "idx", "view")
+        assert b.view.dtype == torch.int64 and b.view.shape == b.idx.shape and b.view.device == b.x.device
+        again = loader.view_batch(b.idx, b.view)
+        assert torch.equal(again, b.x) and again.stride() == b.x.stride()
+        # row by row, in any order or grouping: (idx, view) alone fixes the input
+        perm = torch.randperm(len(b.idx), generator=g)[:5]
+        assert torch.equal(loader.view_batch(b.idx[perm].tolist(), b.view[perm].tolist()), b.x[perm])
+        assert torch.equal(b.y, y[b.idx])
+    all_views = torch.cat([b.view for b in batches])
+    assert len(set(all_views.tolist())) > num_views(name) // 2  # views really vary
+    # the plan of an epoch is the batches' (idx, view), without building inputs or advancing the epoch
+    plan = list(loader.plan(3))
+    assert loader.epoch == 4 and len(plan) == len(batches)
+    assert all(torch.equal(i, b.idx) and torch.equal(v, b.view) for (i, v), b in zip(plan, batches))
+    # a shard replays too
+    loader.set_shard(1, 3)
+    for b in loader:
+        assert torch.equal(loader.view_batch(b.idx, b.view), b.x)
+    with pytest.raises(ValueError):
+        loader.view_batch([0, 1], [0, num_views(name)])
+    with pytest.raises(ValueError):
+        loader.view_batch([0, 1], [0])
+
+
+def test_view_is_zero_without_augmentation_and_for_features():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8, generator=g)
+    feats = torch.randn(50, 4, generator=g)
+    y = torch.zeros(50, dtype=torch.long)
+    for x, aug in ((img, "none"), (feats, "none"), (feats, "crop_flip"), (feats, "jitter")):
+        loader = TensorLoader(x, y, 16, shuffle=True, augment=aug, seed=2, mean=(0.5,), std=(2.0,))
+        assert loader.num_views == 1
+        for b in loader:
+            assert torch.equal(b.view, torch.zeros(len(b.idx), dtype=torch.long))
+            expect = (x[b.idx].float() / (255 if x.dtype == torch.uint8 else 1) - 0.5) / 2.0
+            assert torch.equal(b.x, expect)
+            assert torch.equal(loader.view_batch(b.idx), b.x) and torch.equal(loader.view_batch(b.idx, b.view), b.x)
+        with pytest.raises(ValueError):
+            loader.view_batch([0], [1])
+    with pytest.raises(ValueError, match="rotate"):
+        TensorLoader(img, y, 8, augment="rotate")
+
+
+def test_same_seed_and_epoch_same_batches_other_epochs_other_views():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (100,), generator=g)
+
+    def epoch(e, seed=5):
+        ld = TensorLoader(x, y, 25, shuffle=True, augment="crop_flip", seed=seed)
+        ld.set_epoch(e)
+        return list(ld)
+
+    a, b = epoch(2), epoch(2)
+    for p, q in zip(a, b):
+        assert all(torch.equal(s, t) for s, t in zip(p, q))
+    for other in (epoch(3), epoch(2, seed=6)):
+        views_a = torch.zeros(100, dtype=torch.long)
+        views_o = torch.zeros(100, dtype=torch.long)
+        for p, q in zip(a, other):
+            views_a[p.idx], views_o[q.idx] = p.view, q.view
+        assert (views_a != views_o).float().mean() > 0.9  # 1/162 chance per example to agree
+    # an unshuffled loader still draws new views every epoch it is told to
+    ld = TensorLoader(x, y, 100, augment="jitter")
+    v0 = next(iter(ld)).view
+    ld.set_epoch(1)
+    assert not torch.equal(next(iter(ld)).view, v0)
 
 
 # --------------------------------------------------------------------------------------------- split_train_val

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 
 import pandas as pd
@@ -154,3 +155,53 @@ def test_no_records_is_a_one_line_error_exit_2(tmp_path, capsys):
     assert hinton.main(["--results", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no hinton_mnist run records" in err
+
+
+def test_rendered_through_the_report_package(results):
+    """The study's cells come from the report's formatters and its tables from the report's renderers."""
+    from kdbench import report
+
+    study = hinton.collect(results / "runs" / "hinton_mnist")
+    disp = hinton.display_table(study.table).set_index("model")
+    t = study.table.set_index("model")
+    for name in hinton.ROWS:
+        assert disp.loc[name, "errors (mean ± std)"] == report.fmt_mean_std(
+            t.loc[name, "errors_mean"], t.loc[name, "errors_std"], 1.0, 1, missing="n/a", no_std="omit")
+        assert disp.loc[name, "test acc (%)"] == report.fmt_value(t.loc[name, "test_acc"], 100.0, 2, missing="n/a")
+    assert disp.loc[hinton.ROW_SCRATCH, "agreement with teacher (%)"] == "n/a"
+    table = hinton.display_table(study.table)
+    assert report.markdown_table(table, compact=True) in hinton.render_markdown(study)
+    tex = hinton.render_latex(study)
+    assert tex.startswith("\\begin{table}[t]") and "\\label{tab:hinton-mnist}" in tex
+    assert "errors (mean $\\pm$ std)" in tex and "KL(teacher$\\|$student)" in tex and "±" not in tex
+
+
+def test_symlinks_planted_in_the_output_folder_are_never_followed(results, tmp_path):
+    out = results / "hinton_mnist"
+    (out / "records").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = [out / ".tau_curve.png.tmp.png", out / ".table.md.tmp"]
+    for p in planted:
+        p.symlink_to(victim)
+    (out / "records" / "kd-s0.json").symlink_to(victim)  # a copied record's own name
+    assert hinton.main(["--results", str(results)]) == 0
+    assert victim.read_text() == "precious"
+    assert all(p.is_symlink() and os.readlink(p) == str(victim) for p in planted)
+    assert (out / "tau_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    copied = out / "records" / "kd-s0.json"
+    assert not copied.is_symlink() and json.loads(copied.read_text())["run_id"] == "kd-s0"
+
+
+def test_diagnose_without_weights_keeps_the_diagnostics_already_there(results, capsys):
+    out = results / "hinton_mnist"
+    # no checkpoints, no registry weights: a fresh folder gets the "nothing to re-evaluate" note...
+    assert hinton.main(["--results", str(results), "--diagnose"]) == 0
+    assert "No seed had both" in (out / "diagnostics.md").read_text()
+    # ...but committed diagnostics (made where the weights were) are kept, not replaced by that note
+    (out / "diagnostics.md").write_text("# Diagnostics: committed\n")
+    (out / "diagnostics.csv").write_text("seed\n0\n")
+    assert hinton.main(["--results", str(results), "--diagnose"]) == 0
+    assert (out / "diagnostics.md").read_text() == "# Diagnostics: committed\n"
+    assert (out / "diagnostics.csv").read_text() == "seed\n0\n"
+    assert "kept" in capsys.readouterr().err

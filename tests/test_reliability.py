@@ -119,11 +119,13 @@ def test_sigkill_mid_training_then_same_command_resumes_to_identical_results(tmp
 
 
 def test_rerun_skips_a_complete_record_and_redoes_failed_ones(compose, tmp_path):
+    from kdbench.config import resolve
+    from kdbench.identity import run_id_of
     from kdbench.records import write_record
-    from kdbench.train import run, run_id_of
+    from kdbench.train import run
 
     cfg = compose("distill=none", "trainer.max_epochs=1", "trainer.deterministic=false")
-    rid = run_id_of(cfg)
+    rid = run_id_of(resolve(cfg))
     path = Path(cfg.paths.runs_dir) / cfg.experiment_name / f"{rid}.json"
 
     write_record(path, {"run_id": rid, "status": "complete", "metrics": {"planted": True}})
@@ -150,11 +152,13 @@ def test_last_checkpoint_is_written_every_epoch_and_an_unreadable_one_is_set_asi
     """last.ckpt must be the latest epoch even when validation accuracy does not improve (lr=0)."""
     import torch
 
-    from kdbench.train import run, run_id_of
+    from kdbench.config import resolve
+    from kdbench.identity import run_id_of
+    from kdbench.train import run
 
     cfg = compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt")
     rec = run(cfg)
-    ckdir = tmp_path / "results" / "checkpoints" / "lastckpt" / run_id_of(cfg)
+    ckdir = tmp_path / "results" / "checkpoints" / "lastckpt" / run_id_of(resolve(cfg))
     last = torch.load(ckdir / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 1 and len(last["kdbench_history"]) == 2 == len(rec["history"])
     assert "kdbench_rng" in last
@@ -169,7 +173,7 @@ def test_last_checkpoint_is_written_every_epoch_and_an_unreadable_one_is_set_asi
     # a truncated last.ckpt (e.g. a copy cut short) does not wedge the run id: set aside, start over
     from kdbench.records import read_record, write_record
 
-    rec_path = tmp_path / "results" / "runs" / "lastckpt" / f"{run_id_of(cfg)}.json"
+    rec_path = tmp_path / "results" / "runs" / "lastckpt" / f"{run_id_of(resolve(cfg))}.json"
     write_record(rec_path, {**read_record(rec_path), "status": "running"})  # as a killed run leaves it
     data = (ckdir / "last.ckpt").read_bytes()
     (ckdir / "last.ckpt").write_bytes(data[: len(data) // 3])
@@ -178,6 +182,51 @@ def test_last_checkpoint_is_written_every_epoch_and_an_unreadable_one_is_set_asi
     assert again["status"] == "complete" and again["resumed_from"] is None
     assert (ckdir / "last.ckpt.unreadable").exists() and "cannot resume" in caplog.text
     assert again["metrics"] == rec["metrics"]
+
+    # a truncated best.ckpt likewise: the resumed run could not test the best epoch, so it starts over
+    # (before, every re-run of the run id failed reading it)
+    write_record(rec_path, {**read_record(rec_path), "status": "running"})
+    data = (ckdir / "best.ckpt").read_bytes()
+    (ckdir / "best.ckpt").write_bytes(data[: len(data) // 3])
+    best_again = run(compose("distill=none", "trainer.max_epochs=2", "optim.lr=0.0", "experiment_name=lastckpt"))
+    assert best_again["status"] == "complete" and best_again["resumed_from"] is None
+    assert (ckdir / "best.ckpt.unreadable").exists()
+    assert best_again["metrics"] == rec["metrics"]
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: code run by a checkpoint file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_planted_as_best_ckpt_does_not_run(compose, tmp_path):
+    """Every checkpoint kdbench reads, its own included, is read with weights_only=True."""
+    import torch
+
+    from kdbench.config import resolve
+    from kdbench.identity import run_id_of
+    from kdbench.records import read_record, write_record
+    from kdbench.train import run
+
+    args = ("distill=none", "trainer.max_epochs=2", "experiment_name=planted")
+    cfg = compose(*args)
+    rec = run(cfg)
+    rid = run_id_of(resolve(cfg))
+    ckdir = tmp_path / "results" / "checkpoints" / "planted" / rid
+    marker = tmp_path / "payload-ran"
+    torch.save({"state_dict": _Payload(marker)}, ckdir / "best.ckpt")
+    rec_path = tmp_path / "results" / "runs" / "planted" / f"{rid}.json"
+    write_record(rec_path, {**read_record(rec_path), "status": "running"})
+    again = run(compose(*args))
+    assert not marker.exists()
+    assert again["status"] == "complete" and again["metrics"] == rec["metrics"]
+    forced = run(compose(*args, "force=true"))  # the path that tests the best checkpoint after a fresh fit
+    assert not marker.exists() and forced["status"] == "complete"
 
 
 # =============================================================================================
@@ -398,12 +447,12 @@ def test_train_loader_shards_like_distributed_sampler():
         ld.set_shard(r, world)
         ld.set_epoch(4)
         assert len(ld) == math.ceil(math.ceil(n / world) / bs)
-        shards.append([idx for _, _, idx in ld])
+        shards.append([b.idx for b in ld])
     assert len(shards[0]) == len(shards[1]) == len(single)
     everything = torch.cat([torch.cat(s) for s in shards]).tolist()
     assert len(everything) == world * math.ceil(n / world) and set(everything) == set(range(n))  # one pad
     # step b of all ranks together covers step b of one process with world x the batch size
-    for b, (_, _, idx) in enumerate(single):
+    for b, idx in enumerate(bt.idx for bt in single):
         union = torch.cat([shards[r][b] for r in range(world)]).tolist()
         if b < len(single) - 1:
             assert sorted(union) == sorted(idx.tolist())
@@ -462,24 +511,34 @@ def test_divergence_in_a_ddp_child_is_reported_as_diverged(compose, tmp_path):
 # =============================================================================================
 
 
-def test_secret_in_the_config_is_rejected_and_not_left_in_hydra_files(tmp_path):
+WANDB_SHAPED = "0123456789abcdef0123456789abcdef01234567"  # 40 hex characters: a classic W&B API key
+
+
+@pytest.mark.parametrize("key, value", [
+    ("logger.wandb.api_key", FAKE_CFG_KEY),
+    ("logger.wandb.key", FAKE_CFG_KEY),  # the name wandb.login() uses
+    ("logger.wandb.password", FAKE_CFG_KEY),
+    ("logger.wandb.notes", WANDB_SHAPED),  # any key: the value is shaped like a W&B key
+])
+def test_secret_in_the_config_is_rejected_and_not_left_in_hydra_files(tmp_path, key, value):
     out = tmp_path / "out"
     p = _cli([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={out}", "logger=wandb",
-              f"+logger.wandb.api_key={FAKE_CFG_KEY}"], env={"WANDB_API_KEY": FAKE_ENV_KEY})
+              f"+{key}={value}"], env={"WANDB_API_KEY": FAKE_ENV_KEY})
     assert p.returncode == 2, p.stderr[-3000:]
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("kdbench: error:")]
     assert len(lines) == 1 and "Traceback" not in p.stderr
-    assert lines[0].startswith("kdbench: error: logger.wandb.api_key: looks like a credential")
+    assert lines[0].startswith(f"kdbench: error: {key}: looks like a credential")
     assert "environment" in lines[0]
     assert (out / ".hydra" / "overrides.yaml").exists()  # Hydra saved it, the job scrubbed it
-    for key in (FAKE_CFG_KEY, FAKE_ENV_KEY):
-        assert key not in p.stdout + p.stderr
-        assert _files_containing(tmp_path, key) == []
+    for secret in (value, FAKE_ENV_KEY):
+        assert secret not in p.stdout + p.stderr
+        assert _files_containing(tmp_path, secret) == []
     assert not (tmp_path / "r" / "runs").exists()
 
 
 def test_env_key_never_lands_in_records_logs_or_wandb_files(compose, tmp_path, monkeypatch):
-    from kdbench.train import redact, run
+    from kdbench.credentials import redact
+    from kdbench.train import run
 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_ENV_KEY)
     rec = run(compose("distill=none", "trainer.max_epochs=1", "logger=wandb", "logger.wandb.mode=offline"))

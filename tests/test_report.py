@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -336,3 +338,127 @@ def test_runs_that_differ_in_config_are_never_averaged_together(tmp_path):
     assert math.isnan(summary.attrs["scratch_acc"]) and summary.attrs["teacher_acc"] == TEACHER_ACC
     out = report.make_report(tmp_path / "results" / "runs", "widths")
     assert "student.kwargs.hidden" in out["markdown"] and (out["out_dir"] / "reliability.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Published numbers of a teacher -> student pair (config.pair.published.<dataset>)
+# --------------------------------------------------------------------------------------------
+
+PAIR = {"name": "resnet32x4_resnet8x4", "teacher_arch": "resnet32x4", "student_arch": "resnet8x4", "lr": 0.05,
+        "published": {"cifar100": {"teacher": 79.42, "scratch": 72.5, "kd": 73.33, "dkd": 76.32,
+                                   "source": "Tian et al. 2020 (CRD) Table 1",
+                                   "protocol": "240 epochs, lr 0.05 x0.1 at 150/180/210"}}}
+
+
+def _pair_results(root: Path, dataset: str, pair: dict | None) -> Path:
+    """The ``results`` fixture's runs (scratch, kd, no_tau2 x 3 seeds, one failed kd), on ``dataset``,
+    with ``config.pair = pair`` when given."""
+    runs = root / "runs" / EXP
+    recs = [record(v, s) for v in ACC for s in range(3)]
+    recs.append(record("kd", 7, status="failed", error="RuntimeError: boom"))
+    for rec in recs:
+        rec["dataset"] = dataset
+        if pair is not None:
+            rec["config"] = {"seed": rec["seed"], "pair": pair}
+        write_record(runs / f"{rec['run_id']}.json", rec)
+    return root
+
+
+def test_published_column_from_the_pair_config(tmp_path):
+    res = _pair_results(tmp_path / "results", "cifar100", PAIR)
+    out = report.make_report(res / "runs", EXP)
+    summary, display = out["summary"], out["display"].set_index("variant")
+    # the number of the row's variant, in %; blank where the pair publishes none (no_tau2)
+    assert display["published top-1 (%)"].to_dict() == {"scratch": "72.50", "kd": "73.33", "no_tau2": ""}
+    pub = dict(zip(summary["variant"], summary["published_top1_pct"]))
+    assert pub["scratch"] == 72.5 and pub["kd"] == 73.33 and math.isnan(pub["no_tau2"])
+    assert list(out["display"].columns[:5]) == ["variant", "n", "top-1 last (%)", "top-1 best-epoch (%)",
+                                               "published top-1 (%)"]
+    # our numbers are untouched by it: the deltas and the bold cells still come from the runs
+    assert row(summary, variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))
+    # the teacher's published accuracy next to ours; source and protocol named
+    md = out["markdown"]
+    assert f"Teacher top-1: {100 * TEACHER_ACC:.2f}% (published: 79.42%)." in md
+    assert "Tian et al. 2020 (CRD) Table 1" in md and "240 epochs, lr 0.05 x0.1 at 150/180/210" in md
+    tex = out["tables"]["tex"].read_text()
+    header, rows = _tex_rows(tex)
+    j = header.index("published top-1 (\\%)")
+    assert {r[0]: r[j] for r in rows} == {"scratch": "72.50", "kd": "73.33", "no\\_tau2": ""}
+    caption = tex.split("\\caption{", 1)[1].split("}\n", 1)[0]
+    assert "Tian et al. 2020 (CRD) Table 1" in caption and "teacher 79.42" in caption
+    back = report.read_summary_csv(out["tables"]["csv"])
+    assert back["published_top1_pct"].tolist()[:2] == [72.5, 73.33] and math.isnan(back["published_top1_pct"][2])
+
+
+def test_tables_without_published_numbers_are_unchanged(tmp_path):
+    """No pair, or a pair with no published block for the records' dataset: the same bytes."""
+    files = {}
+    for name, dataset, pair in (("plain", "cifar10", None), ("pair", "cifar10", PAIR)):
+        res = _pair_results(tmp_path / name, dataset, pair)
+        out = report.make_report(res / "runs", EXP)
+        assert "published top-1 (%)" not in out["display"].columns
+        assert "published_top1_pct" not in out["summary"].columns
+        files[name] = {k: p.read_bytes() for k, p in out["tables"].items()}
+    assert files["plain"] == files["pair"]
+    assert b"published" not in files["pair"]["md"] + files["pair"]["tex"] + files["pair"]["csv"]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: concurrent reports, planted symlinks
+# --------------------------------------------------------------------------------------------
+
+
+def _report_process(barrier, args: list[str]) -> None:
+    barrier.wait(timeout=60)  # all start together
+    sys.exit(report.main(args))
+
+
+def test_concurrent_reports_of_one_experiment_all_succeed(results):
+    """Two sweeps ending together each run ``python -m kdbench.report``: every one exits 0 and the
+    files are complete (atomic writes through private mkstemp files, no shared temporary name).
+    Three report processes (forked: no start-up cost) build the same experiment at once."""
+    import multiprocessing
+
+    summary, _ = table(results)  # imports everything once, before the fork
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:
+        pytest.skip("needs the fork start method")
+    args = ["--experiment", EXP, "--results", str(results), "--no-print"]
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_report_process, args=(barrier, args)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    out_dir = results / EXP
+    pd.testing.assert_frame_equal(report.read_summary_csv(out_dir / "table.csv"), summary, check_dtype=False,
+                                  check_exact=True)
+    md = (out_dir / "table.md").read_text()
+    assert md.endswith("\n") and "## Failed runs" in md and "top-1 last (%)" in md
+    assert (out_dir / "table.tex").read_text().rstrip().endswith("\\end{table}")
+    for name in ("reliability.png", "learning_curves.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["learning_curves.png", "reliability.png", "table.csv",
+                                                         "table.md", "table.tex"]  # no temporary file left
+
+
+def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp_path):
+    """The old writer saved plots to ``.<name>.tmp.png`` beside the target: a symlink planted there
+    redirected the write to any file. Now the link and its target stay as they were."""
+    out_dir = results / EXP
+    out_dir.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    names = [f".{n}.png.tmp.png" for n in ("reliability", "learning_curves", "tau_curves")]
+    names += [f".table.{e}.tmp" for e in ("md", "tex", "csv")]
+    for n in names:
+        (out_dir / n).symlink_to(victim)
+    out = report.make_report(results / "runs", EXP)
+    assert set(out["plots"]) == {"reliability", "learning_curves"}
+    assert victim.read_text() == "precious"
+    for n in names:
+        assert (out_dir / n).is_symlink() and os.readlink(out_dir / n) == str(victim)
+    for p in out["plots"].values():
+        assert not p.is_symlink() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

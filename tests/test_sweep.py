@@ -87,17 +87,17 @@ def test_progress_ignores_a_stale_record_until_the_job_rewrites_it(tmp_path, cap
     from kdbench.records import write_record
     from kdbench.sweep import _mtime, _progress
 
-    jobs = [{"run_id": "kd-s0-abc"}]
     path = tmp_path / "kd-s0-abc.json"
+    jobs = [{"run_id": "kd-s0-abc", "record": path}]
     write_record(path, {"run_id": "kd-s0-abc", "variant": "kd", "seed": 0, "status": "complete",
                         "metrics": {"last": {"test": {"acc": 0.5}}}})
     stale = {"kd-s0-abc": _mtime(path)}
     seen: dict = {}
-    _progress(jobs, tmp_path, seen, 0.0, 1, stale)
+    _progress(jobs, seen, 0.0, 1, stale)
     assert capsys.readouterr().out == "" and seen == {}
     write_record(path, {"run_id": "kd-s0-abc", "variant": "kd", "seed": 0, "status": "complete",
                         "metrics": {"last": {"test": {"acc": 0.75}}}})
     os.utime(path, ns=(stale["kd-s0-abc"] + 10**9,) * 2)
-    _progress(jobs, tmp_path, seen, 0.0, 1, stale)
+    _progress(jobs, seen, 0.0, 1, stale)
     out = capsys.readouterr().out
     assert "[  1/1] complete kd seed 0  test acc 75.00%" in out and seen == {"kd-s0-abc": "complete"}

@@ -63,7 +63,7 @@ def test_digits_kd_run_writes_record_and_wandb_and_reuses_teacher(compose, tmp_p
 
 
 def test_teacher_drift_threshold():
-    from kdbench.train import teacher_drift
+    from kdbench.teachers import drift as teacher_drift
 
     # 11 of 10,000 test images (the stale best-val-weights entry that motivated the check)
     msg = teacher_drift({"acc": 0.9902}, {"acc": 0.9891}, 10_000)
@@ -105,10 +105,15 @@ def _fit_with_teacher(compose, *overrides):
     orig = DistillModule.training_step
 
     def spy(self, batch, batch_idx):
-        if "before" not in seen and self.teacher is not None:
-            seen["before"] = _snapshot(self.teacher)
-            seen["teacher_training"] = self.teacher.training
-        return orig(self, batch, batch_idx)
+        teacher = getattr(self.signal, "teacher", None)
+        first = "before" not in seen and teacher is not None
+        if first:
+            seen["before"] = _snapshot(teacher)
+        out = orig(self, batch, batch_idx)
+        if first:  # the mode the teacher ran in for this batch (Lightning has called .train() by now)
+            seen["teacher_training"] = teacher.training
+            seen["is_submodule"] = any(m is teacher for m in self.modules())
+        return out
 
     DistillModule.training_step = spy
     try:
@@ -119,8 +124,8 @@ def _fit_with_teacher(compose, *overrides):
 
         def fit_spy(module, *a, **k):
             res = orig_fit(module, *a, **k)
-            if module.teacher is not None:
-                captured["after"] = _snapshot(module.teacher)
+            if getattr(module.signal, "teacher", None) is not None:
+                captured["after"] = _snapshot(module.signal.teacher)
             return res
 
         import kdbench.engine as engine
@@ -138,6 +143,7 @@ def _fit_with_teacher(compose, *overrides):
 def test_teacher_stays_frozen_with_batchnorm(compose):
     seen, after, rec = _fit_with_teacher(compose)
     assert seen["teacher_training"] is False  # Lightning's .train() did not flip the teacher
+    assert seen["is_submodule"] is False  # the teacher is the signal's, not the student module's
     before = seen["before"]
     assert any("running_mean" in k for k in before)
     for k in before:
@@ -227,7 +233,7 @@ def test_fit_returns_the_final_weights_after_testing_the_best_checkpoint(tmp_pat
     """Testing the best-epoch checkpoint must not leave its weights in the model (the teacher registry
     stores the model it gets back, next to the *last*-epoch metrics)."""
     from kdbench.data import load_dataset, split_train_val
-    from kdbench.distill import DistillModule, LossSpec, OptimSpec, SchedSpec
+    from kdbench.distill import DistillModule, OptimSpec, SchedSpec
     from kdbench.engine import FitSpec, fit_and_test
     from kdbench.models import build_model
     from kdbench.teachers import evaluate_on_test
@@ -235,8 +241,7 @@ def test_fit_returns_the_final_weights_after_testing_the_best_checkpoint(tmp_pat
     torch.manual_seed(0)
     data = split_train_val(load_dataset({"name": "digits"}), 0.15)
     model = build_model("mlp", 10, data.input_shape, hidden=[64])
-    module = DistillModule(model, None, 10, LossSpec(alpha=1.0), OptimSpec(lr=1.5, momentum=0.9),
-                           SchedSpec(name="none"))
+    module = DistillModule(model, 10, OptimSpec(lr=1.5, momentum=0.9), SchedSpec(name="none"))
     res = fit_and_test(module, data, FitSpec(max_epochs=6, batch_size=64, progress=False), ckpt_dir=tmp_path / "c")
     assert res.best["epoch"] != res.last["epoch"], "precondition: this recipe must peak before its last epoch"
     assert evaluate_on_test(model, {"name": "digits"})["acc"] == pytest.approx(res.last["test"]["acc"], abs=1e-6)

@@ -1,8 +1,10 @@
-"""TensorData (a dataset held in memory) and TensorLoader (shuffled, augmented batches)."""
+"""TensorData (a dataset held in memory), TensorLoader (shuffled, augmented batches) and Batch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -65,19 +67,40 @@ def split_train_val(data: TensorData, val_size: int | float, seed: int = 0) -> T
     )
 
 
+class Batch(NamedTuple):
+    """One batch of a :class:`TensorLoader`: inputs, labels, dataset indices and view codes.
+
+    ``x`` is the normalised float input; ``y`` the labels; ``idx`` (int64) the dataset indices of the
+    rows; ``view`` (int64, on ``x``'s device) the augmentation view of each row (see
+    :mod:`kdbench.data.augment`; all zeros without augmentation and for feature vectors).
+    ``(idx[i], view[i])`` determines ``x[i]`` exactly: :meth:`TensorLoader.view_batch` rebuilds it.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    view: torch.Tensor
+
+
 class TensorLoader:
-    """Iterate ``(x, y, idx)`` batches from in-memory tensors: shuffled, augmented, normalised.
+    """Iterate :class:`Batch` ``(x, y, idx, view)`` from in-memory tensors: shuffled, augmented, normalised.
 
     The tensors stay where they are (move them to the GPU once with :meth:`to`); each epoch draws a
     permutation from a generator seeded by ``seed + epoch``, so an epoch's batches are a pure function
     of (seed, epoch) and a resumed run sees the same order as an uninterrupted one. ``idx`` are the
     dataset indices of the batch (used to align cached teacher outputs).
 
+    Augmentation goes through view codes: per batch the loader draws one code per example from the
+    epoch's augmentation generator (:func:`~kdbench.data.augment.draw_views`) and builds the inputs
+    from the codes alone (:func:`~kdbench.data.augment.apply_views`), so ``view_batch(idx, view)``
+    reproduces any batch's ``x`` bit for bit, whatever other examples it is batched with.
+
     :meth:`set_shard` splits every epoch's order across ``world_size`` processes the way
     ``DistributedSampler`` does: the permutation is padded (with its first indices) to a multiple
     of ``world_size`` and rank ``r`` takes positions ``r, r + world_size, ...``, so every rank has the
     same number of batches and step ``b`` of all ranks together covers the same examples as step ``b``
-    of one process with ``world_size`` times the batch size.
+    of one process with ``world_size`` times the batch size. Ranks draw different view codes (rank
+    0, and a single process, keep the unsharded stream).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -85,6 +108,7 @@ class TensorLoader:
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        aug.num_views(augment)  # ValueError for an unknown name
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -113,6 +137,16 @@ class TensorLoader:
             raise ValueError(f"bad shard: rank {rank} of world size {world_size}")
         self.rank, self.world_size = int(rank), int(world_size)
 
+    @property
+    def augmenting(self) -> bool:
+        """Whether batches are augmented (an augmentation other than ``none``, on images)."""
+        return self.augment != "none" and self.x.dim() == 4
+
+    @property
+    def num_views(self) -> int:
+        """How many view codes an example can have here (1 without augmentation or for features)."""
+        return aug.num_views(self.augment) if self.augmenting else 1
+
     def _shard_size(self) -> int:
         n = self.x.shape[0]
         return n if self.world_size == 1 else -(-n // self.world_size)
@@ -121,9 +155,15 @@ class TensorLoader:
         n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def plan(self, epoch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(idx, view)`` of every batch of ``epoch`` (default: the current one), without inputs.
+
+        Exactly the ``idx`` and ``view`` that iterating the loader at that epoch yields (same shard);
+        it neither builds the inputs nor advances the epoch.
+        """
+        epoch = self.epoch if epoch is None else int(epoch)
         n = self.x.shape[0]
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             total = self._shard_size() * self.world_size
@@ -136,13 +176,40 @@ class TensorLoader:
         aug_gen = torch.Generator(device=self.x.device).manual_seed(aug_seed)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            xb = self.x[idx]
-            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
-            if self.augment != "none":
-                xb = aug.apply(self.augment, xb, aug_gen)
-            xb = (xb - self.mean) / self.std
-            if self.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[idx], idx
+            if self.augmenting:
+                view = aug.draw_views(self.augment, idx.shape[0], aug_gen)
+            else:
+                view = torch.zeros(idx.shape[0], dtype=torch.long, device=self.x.device)
+            yield idx, view
+
+    def _build(self, idx: torch.Tensor, view: torch.Tensor, *, check: bool) -> torch.Tensor:
+        xb = self.x[idx]
+        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+        if self.augmenting:
+            xb = aug.apply_views(self.augment, xb, view, check=check)
+        xb = (xb - self.mean) / self.std
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
+    def view_batch(self, idx, view=None) -> torch.Tensor:
+        """The exact input tensor the loader builds for dataset indices ``idx`` seen as views ``view``.
+
+        ``idx`` and ``view`` (default: all 0) are 1-D integer sequences of the same length, on any
+        device; the result is on the data's device, normalised (and channels-last) like a batch's
+        ``x``, and ``torch.equal`` to the rows of any batch that had these ``(idx, view)`` pairs.
+        """
+        idx = torch.as_tensor(idx, device=self.x.device).long()
+        if idx.dim() != 1:
+            raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
+        if view is None:
+            view = torch.zeros_like(idx)
+        view = torch.as_tensor(view, device=self.x.device)
+        aug.check_views(self.augment if self.augmenting else "none", view, idx.shape[0])
+        return self._build(idx, view.long(), check=False)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for idx, view in self.plan():
+            yield Batch(self._build(idx, view, check=False), self.y[idx], idx, view)
         if self.shuffle:
             self.epoch += 1

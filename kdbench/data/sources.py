@@ -601,25 +601,14 @@ def _cache_dir(cfg: Mapping, base: Path) -> Path | None:
 
 
 def _save_cache(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``: readers never see half a file."""
-    tmp = None
+    """Write the cache atomically (readers never see half a file); a failure is a warning, not an error."""
+    from kdbench.files import atomic_write
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is shareable like the data it mirrors
-        os.replace(tmp, path)
-        tmp = None
+        # readable by others, like the data it mirrors
+        atomic_write(path, lambda tmp: torch.save(payload, tmp), mode=0o644)
     except OSError as e:
         print(f"kdbench: warning: could not write dataset cache {path}: {e}", file=sys.stderr)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _load_cache(path: Path) -> dict | None:

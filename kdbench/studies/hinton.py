@@ -12,6 +12,12 @@ the grid ``conf/experiment/hinton_mnist.yaml`` and the temperature sweep
 - ``records/`` and ``teachers/<entry>/meta.json`` -- a copy of the records (and teacher metadata)
   the table was built from, so it can be rebuilt from this folder alone
   (``--records results/hinton_mnist/records``)
+- ``diagnostics.md`` / ``diagnostics.csv`` (``--diagnose``) -- the saved weights re-evaluated; they need
+  the registry teachers and the runs' checkpoints, so without them the files already there are kept
+
+The study logic (which records make which row, errors, gap closed, diagnostics) lives here; the
+tables are formatted, rendered and written by :mod:`kdbench.report` (its number formatters,
+Markdown and LaTeX renderers, atomic writer and figure helpers).
 
 Every student number is the LAST epoch's test metric (no selection on the test set). Errors are
 ``round((1 - acc) * n_test)`` with ``n_test`` from the record's ``dataset_info`` (10,000 for MNIST).
@@ -28,6 +34,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kdbench.files import atomic_write
+from kdbench.report.frame import iter_experiment_records, to_float
+from kdbench.report.plots import new_figure, save_figure
+from kdbench.report.tables import (
+    fmt_mean_std,
+    fmt_num,
+    fmt_value,
+    latex_table,
+    markdown_table,
+    write_text_files,
+)
 
 EXPERIMENT = "hinton_mnist"
 MAIN_TAU = 20.0
@@ -64,16 +82,8 @@ class NoRecordsError(Exception):
 # ---- reading records -------------------------------------------------------------------------------
 def load_hinton_records(records_dir: str | Path, experiment: str | None = EXPERIMENT) -> list[dict]:
     """Every run record under ``records_dir`` (any status) of ``experiment``; ``_path`` is added."""
-    from kdbench.records import iter_records
-
-    root = Path(records_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for p, r in iter_records(root):
-        if experiment is None or r.get("experiment") == experiment:
-            out.append({**r, "_path": str(p)})
-    return out
+    return [{**r, "_path": str(p)} for p, r in iter_experiment_records(records_dir, None)
+            if experiment is None or r.get("experiment") == experiment]
 
 
 def n_test_of(rec: dict) -> int:
@@ -89,11 +99,7 @@ def errors_of(acc: float, n_test: int = N_TEST_DEFAULT) -> int:
 
 
 def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
+    return to_float(v, finite=True)
 
 
 def _last_test(rec: dict) -> dict:
@@ -243,16 +249,13 @@ def build_hinton_table(records_dir: str | Path, tau: float = MAIN_TAU):
     return collect(records_dir, tau=tau).table
 
 
-# ---- rendering -------------------------------------------------------------------------------------
+# ---- rendering (formatters, Markdown, LaTeX and files: kdbench.report) ------------------------------
+#: how a number that was not measured is shown in this study's tables
+NA = "n/a"
+
+
 def _fmt(v: Any, scale: float = 1.0, dec: int = 2) -> str:
-    f = _num(v)
-    return "n/a" if math.isnan(f) else f"{f * scale:.{dec}f}"
-
-
-def _pm(mean: float, std: float, dec: int = 1) -> str:
-    if math.isnan(_num(mean)):
-        return "n/a"
-    return f"{mean:.{dec}f}" if math.isnan(_num(std)) else f"{mean:.{dec}f} ± {std:.{dec}f}"
+    return fmt_value(v, scale, dec, missing=NA)
 
 
 def display_table(table):
@@ -262,8 +265,9 @@ def display_table(table):
     rows = []
     for _, r in table.iterrows():
         row = {"model": r["model"], "published errors": str(int(r["published_errors"])),
-               "errors (mean ± std)": _pm(r["errors_mean"], r["errors_std"]),
-               "errors per seed": r["errors_per_seed"] or "n/a", "seeds": str(int(r["n_seeds"]))}
+               "errors (mean ± std)": fmt_mean_std(r["errors_mean"], r["errors_std"], 1.0, 1, missing=NA,
+                                                    no_std="omit"),
+               "errors per seed": r["errors_per_seed"] or NA, "seeds": str(int(r["n_seeds"]))}
         for col, (head, scale, dec) in DISPLAY.items():
             row[head] = _fmt(r[col], scale, dec)
         rows.append(row)
@@ -275,7 +279,7 @@ def display_tau(tau_df):
 
     rows = []
     for _, r in tau_df.iterrows():
-        row = {"τ": f"{r['tau']:g}", "errors": str(int(r["errors"]))}
+        row = {"τ": fmt_num(r["tau"]), "errors": str(int(r["errors"]))}
         for col, (head, scale, dec) in DISPLAY.items():
             row[head] = _fmt(r[col], scale, dec)
         row["wall time (min)"] = _fmt(r["wall_time_s"], 1 / 60, 1)
@@ -284,11 +288,8 @@ def display_tau(tau_df):
 
 
 def markdown(df) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(lines)
+    """This study's Markdown tables: :func:`kdbench.report.markdown_table`, compact."""
+    return markdown_table(df, compact=True)
 
 
 def _cfg(rec: dict, *path: str, default: Any = None) -> Any:
@@ -391,29 +392,21 @@ def _display_wall(wt):
     import pandas as pd
 
     return pd.DataFrame([{"variant": r["variant"], "seed": r["seed"],
-                          "τ": "" if math.isnan(_num(r["tau"])) else f"{r['tau']:g}",
+                          "τ": fmt_num(_num(r["tau"]), missing=""),
                           "wall time (min)": _fmt(r["wall_time_s"], 1 / 60, 1), "run": r["run_id"]}
                          for _, r in wt.iterrows()])
 
 
 def render_latex(study: Study) -> str:
-    disp = display_table(study.table)
-    styler = disp.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     caption = (f"Hinton et al.\\ (2015), MNIST: test errors out of {study.n_test:,}, mean $\\pm$ std over seeds, "
                "last-epoch test metrics" + (" (PARTIAL: incomplete grid)" if study.partial else ""))
-    tex = styler.to_latex(hrules=True, caption=caption, label="tab:hinton-mnist", position="t",
-                          column_format="l" + "r" * (disp.shape[1] - 1))
-    return tex.replace("±", "$\\pm$").replace("‖", "$\\|$")  # pdflatex-safe
+    return latex_table(display_table(study.table), caption, label="tab:hinton-mnist", position="t", n_left=1)
 
 
 def plot_tau_curve(study: Study, out_path: str | Path) -> Path:
     """Errors vs τ (seed-0 distilled student), published T=20 point, scratch and teacher levels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8.6, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, axes = new_figure(1, 1, (8.6, 4.2))
+    ax = axes[0][0]
     tab = study.table.set_index("model")
     colors = {ROW_TEACHER: "tab:green", ROW_SCRATCH: "tab:red"}
     for name, label in ((ROW_SCRATCH, "scratch student"), (ROW_TEACHER, "teacher")):
@@ -441,12 +434,12 @@ def plot_tau_curve(study: Study, out_path: str | Path) -> Path:
     ax.set_title(title + (" [PARTIAL]" if study.partial else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path, dpi=130)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """``shutil.copy2`` through an atomic write (never through a symlink planted at ``dst``)."""
+    atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
 
 
 def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tuple[int, int]:
@@ -460,7 +453,7 @@ def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tupl
         names.add(src.name)
         dst = rec_dir / src.name
         if src.resolve() != dst.resolve():
-            shutil.copy2(src, dst)
+            _copy(src, dst)
             n_rec += 1
     if n_rec:  # a fresh copy: drop records of runs that no longer exist upstream
         for old in rec_dir.glob("*.json"):
@@ -476,24 +469,19 @@ def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tupl
             continue
         dst = out_dir / "teachers" / str(name) / "meta.json"
         if src.resolve() != dst.resolve():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+            _copy(src, dst)
             n_t += 1
     return n_rec, n_t
 
 
 def write_outputs(study: Study, out_dir: str | Path) -> dict[str, Path]:
-    from kdbench.records import atomic_write_text
-
+    """``table.md/.tex/.csv``, ``tau_table.csv`` and ``tau_curve.png`` into ``out_dir`` (atomic writes)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "table.md", "tex": out / "table.tex", "csv": out / "table.csv",
-             "tau_csv": out / "tau_table.csv", "png": out / "tau_curve.png"}
-    atomic_write_text(paths["md"], render_markdown(study))
-    atomic_write_text(paths["tex"], render_latex(study))
-    atomic_write_text(paths["csv"], study.table.to_csv(index=False))
-    atomic_write_text(paths["tau_csv"], study.tau.to_csv(index=False))
-    plot_tau_curve(study, paths["png"])
+    paths = write_text_files(out, {
+        "md": ("table.md", render_markdown(study)), "tex": ("table.tex", render_latex(study)),
+        "csv": ("table.csv", study.table.to_csv(index=False)), "tau_csv": ("tau_table.csv", study.tau.to_csv(index=False)),
+    })
+    paths["png"] = plot_tau_curve(study, out / "tau_curve.png")
     return paths
 
 
@@ -506,16 +494,17 @@ def _predict(model, x, y, data, batch_size: int = 2000):
     model.eval()
     preds = []
     with torch.no_grad():
-        for xb, _, _ in TensorLoader(x, y, batch_size, mean=data.mean, std=data.std):
-            preds.append(model(xb).argmax(1))
+        for batch in TensorLoader(x, y, batch_size, mean=data.mean, std=data.std):
+            preds.append(model(batch.x).argmax(1))
     return torch.cat(preds)
 
 
 def _student_state(ckpt: Path) -> dict:
     import torch
 
-    # our own Lightning checkpoint (it also holds RNG state and history, hence weights_only=False)
-    state = torch.load(str(ckpt), map_location="cpu", weights_only=False)["state_dict"]
+    # weights_only: a file planted in a shared results folder cannot run code (kdbench's own checkpoints
+    # hold tensors and plain data only)
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=True)["state_dict"]
     return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
 
 
@@ -627,12 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.diagnose:
         import pandas as pd
 
-        from kdbench.records import atomic_write_text
-
         rows = diagnose(study, results)
-        atomic_write_text(out_dir / "diagnostics.md", render_diagnostics(rows))
-        atomic_write_text(out_dir / "diagnostics.csv", pd.DataFrame(rows).to_csv(index=False))
-        paths["diagnostics"] = out_dir / "diagnostics.md"
+        if rows or not (out_dir / "diagnostics.md").is_file():
+            paths.update(write_text_files(out_dir, {
+                "diagnostics": ("diagnostics.md", render_diagnostics(rows)),
+                "diagnostics_csv": ("diagnostics.csv", pd.DataFrame(rows).to_csv(index=False))}))
+        else:  # no teacher weights / checkpoints here: the diagnostics already there stay
+            print(f"kdbench.studies.hinton: no seed has both the teacher weights and the students' last.ckpt under "
+                  f"{results}: kept {out_dir / 'diagnostics.md'}", file=sys.stderr)
     print(markdown(display_table(study.table)))
     if study.partial:
         print("PARTIAL: " + "; ".join(study.problems))
