@@ -168,6 +168,11 @@ class DistillModule(pl.LightningModule):
         if callable(apply):
             apply()
 
+    def on_train_epoch_start(self) -> None:
+        set_epoch = getattr(self.method, "set_epoch", None)  # methods with a schedule (DKD's warm-up)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
+
     def on_train_epoch_end(self) -> None:
         self._raise_if_bad()
         mean = float(self._train_loss_sum / max(1, self._train_batches)) if self._train_loss_sum is not None \

@@ -13,7 +13,7 @@ only when the computation is provably the one that ran:
   ``seed``, ``distill.method`` = ``kd`` or ``none``, ``teacher_signal`` = ``online`` or ``none``).
 
 Anything else is left where it is and reported. A migrated record keeps its metrics and history
-as written; its ``config`` becomes today's resolved config and ``migrated_from`` names the old id.
+as written; its ``config`` becomes today's resolved config and ``migrated_from`` lists its earlier ids.
 Its checkpoint folder, if any, moves with it.
 """
 
@@ -48,12 +48,23 @@ def _old_value_resolved(key: str, old: Any, device: str) -> Any:
             "trainer.channels_last": gpu}.get(key, old)
 
 
-def _expected_new(key: str, rec: dict) -> Any:
-    """The value of a key that did not exist when ``rec`` was written, under the old behaviour."""
+def _expected_new(key: str, rec: dict, conf: dict) -> Any:
+    """The value of a key that did not exist when ``rec`` was written, under the old behaviour: a new
+    method parameter at its default (a parameter's default reproduces what ran before it existed)."""
+    from kdbench.methods import method_defaults, method_names
+
     cfg = rec.get("config") or {}
     scratch = not (cfg.get("distill") or {}).get("enabled", True)
-    return {"data_seed": cfg.get("seed"), "distill.method": "none" if scratch else "kd",
-            "teacher_signal": "none" if scratch else "online"}.get(key, KeyError)
+    fixed = {"data_seed": cfg.get("seed"), "distill.method": "none" if scratch else "kd",
+             "teacher_signal": "none" if scratch else "online"}
+    if key in fixed:
+        return fixed[key]
+    if key.startswith("distill."):
+        name = (conf.get("distill") or {}).get("method")
+        name = "kd" if name == "none" else name  # scratch configs carry KD's keys (conf/distill/none.yaml)
+        if name in method_names():
+            return method_defaults(name).get(key[len("distill."):], KeyError)
+    return KeyError
 
 
 def differences(rec: dict, conf: dict) -> list[str]:
@@ -67,7 +78,7 @@ def differences(rec: dict, conf: dict) -> list[str]:
             if _old_value_resolved(key, old[key], rec.get("device")) != new[key]:
                 out.append(f"{key}: {old[key]!r} then, {new[key]!r} now")
         elif key in new:
-            want = _expected_new(key, rec)
+            want = _expected_new(key, rec, conf)
             if want is KeyError or want != new[key]:
                 out.append(f"{key}: new key with {new[key]!r}")
         else:
@@ -105,7 +116,9 @@ def migrate(runs_dir: str | os.PathLike, experiment: str | None = None, *, check
         result["moved"].append((str(path), str(target)))
         if dry_run:
             continue
-        moved = {**rec, "run_id": new_id, "config": conf, "migrated_from": rec.get("run_id")}
+        earlier = rec.get("migrated_from") or []
+        earlier = [earlier] if isinstance(earlier, str) else list(earlier)
+        moved = {**rec, "run_id": new_id, "config": conf, "migrated_from": earlier + [rec.get("run_id")]}
         moved.pop("schema", None)
         write_record(target, moved)
         path.unlink()

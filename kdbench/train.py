@@ -61,6 +61,9 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     conf = resolve(cfg)  # every `auto` resolved, credentials redacted: what is hashed and recorded
     run_id = run_id_of(conf)
+    ignored = sorted(set(cfg.distill) - set(conf["distill"]))
+    if ignored:
+        log.warning("distill.%s: not read by method %s (ignored)", ", distill.".join(ignored), conf["distill"]["method"])
     runs_dir, ckpt_root = _abs(cfg.paths.runs_dir), _abs(cfg.paths.checkpoints_dir)
     record_path = runs_dir / cfg.experiment_name / f"{run_id}.json"
     done = None if cfg.force else complete_record(record_path)
@@ -104,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
         "dataset": conf["dataset"]["name"], "dataset_info": jsonable(data.info),
         "teacher_arch": None if scratch else conf["teacher"]["arch"], "student_arch": conf["student"]["arch"],
         # what the loss actually used: a scratch run trains on labels only, alpha = 1
-        "distill": {**d, "alpha": 1.0 if scratch else d["alpha"]}, "teacher_signal": signal.kind,
+        "distill": {**d, **({"alpha": 1.0} if scratch else {})}, "teacher_signal": signal.kind,
         "metrics": {}, "teacher": None, "history": [], "reliability": {},
         "versions": versions(), "device": device_name(trainer["accelerator"]), "host": socket.gethostname(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

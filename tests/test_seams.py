@@ -311,6 +311,7 @@ def test_records_from_before_the_resolved_run_id_are_re_keyed_only_when_the_comp
     runs = tmp_path / "runs" / "mnist_ablation"
     runs.mkdir(parents=True)
     # a record as the pre-redesign code wrote it: its id hashed "auto" unresolved, no data_seed/method/signal
+    rec.pop("migrated_from", None)
     old = {**rec, "run_id": "kd-s0-0123456789", "config": {k: v for k, v in rec["config"].items()
                                                            if k not in ("data_seed", "teacher_signal")}}
     old["config"]["distill"] = {k: v for k, v in old["config"]["distill"].items() if k != "method"}
@@ -323,7 +324,7 @@ def test_records_from_before_the_resolved_run_id_are_re_keyed_only_when_the_comp
     assert len(res["moved"]) == 1 and len(res["refused"]) == 1 and "distill.tau" in res["refused"][0][1]
     moved = json.loads(Path(res["moved"][0][1]).read_text())
     planned = {j["run_id"] for j in plan(rec["overrides"])}
-    assert moved["run_id"] in planned and moved["migrated_from"] == "kd-s0-0123456789"
+    assert moved["run_id"] in planned and moved["migrated_from"] == ["kd-s0-0123456789"]
     assert moved["metrics"] == rec["metrics"] and moved["history"] == rec["history"]
     assert (runs / "kd-s0-9999999999.json").exists() and not (runs / "kd-s0-0123456789.json").exists()
     shutil.rmtree(tmp_path / "runs")
