@@ -118,6 +118,11 @@ class DistillModule(pl.LightningModule):
         self.last_test: dict[str, float] = {}
         self.last_teacher_test: dict[str, float] = {}
         self.last_reliability: dict = {}
+        #: temperatures fitted on the validation set at every validation (student and teacher), for the
+        #: temperature-scaled test metrics; a checkpoint keeps the student's of its own epoch
+        self.val_temperature: float | None = None
+        self.teacher_temperature: float | None = None
+        self._val_logits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.save_hyperparameters({"method": repr(method), "signal": self.signal.kind, "optim": asdict(optim),
                                    "sched": asdict(sched), "num_classes": num_classes},
                                   ignore=["student", "method", "signal"])
@@ -192,7 +197,10 @@ class DistillModule(pl.LightningModule):
         return t if isinstance(t, torch.Tensor) else None
 
     def validation_step(self, batch, batch_idx):
-        self.val_metrics.update(self.student(batch.x), batch.y, self._dense_teacher(batch, "val"))
+        s, t = self.student(batch.x), self._dense_teacher(batch, "val")
+        self.val_metrics.update(s, batch.y, t)
+        if not self.trainer.sanity_checking:
+            self._val_logits.append((s.detach().float(), batch.y, t.detach().float() if t is not None else None))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -200,14 +208,29 @@ class DistillModule(pl.LightningModule):
             return
         m = self.val_metrics.compute()
         self.val_metrics.reset()
+        if self._val_logits:
+            from kdbench.metrics import fit_temperature
+
+            y = torch.cat([v[1] for v in self._val_logits])
+            self.val_temperature = fit_temperature(torch.cat([v[0] for v in self._val_logits]), y)
+            if self._val_logits[0][2] is not None:
+                self.teacher_temperature = fit_temperature(torch.cat([v[2] for v in self._val_logits]), y)
+            self._val_logits = []
         # identical on every rank (each evaluates the whole set), so syncing them changes nothing
         self.log_dict({f"val/{k}": v for k, v in m.items() if k != "acc"}, sync_dist=True)
         self.log("val/acc", m["acc"], prog_bar=True, sync_dist=True)
         train_loss = float(self._train_loss_sum / self._train_batches) if self._train_batches else math.nan
         row = {"epoch": self.current_epoch, "train_loss": train_loss}
         row.update({f"val_{k}": v for k, v in m.items()})
+        if self.val_temperature is not None:
+            row["val_temperature"] = self.val_temperature
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else math.nan
         self.history.append(row)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.temperature = self.val_temperature
+        if self.teacher_test_metrics is not None:
+            self.teacher_test_metrics.temperature = self.teacher_temperature
 
     def test_step(self, batch, batch_idx):
         t = self._dense_teacher(batch, "test")
@@ -229,12 +252,16 @@ class DistillModule(pl.LightningModule):
         self._raise_if_bad()
         checkpoint["kdbench_history"] = list(self.history)
         checkpoint["kdbench_rng"] = rng_state()
+        checkpoint["kdbench_temperature"] = {"student": self.val_temperature, "teacher": self.teacher_temperature}
         teacher_state = self.signal.state_dict() if hasattr(self.signal, "state_dict") else {}
         if teacher_state:  # only the teacher_grad ablation changes the teacher's weights
             checkpoint["kdbench_teacher"] = {k: v.detach().cpu() for k, v in teacher_state.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("kdbench_history", []))
+        temps = checkpoint.get("kdbench_temperature") or {}
+        self.val_temperature = temps.get("student", self.val_temperature)
+        self.teacher_temperature = temps.get("teacher", self.teacher_temperature)
         if "kdbench_teacher" in checkpoint and hasattr(self.signal, "load_state_dict"):
             self.signal.load_state_dict(checkpoint["kdbench_teacher"])
         trainer = getattr(self, "_trainer", None)

@@ -205,7 +205,8 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         # checkpoint; testing runs here, on one device, on the whole test set.
         if last_ckpt is None or not last_ckpt.exists():
             raise RuntimeError("a multi-process fit needs a checkpoint directory to bring its history back")
-        module.history = _history_in(last_ckpt)
+        module.history, temps = _history_in(last_ckpt)
+        module.val_temperature, module.teacher_temperature = temps.get("student"), temps.get("teacher")
         tester = build_trainer(replace(spec, devices=1, strategy="auto"), None, logger,
                                [_EpochSync([test], train)])
     history = copy.deepcopy(module.history)
@@ -238,9 +239,9 @@ def _fits_in_child_processes(trainer: pl.Trainer) -> bool:
     return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
-def _history_in(ckpt: Path) -> list[dict]:
+def _history_in(ckpt: Path) -> tuple[list[dict], dict]:
     state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-    return list(state.get("kdbench_history", []))
+    return list(state.get("kdbench_history", [])), dict(state.get("kdbench_temperature") or {})
 
 
 def _val_of(row: dict) -> dict:

@@ -21,6 +21,38 @@ N_BINS = 15
 
 
 
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, lo: float = 0.05, hi: float = 20.0,
+                    iters: int = 80) -> float:
+    """The temperature ``T`` in ``[lo, hi]`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    Post-hoc temperature scaling, fitted on a held-out set. The NLL is convex in ``1 / T`` (a
+    log-sum-exp of linear functions minus a linear one), so a golden-section search over ``1 / T``
+    finds the minimum; float64, on the CPU, once per evaluation.
+    """
+    z = logits.detach().to("cpu", torch.float64)
+    y = target.detach().to("cpu")
+    if z.numel() == 0:
+        return 1.0
+
+    def nll(beta: float) -> float:
+        return float(F.cross_entropy(z * beta, y))
+
+    a, b = 1.0 / hi, 1.0 / lo
+    g = (5 ** 0.5 - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(d)
+    return 1.0 / ((a + b) / 2)
+
+
 class ClassificationMetrics(nn.Module):
     """Accumulates metrics of one model's logits over an evaluation set (and its fidelity to a teacher)."""
 
@@ -36,6 +68,10 @@ class ClassificationMetrics(nn.Module):
         # dropped (torchmetrics' default "warn" drops it, and checks on the host every update)
         self.nll = MeanMetric(nan_strategy="disable")
         self.brier = MeanMetric(nan_strategy="disable")
+        #: a temperature fitted on the validation set: when set, ECE and NLL after temperature scaling too
+        self.temperature: float | None = None
+        self.ece_ts = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
+        self.nll_ts = MeanMetric(nan_strategy="disable")
         if with_teacher:
             self.agreement = MeanMetric(nan_strategy="disable")
             self.kl_teacher = MeanMetric(nan_strategy="disable")
@@ -48,6 +84,10 @@ class ClassificationMetrics(nn.Module):
         self.ece.update(probs, target)
         self.mce.update(probs, target)
         self.nll.update(F.cross_entropy(logits, target, reduction="none"))
+        if self.temperature is not None:
+            scaled = logits / self.temperature
+            self.ece_ts.update(scaled.softmax(-1), target)
+            self.nll_ts.update(F.cross_entropy(scaled, target, reduction="none"))
         onehot = F.one_hot(target, self.num_classes).to(probs.dtype)
         self.brier.update((probs - onehot).pow(2).sum(-1))
         if self.with_teacher and teacher_logits is not None:
@@ -60,6 +100,9 @@ class ClassificationMetrics(nn.Module):
             "acc": self.acc.compute(), "ece": self.ece.compute(), "mce": self.mce.compute(),
             "nll": self.nll.compute(), "brier": self.brier.compute(),
         }
+        if self.temperature is not None and self.nll_ts.update_count > 0:
+            out.update(ece_ts=self.ece_ts.compute(), nll_ts=self.nll_ts.compute(),
+                       temperature=torch.tensor(self.temperature))
         if self.with_teacher and self.agreement.update_count > 0:
             out["agreement"] = self.agreement.compute()
             out["kl_teacher"] = self.kl_teacher.compute()

@@ -30,6 +30,7 @@ TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
 DIRECTIONS: dict[str, str] = {
     "acc": "max", "agreement": "max",
     "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min",
+    "ece_ts": "min", "nll_ts": "min",
 }
 
 

@@ -93,3 +93,17 @@ def test_one_grid_over_methods_plans_distinct_runs():
     jobs = plan(["experiment=quickstart", "distill=kd,dkd,dist,kd_ls", "seed=0"])
     assert len(jobs) == 4 and len({j["run_id"] for j in jobs}) == 4
     assert {j["cfg"].distill.method for j in jobs} == {"kd", "dkd", "dist"}
+
+
+def test_records_hold_temperature_scaled_calibration_for_student_and_teacher(compose):
+    """ECE/NLL after temperature scaling, with T fitted on the validation set of the same weights: the last
+    epoch's T for the last weights, the best epoch's (restored from its checkpoint) for the best."""
+    from kdbench.train import run
+
+    rec = run(compose(*FAST, "trainer.max_epochs=3", "dataset.val_size=300", "optim.lr=0.5", "logger=none"))
+    last, best = rec["metrics"]["last"], rec["metrics"]["best"]
+    temps = {h["epoch"]: h["val_temperature"] for h in rec["history"]}
+    assert last["test"]["temperature"] == pytest.approx(temps[last["epoch"]])
+    assert best["test"]["temperature"] == pytest.approx(temps[best["epoch"]])
+    for m in (last["test"], best["test"], rec["teacher"]["test"]):
+        assert {"ece_ts", "nll_ts", "temperature"} <= set(m) and 0.05 <= m["temperature"] <= 20

@@ -80,3 +80,41 @@ def test_reliability_bins_cover_every_example():
     counts = torch.tensor(rel["count"])
     weighted = (conf * counts).sum() / counts.sum()
     assert weighted.item() == pytest.approx(logits.softmax(-1).max(-1).values.mean().item(), rel=1e-5)
+
+
+def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
+    """Labels drawn from softmax(z); the model reports 3*z (over-confident): the NLL-optimal temperature is 3,
+    and scaling never raises the NLL on the set it was fitted on."""
+    import torch.nn.functional as F
+
+    from kdbench.metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 10, generator=g) * 2
+    y = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    t = fit_temperature(3 * z, y)
+    assert abs(t - 3.0) < 0.15
+    assert F.cross_entropy(3 * z / t, y) <= F.cross_entropy(3 * z, y)
+    assert abs(fit_temperature(z, y) - 1.0) < 0.05  # calibrated logits: T near 1
+    assert 0.05 <= fit_temperature(z * 1e4, y) <= 20.0  # stays in its bracket
+
+
+def test_temperature_scaled_metrics_appear_only_with_a_temperature():
+    from kdbench.metrics import ClassificationMetrics
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(500, 5, generator=g)
+    y = torch.randint(0, 5, (500,), generator=g)
+    m = ClassificationMetrics(5)
+    m.update(z, y)
+    assert "ece_ts" not in m.compute()
+    m2 = ClassificationMetrics(5)
+    m2.temperature = 2.0
+    m2.update(z, y)
+    out = m2.compute()
+    ref = ClassificationMetrics(5)
+    ref.update(z / 2.0, y)
+    r = ref.compute()
+    assert out["temperature"] == 2.0
+    assert abs(out["nll_ts"] - r["nll"]) < 1e-6 and abs(out["ece_ts"] - r["ece"]) < 1e-6
+    assert abs(out["nll"] - m.compute()["nll"]) < 1e-6  # the unscaled metrics are unchanged
