@@ -18,7 +18,7 @@ NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
 NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (
     "trainer.progress", "trainer.log_every_n_steps", "trainer.check_finite_every",
     "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size",
-    "teacher.train_if_missing",
+    "teacher.train_if_missing", "teacher_cache.max_gb",
 )
 
 
@@ -31,14 +31,18 @@ def is_computational(dotted: str) -> bool:
 
 
 def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a resolved config (plain dicts) without the keys that do not change the computation."""
+    """A copy of a resolved config (plain dicts) without the keys that do not change the computation
+    (``teacher_cache`` only matters to runs whose teacher signal is the cache)."""
 
     def strip(node: Any, prefix: str) -> Any:
         if not isinstance(node, Mapping):
             return node
         return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if is_computational(f"{prefix}{k}")}
 
-    return strip(cfg, "")
+    out = strip(cfg, "")
+    if out.get("teacher_signal") != "cached":
+        out.pop("teacher_cache", None)
+    return out
 
 
 def run_id_of(conf: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdbench.identity import is_computational, run_id_of
+from kdbench.identity import computational, run_id_of
 from kdbench.records import iter_records, write_record
 
 
@@ -69,11 +69,9 @@ def _expected_new(key: str, rec: dict, conf: dict) -> Any:
 
 def differences(rec: dict, conf: dict) -> list[str]:
     """Why ``conf`` (today's resolved config of the record's job) is not the computation ``rec`` ran."""
-    old, new = _leaves(rec.get("config") or {}), _leaves(conf)
+    old, new = _leaves(computational(rec.get("config") or {})), _leaves(computational(conf))
     out = []
     for key in sorted(set(old) | set(new)):
-        if not is_computational(key):
-            continue
         if key in old and key in new:
             if _old_value_resolved(key, old[key], rec.get("device")) != new[key]:
                 out.append(f"{key}: {old[key]!r} then, {new[key]!r} now")

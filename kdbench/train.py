@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.engine import FitSpec, check_every, fit_and_test
     from kdbench.methods import build_method
     from kdbench.models import build_model
-    from kdbench.signals import build_signal
+    from kdbench.signals import build_signal, preflight_signal
 
     t0 = time.time()
     validate(cfg)
@@ -76,6 +76,7 @@ def run(cfg: DictConfig) -> dict:
     data = load_data(conf["dataset"])
     check_class_counts(data.num_classes, cfg)
     scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
+    preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     teacher, tmeta = None, None
     if not scratch or cfg.teacher_only:
         teacher, tmeta = teachers.for_run(conf["teacher"], conf["dataset"], trainer, data,
@@ -86,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
         print(f"kdbench: teacher {tmeta.get('name')} ready at {tmeta.get('path')}"
               + (f" (test acc {100 * acc:.2f}%)" if acc is not None else ""))
         return {"teacher": tmeta, "metrics": {}}
-    signal = build_signal(conf["teacher_signal"], teacher=teacher, conf=conf, data=data)
+    signal = build_signal(conf["teacher_signal"], teacher=teacher, conf=conf, data=data, teacher_meta=tmeta)
 
     # student -> method -> module
     pl.seed_everything(int(conf["seed"]), verbose=False)

@@ -288,7 +288,7 @@ def test_a_new_teacher_signal_is_one_factory_and_trains(compose):
             splits.append(split)
             return 2 * super().__call__(batch, split)
 
-    register_signal("toy_doubled")(lambda *, teacher, conf, data: Doubled(teacher))
+    register_signal("toy_doubled")(lambda *, teacher, conf, data, **_: Doubled(teacher))
     rec = run(compose(*FAST, "teacher_signal=toy_doubled", "trainer.max_epochs=1", "logger=none"))
     assert rec["status"] == "complete" and rec["teacher_signal"] == "toy_doubled"
     assert set(splits) == {"train", "val", "test"}

@@ -61,19 +61,31 @@ class NoSignal:
 
 
 _REGISTRY: dict[str, Callable[..., TeacherSignal]] = {"none": lambda **_: NoSignal()}
+_PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
 _DISCOVERED = False
 
 
-def register_signal(name: str):
-    """Decorator for a factory ``(*, teacher, conf, data) -> TeacherSignal``: ``teacher_signal=<name>``."""
+def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None):
+    """Decorator for a factory ``(*, teacher, conf, data, teacher_meta) -> TeacherSignal``:
+    ``teacher_signal=<name>``. ``preflight(conf, data)`` runs before any work (before the teacher is
+    trained or loaded) and raises a one-line ConfigError for a run that cannot work."""
 
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"a teacher signal named {name!r} is already registered")
         _REGISTRY[name] = factory
+        if preflight is not None:
+            _PREFLIGHT[name] = preflight
         return factory
 
     return deco
+
+
+def preflight_signal(kind: str, conf: dict, data: Any) -> None:
+    _discover()
+    check = _PREFLIGHT.get(kind)
+    if check is not None:
+        check(conf, data)
 
 
 def _discover() -> None:
@@ -90,9 +102,10 @@ def signal_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_signal(kind: str, *, teacher: Any = None, conf: dict | None = None, data: Any = None) -> TeacherSignal:
-    """The signal ``kind`` for a run (``none`` needs nothing; ``online`` needs the teacher)."""
+def build_signal(kind: str, *, teacher: Any = None, conf: dict | None = None, data: Any = None,
+                 teacher_meta: dict | None = None) -> TeacherSignal:
+    """The signal ``kind`` for a run (``none`` needs nothing; ``online`` the teacher; ``cached`` its entry too)."""
     _discover()
     if kind not in _REGISTRY:
         raise KeyError(f"unknown teacher signal {kind!r}; valid: {', '.join(signal_names())}")
-    return _REGISTRY[kind](teacher=teacher, conf=conf or {}, data=data)
+    return _REGISTRY[kind](teacher=teacher, conf=conf or {}, data=data, teacher_meta=teacher_meta)

@@ -1,0 +1,74 @@
+"""The cached teacher signal: exact per (image, view), built once, the same training as online."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+CNN = ("teacher=mnist_cnn", "teacher.kwargs.width=8", "teacher.recipe.epochs=1", "dataset.augment=crop_flip",
+       "dataset.val_size=200", "trainer.max_epochs=2", "logger=none")
+
+
+def test_cached_logits_are_the_online_teachers_for_every_batch_and_view(compose):
+    """Shuffled, augmented (crop+flip: 162 views) batches: the cache's logits for (idx, view) equal the
+    online teacher's on the very batch, bit for bit in float32 on the CPU; the cache is built once."""
+    from kdbench.distill import DistillModule
+    from kdbench.train import run
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    orig = DistillModule.training_step
+
+    def spy(self, batch, batch_idx):
+        if self.signal.kind == "cached":
+            cached = self.signal(batch, "train")
+            seen.append((cached, batch))
+        return orig(self, batch, batch_idx)
+
+    DistillModule.training_step = spy
+    try:
+        rec = run(compose(*CNN, "teacher_signal=cached"))
+    finally:
+        DistillModule.training_step = orig
+    assert rec["status"] == "complete" and rec["teacher_signal"] == "cached" and len(seen) > 10
+    from kdbench.data import load_dataset
+    from kdbench.models import build_model
+    from kdbench.teachers import load_into
+
+    data = load_dataset({"name": "digits"})
+    teacher = build_model("mnist_cnn", 10, data.input_shape, width=8, dropout=0.0)
+    load_into(teacher, Path(rec["teacher"]["path"]), "mnist_cnn", 10)
+    teacher.eval()
+    views = set()
+    with torch.inference_mode():
+        for cached, batch in seen:
+            assert torch.equal(cached, teacher(batch.x)), "cached logits differ from the online teacher's"
+            views |= set(batch.view.tolist())
+    assert len(views) > 50  # the batches really drew many different views
+    caches = list(Path(rec["teacher"]["path"]).glob("cache/*/meta.json"))
+    assert len(caches) == 1
+
+
+def test_cached_run_trains_exactly_like_online(compose):
+    from kdbench.train import run
+
+    online = run(compose(*CNN, "teacher_signal=online", "experiment_name=on"))
+    cached = run(compose(*CNN, "teacher_signal=cached", "experiment_name=ca"))
+    assert online["run_id"] != cached["run_id"]
+    assert [h["train_loss"] for h in cached["history"]] == [h["train_loss"] for h in online["history"]]
+    assert cached["metrics"] == online["metrics"]
+    assert cached["teacher"]["test"] == online["teacher"]["test"]
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_any_work(compose, tmp_path):
+    from kdbench.errors import ConfigError
+    from kdbench.train import run
+
+    with pytest.raises(ConfigError) as e:
+        run(compose(*CNN, "teacher_signal=cached", "teacher_cache.max_gb=0.001"))
+    assert e.value.key == "teacher_cache.max_gb" and "1148 x 162 x 10 x 4 bytes" in str(e.value)
+    assert not (tmp_path / "results" / "teachers").exists()  # the teacher was not even trained
+    with pytest.raises(ConfigError) as e:
+        run(compose(*CNN, "teacher_signal=cached", "distill=kd_teacher_grad"))
+    assert e.value.key == "teacher_signal"
