@@ -244,7 +244,9 @@ class DistillModule(pl.LightningModule):
         self.test_metrics.reset()
         self.log_dict({f"test/{k}": v for k, v in self.last_test.items()}, sync_dist=True)
         if self.teacher_test_metrics is not None:
-            self.last_teacher_test = self.teacher_test_metrics.compute()
+            # a sparse (top-k) teacher gives no dense logits to measure: no teacher metrics then
+            if self.teacher_test_metrics.nll.update_count > 0:
+                self.last_teacher_test = self.teacher_test_metrics.compute()
             self.teacher_test_metrics.reset()
 
     # ---- checkpoints keep the history and the RNG state (exact resumption) ---------------------

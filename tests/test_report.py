@@ -120,11 +120,30 @@ def test_summary_equals_statistics_of_the_records(results):
     assert "top-1 best-epoch (%)" in display.columns
 
 
-def test_single_seed_std_is_nan_and_shown_as_zero(tmp_path):
+def test_single_seed_has_no_spread_and_no_interval(tmp_path):
+    """One seed: the spread is "n/a" (not "± 0.00") and the deltas come without an interval."""
     write_record(tmp_path / "runs" / "one" / "a.json", record("kd", 0, exp="one"))
     summary, display = report.build_table(tmp_path / "runs", "one")
     assert summary.loc[0, "n"] == 1 and math.isnan(summary.loc[0, "last_test_acc_std"])
-    assert display.loc[0, "top-1 last (%)"] == f"{ACC['kd'][0] * 100:.2f} ± 0.00"
+    assert display.loc[0, "top-1 last (%)"] == f"{ACC['kd'][0] * 100:.2f} ± n/a"
+    assert display.loc[0, "ECE last"] == f"{ECE['kd'][0]:.4f} ± n/a"
+
+    # two variants of one seed each: the same seed pairs, but one difference has no spread
+    runs = tmp_path / "runs" / "one2"
+    for v in ("scratch", "kd", "no_tau2"):
+        write_record(runs / f"{v}.json", record(v, 0, exp="one2"))
+    out = report.make_report(tmp_path / "runs", "one2", out_dir=tmp_path / "o")
+    summary, d = out["summary"], out["display"].set_index("variant")
+    r = row(summary, variant="no_tau2")
+    assert r["delta_vs_kd"] == pytest.approx((ACC["no_tau2"][0] - ACC["kd"][0]) * 100)
+    assert math.isnan(r["delta_vs_kd_lo"]) and math.isnan(r["delta_vs_kd_hi"]) and r["delta_vs_kd_paired"]
+    assert d.loc["no_tau2", "Δ vs KD (pp)"] == f"{(ACC['no_tau2'][0] - ACC['kd'][0]) * 100:+.2f} [n/a]"
+    assert d.loc["kd", "Δ vs scratch (pp)"] == f"{(ACC['kd'][0] - ACC['scratch'][0]) * 100:+.2f} [n/a]"
+    assert d.loc["kd", "Δ vs KD (pp)"] == "+0.00"  # the reference itself
+    assert "± 0.00" not in out["markdown"] and "n/a: one seed" in out["markdown"]
+    # no interval, so nothing can be shown to be best
+    _, rows = _tex_rows(out["tables"]["tex"].read_text())
+    assert not any("\\textbf" in c for r in rows for c in r)
 
 
 def test_deltas_and_teacher_quality_kept(results):
@@ -151,8 +170,16 @@ def test_deltas_and_teacher_quality_kept(results):
     # no baseline group -> NaN, not a wrong number
     assert out.pipe(report.add_deltas, baseline="nope")["delta_vs_kd"].isna().all()
 
+    # a hand-made summary has no per-seed values: deltas without an interval (the reference row
+    # differs from itself by exactly 0)
+    assert list(out["delta_vs_kd_paired"]) == [False, True, False]
+    assert out["delta_vs_kd_lo"][[0, 2]].isna().all() and out["delta_vs_kd_hi"][[0, 2]].isna().all()
+    assert out["delta_vs_kd_lo"][1] == out["delta_vs_kd_hi"][1] == 0.0
+
     d = display.set_index("variant")
-    assert d.loc["no_tau2", "Δ vs KD (pp)"] == f"{(nt - kd) * 100:+.2f}"
+    lo, hi = r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]
+    assert d.loc["no_tau2", "Δ vs KD (pp)"] == f"{(nt - kd) * 100:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    assert d.loc["kd", "Δ vs KD (pp)"] == "+0.00" and d.loc["scratch", "Δ vs scratch (pp)"] == "+0.00"
     assert d.loc["kd", "teacher kept (%)"] == f"{(kd - sc) / (TEACHER_ACC - sc) * 100:.1f}"
 
 
@@ -182,12 +209,19 @@ def test_tables_written_with_protocol_bold_best_and_csv_round_trip(results, tmp_
     acc_j = header.index("top-1 last (\\%)")
     ece_j = header.index("ECE last")
     kl_j = header.index("KL(T$\\|$S) last")
-    assert by_variant["kd"][acc_j] == f"\\textbf{{{m:.2f} $\\pm$ {s:.2f}}}"  # max accuracy
-    assert not by_variant["no_tau2"][acc_j].startswith("\\textbf")
-    assert by_variant["no_tau2"][ece_j].startswith("\\textbf{")  # min ECE
-    assert sum(r[ece_j].startswith("\\textbf") for r in rows) == 1
-    assert by_variant["kd"][kl_j].startswith("\\textbf{")  # min KL among the distilled students
+    # max accuracy, and its paired intervals against scratch and no_tau2 exclude 0: earned
+    assert by_variant["kd"][acc_j] == f"\\textbf{{{m:.2f} $\\pm$ {s:.2f}}}"
+    assert sum(r[acc_j].startswith("\\textbf") for r in rows) == 1
+    # no_tau2 has the lowest mean ECE, but its interval against kd contains 0: nothing bold
+    e_nt, e_kd = ECE["no_tau2"], ECE["kd"]
+    assert statistics.mean(e_nt) == min(statistics.mean(e) for e in ECE.values())
+    diffs = [a - b for a, b in zip(e_nt, e_kd)]
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert statistics.mean(diffs) - half < 0 < statistics.mean(diffs) + half
+    assert not any(r[ece_j].startswith("\\textbf") for r in rows)
+    assert by_variant["kd"][kl_j].startswith("\\textbf{")  # min KL among the distilled students, earned
     assert by_variant["scratch"][kl_j] == "--"  # no teacher: no KL, never bold
+    assert report.BOLD_RULE in tex.replace("\\%", "%")
 
     back = report.read_summary_csv(paths["csv"])
     assert list(back.columns) == list(summary.columns)
@@ -338,6 +372,160 @@ def test_runs_that_differ_in_config_are_never_averaged_together(tmp_path):
     assert math.isnan(summary.attrs["scratch_acc"]) and summary.attrs["teacher_acc"] == TEACHER_ACC
     out = report.make_report(tmp_path / "results" / "runs", "widths")
     assert "student.kwargs.hidden" in out["markdown"] and (out["out_dir"] / "reliability.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Honest comparisons: 95 % intervals of the deltas over seeds, bold only when earned
+# --------------------------------------------------------------------------------------------
+
+
+def _acc_runs(root: Path, exp: str, accs: dict[str, dict[int, float]]) -> Path:
+    """Records of ``exp`` under ``root/runs`` with the given top-1 last per variant and seed."""
+    for variant, by_seed in accs.items():
+        for seed, acc in by_seed.items():
+            rec = record(variant if variant in ACC else "kd", seed, exp=exp)
+            rec["variant"], rec["run_id"] = variant, f"{exp}-{variant}-s{seed}"
+            rec["metrics"]["last"]["test"]["acc"] = acc
+            write_record(root / "runs" / exp / f"{rec['run_id']}.json", rec)
+    return root / "runs"
+
+
+def _bold_cells(out: dict) -> dict[tuple[str, str], bool]:
+    """``{(variant, header): bold}`` from ``table.tex`` of a :func:`report.make_report` result."""
+    header, rows = _tex_rows(out["tables"]["tex"].read_text())
+    return {(r[0].replace("\\_", "_"), h): c.startswith("\\textbf{") for r in rows for h, c in zip(header, r)}
+
+
+def test_t_quantiles_match_the_tables():
+    assert report.t_quantile(1) == pytest.approx(12.706, abs=1e-3)
+    assert report.t_quantile(2) == pytest.approx(4.303, abs=1e-3)
+    assert report.t_quantile(4) == pytest.approx(2.776, abs=1e-3)
+    assert report.t_quantile(30) == pytest.approx(2.042, abs=1e-3)
+    assert math.isnan(report.t_quantile(0)) and math.isnan(report.t_quantile(math.nan))
+
+
+def test_paired_interval_of_three_seeds_by_hand(tmp_path):
+    """x beats kd by 0.1, 0.3 and 0.5 pp on seeds 0, 1, 2: mean 0.3, sd 0.2, t_{0.975,2} = 4.303."""
+    kd = {0: 0.90, 1: 0.92, 2: 0.94}
+    x = {s: a + d for (s, a), d in zip(kd.items(), (0.001, 0.003, 0.005))}
+    out = report.make_report(_acc_runs(tmp_path, "paired", {"kd": kd, "x": x}), "paired", out_dir=tmp_path / "o")
+    r = row(out["summary"], variant="x")
+    half = 4.303 * 0.2 / math.sqrt(3)
+    assert r["delta_vs_kd"] == pytest.approx(0.3, abs=1e-9)
+    assert r["delta_vs_kd_paired"]
+    assert (r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]) == pytest.approx((0.3 - half, 0.3 + half), abs=1e-4)
+    assert out["display"].set_index("variant").loc["x", "Δ vs KD (pp)"] == "+0.30 [-0.20, +0.80]"
+    # the same numbers unpaired (Welch, sd 2 pp on each side) would be far wider: pairing is what was used
+    welch = report.diff_interval(((s, v) for s, v in x.items()), ((s + 10, v) for s, v in kd.items()))
+    assert not welch.paired and welch.hi - welch.lo > 5 * (2 * half) / 100
+    # x has the best mean top-1 but its interval against kd contains 0: not bold
+    assert r["last_test_acc_mean"] > row(out["summary"], variant="kd")["last_test_acc_mean"]
+    assert not _bold_cells(out)[("x", "top-1 last (\\%)")]
+    assert not any(report.best_mask(out["display"])[i][2] for i in range(2))
+
+    # the CSV carries the interval as separate columns, next to the delta
+    back = report.read_summary_csv(out["tables"]["csv"])
+    cols = list(back.columns)
+    j = cols.index("delta_vs_kd")
+    assert cols[j:j + 8] == ["delta_vs_kd", "delta_vs_kd_lo", "delta_vs_kd_hi", "delta_vs_kd_paired",
+                             "delta_vs_scratch", "delta_vs_scratch_lo", "delta_vs_scratch_hi",
+                             "delta_vs_scratch_paired"]
+    b = back.set_index("variant")
+    assert b.loc["x", "delta_vs_kd_lo"] == r["delta_vs_kd_lo"] and b.loc["x", "delta_vs_kd_hi"] == r["delta_vs_kd_hi"]
+    assert bool(b.loc["x", "delta_vs_kd_paired"]) is True
+    assert b["delta_vs_scratch"].isna().all() and b["delta_vs_scratch_lo"].isna().all()  # no scratch group
+
+
+def test_welch_interval_when_the_seeds_do_not_pair(tmp_path):
+    """kd ran seeds 0-2, x seeds 3-5: Welch. Equal sds (1 pp) and n = 3 give df = 4 (t = 2.776)."""
+    kd = {0: 0.94, 1: 0.95, 2: 0.96}
+    x = {3: 0.90, 4: 0.91, 5: 0.92}
+    out = report.make_report(_acc_runs(tmp_path, "welch", {"kd": kd, "x": x}), "welch", out_dir=tmp_path / "o")
+    r = row(out["summary"], variant="x")
+    half = 2.776 * math.sqrt(1.0 ** 2 / 3 + 1.0 ** 2 / 3)
+    assert r["delta_vs_kd"] == pytest.approx(-4.0, abs=1e-9) and not r["delta_vs_kd_paired"]
+    assert (r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]) == pytest.approx((-4.0 - half, -4.0 + half), abs=1e-3)
+    assert out["display"].set_index("variant").loc["x", "Δ vs KD (pp)"] == \
+        f"-4.00 [{-4.0 - half:+.2f}, {-4.0 + half:+.2f}]"
+    # ... and kd is bold: its Welch interval against x excludes 0
+    assert _bold_cells(out)[("kd", "top-1 last (\\%)")]
+
+
+def test_intervals_agree_with_scipy_t_tests():
+    """Paired = ``ttest_rel``, unpaired (seeds partly shared, a seed twice, unequal n) = Welch ``ttest_ind``."""
+    from scipy import stats
+
+    a = [0.91, 0.935, 0.92, 0.95]
+    b = [0.90, 0.93, 0.905, 0.92]
+    iv = report.diff_interval(enumerate(a), enumerate(b))
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert iv.paired and iv.n == 4 and (iv.lo, iv.hi) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    for sa, sb in (([0, 1, 2, 3], [0, 1, 2]), ([0, 1, 2, 2], [0, 1, 2, 3]), ([0, 1, 2, 3], [4, 5, 6])):
+        xb = b[:len(sb)]
+        iv = report.diff_interval(zip(sa, a), zip(sb, xb))
+        ci = stats.ttest_ind(a, xb, equal_var=False).confidence_interval(0.95)
+        assert not iv.paired and (iv.lo, iv.hi) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        assert iv.diff == pytest.approx(statistics.mean(a) - statistics.mean(xb), abs=1e-15)
+    # one value on a side (unpaired), or one pair: a difference, no interval
+    for iv in (report.diff_interval([(0, 0.9)], [(1, 0.8), (2, 0.85)]), report.diff_interval([(0, 0.9)], [(0, 0.8)])):
+        assert iv.diff == pytest.approx(0.9 - statistics.mean([0.8, 0.85]) if not iv.paired else 0.1)
+        assert math.isnan(iv.lo) and math.isnan(iv.hi) and not report.stats.excludes_zero(iv)
+
+
+def test_bold_only_when_earned_against_every_row(tmp_path):
+    """best beats kd clearly but 'close' only by noise: nothing bold; without 'close', best is bold.
+    A tie for the best value: nothing bold."""
+    kd = {0: 0.90, 1: 0.92, 2: 0.94}
+    best = {s: a + d for (s, a), d in zip(kd.items(), (0.010, 0.011, 0.012))}  # +1.0, +1.1, +1.2 pp
+    close = {s: a - d for (s, a), d in zip(best.items(), (0.004, -0.002, 0.001))}  # noise around best
+    h = "top-1 last (\\%)"
+    out = report.make_report(_acc_runs(tmp_path / "a", "e", {"kd": kd, "best": best}), "e", out_dir=tmp_path / "oa")
+    assert _bold_cells(out)[("best", h)] and not _bold_cells(out)[("kd", h)]
+    r = row(out["summary"], variant="best")
+    assert r["delta_vs_kd_lo"] > 0  # the earned cell's interval, as shown in the Δ column
+    out = report.make_report(_acc_runs(tmp_path / "b", "e", {"kd": kd, "best": best, "close": close}), "e",
+                             out_dir=tmp_path / "ob")
+    bold = _bold_cells(out)
+    assert not any(bold[(v, h)] for v in ("kd", "best", "close"))
+    iv = report.compare_rows(out["summary"], 1, 2)  # best - close
+    assert iv.paired and iv.lo < 0 < iv.hi
+    low = {s: a - d for (s, a), d in zip(kd.items(), (0.010, 0.011, 0.012))}
+    out = report.make_report(_acc_runs(tmp_path / "c", "e", {"kd": kd, "twin": dict(kd), "low": low}), "e",
+                             out_dir=tmp_path / "oc")
+    assert not any(_bold_cells(out)[(v, h)] for v in ("kd", "twin", "low"))
+    assert _bold_cells(out)[("low", "ECE last")] is False  # ECE is the same for every row: a tie too
+
+
+def test_rows_are_compared_within_their_configuration_only(tmp_path):
+    """Two student widths: kd-64 has the best top-1 and clearly beats scratch-64; kd-16 is within noise
+    of it but is another configuration, so it does not take kd-64's bold away."""
+    runs = tmp_path / "results" / "runs" / "w"
+    kd16 = [0.90, 0.91, 0.92]
+    accs = {("kd", 16): kd16, ("scratch", 16): [0.85, 0.86, 0.87],
+            ("kd", 64): [a + d for a, d in zip(kd16, (0.004, -0.002, 0.003))], ("scratch", 64): [0.85, 0.855, 0.87]}
+    for (variant, width), vals in accs.items():
+        for seed, acc in enumerate(vals):
+            rec = record(variant, seed, exp="w")
+            rec["run_id"] = f"{variant}-w{width}-s{seed}"
+            rec["config"] = {"seed": seed, "student": {"arch": "mlp", "kwargs": {"hidden": [width]}}}
+            rec["metrics"]["last"]["test"]["acc"] = acc
+            write_record(runs / f"{rec['run_id']}.json", rec)
+    out = report.make_report(tmp_path / "results" / "runs", "w", out_dir=tmp_path / "o")
+    summary = out["summary"]
+    keys = [(v, w) for v, w in zip(summary["variant"], summary["student.kwargs.hidden"])]
+    j = list(out["display"].columns).index("top-1 last (%)")
+    mask = report.best_mask(out["display"])
+    assert [k for k, m in zip(keys, mask) if m[j]] == [("kd", "[64]")]
+    i64, i16 = keys.index(("kd", "[64]")), keys.index(("kd", "[16]"))
+    assert report.compare_rows(summary, i64, i16).lo < 0  # across configurations: noise, not compared
+    # each width's deltas are paired with the scratch row of that width
+    for width in (16, 64):
+        r = summary.iloc[keys.index(("kd", f"[{width}]"))]
+        d = [(a - b) * 100 for a, b in zip(accs[("kd", width)], accs[("scratch", width)])]
+        half = 4.303 * statistics.stdev(d) / math.sqrt(3)
+        assert r["delta_vs_scratch_paired"]
+        assert (r["delta_vs_scratch_lo"], r["delta_vs_scratch_hi"]) == pytest.approx(
+            (statistics.mean(d) - half, statistics.mean(d) + half), abs=1e-3)
 
 
 # --------------------------------------------------------------------------------------------

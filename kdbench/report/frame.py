@@ -3,8 +3,10 @@
 One flat row per run (:func:`kdbench.records.flatten_record`, plus ``path``, the config keys that
 tell runs of one variant apart as dotted columns, and, when the records carry a teacher -> student
 pair with published numbers, the ``published_*`` columns). :func:`summarize` reduces the rows to
-one per group: mean and std (ddof=1) over the seeds of the completed runs. Values stay fractions
-here; only :mod:`kdbench.report.tables` scales and formats them.
+one per group: mean and std (ddof=1) over the seeds of the completed runs, keeping each group's
+``(seed, value)`` samples in ``attrs["samples"]`` for the 95 % intervals of the differences between
+rows (:func:`compare_rows`, :mod:`kdbench.report.stats`). Values stay fractions here; only
+:mod:`kdbench.report.tables` scales and formats them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 
 from kdbench.errors import KDBenchError
 from kdbench.identity import is_computational
+from kdbench.report.stats import Interval, diff_interval
 
 __all__ = [
     "DEFAULT_METRICS", "GRID_COLS", "SHOWN_ELSEWHERE", "PUBLISHED_COLS", "ReportError",
     "to_float", "group_key", "group_sort_key", "records_root", "runs_root", "default_out_dir",
     "experiments_under", "iter_experiment_records", "config_leaves", "config_columns", "add_config_columns",
-    "published_fields", "load_experiment", "summarize", "select_rows", "reference_acc", "add_deltas",
+    "published_fields", "load_experiment", "summarize", "row_samples", "config_group_of", "compare_rows",
+    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS",
     "add_published", "is_grid", "default_group_cols", "failed_rows", "caption_of",
 ]
 
@@ -32,6 +36,8 @@ DEFAULT_METRICS = (
     "last_test_acc", "best_test_acc", "last_test_ece", "last_test_nll", "last_test_brier",
     "last_test_agreement", "last_test_kl_teacher",
 )
+#: shown only when the records hold them (records before temperature scaling do not)
+OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts")
 GRID_COLS = ("variant", "distill_alpha", "distill_tau")
 #: computational config keys that are not grouping columns because the table shows them already
 #: (the seed is what a group averages over; variant, α and τ have their own columns)
@@ -39,6 +45,9 @@ SHOWN_ELSEWHERE = ("seed", "distill.variant", "distill.enabled", "distill.alpha"
 #: per-run columns taken from ``config.pair.published.<dataset>`` (accuracies in %)
 PUBLISHED_COLS = ("published_top1_pct", "published_teacher_pct", "published_source", "published_protocol")
 _VARIANT_ORDER = {"scratch": 0, "kd": 1}
+#: the difference columns of :func:`add_deltas`; each comes with ``_lo``, ``_hi`` (95 % interval, pp)
+#: and ``_paired`` (the two rows ran the same seeds: interval over the per-seed differences)
+DELTA_COLS = ("delta_vs_kd", "delta_vs_scratch")
 
 
 class ReportError(KDBenchError):
@@ -253,11 +262,16 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
     One row per group (groups with only failed runs included, with ``n == 0``); columns are the
     group columns, ``n`` (completed runs), ``n_failed`` (runs of any other status), ``<metric>_mean``,
     ``<metric>_std`` (NaN for n < 2) and ``teacher_test_acc_mean``. Values stay fractions.
+    ``attrs["samples"]`` maps each group key (the values of ``attrs["sample_cols"]``, the group
+    columns) to ``{metric: ((seed, value), ...)}``, the values the mean and std were computed from.
     """
     import pandas as pd
 
     group_cols = list(group_cols)
-    metrics = list(metrics or DEFAULT_METRICS)
+    if metrics is None:
+        present = set(df.columns) if df is not None else set()
+        metrics = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if m in present]
+    metrics = list(metrics)
     rows_in = df.to_dict("records") if df is not None and len(df) else []
     groups: dict[tuple, dict[str, list]] = {}
     for r in rows_in:
@@ -265,16 +279,20 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
         g = groups.setdefault(key, {"complete": [], "other": []})
         g["complete" if r.get("status") == "complete" else "other"].append(r)
     out = []
+    samples: dict[tuple, dict[str, tuple]] = {}
     for key in sorted(groups, key=lambda k: group_sort_key(k, group_cols)):
         g = groups[key]
         row: dict[str, Any] = dict(zip(group_cols, key))
         row["n"] = len(g["complete"])
         row["n_failed"] = len(g["other"])
         for m in [*metrics, "teacher_test_acc"]:
-            vals = [x for x in (to_float(r.get(m)) for r in g["complete"]) if not math.isnan(x)]
+            pairs = [(group_key(r.get("seed")), x) for r in g["complete"] for x in [to_float(r.get(m))]
+                     if not math.isnan(x)]
+            vals = [x for _, x in pairs]
             row[f"{m}_mean"] = statistics.mean(vals) if vals else math.nan
             if m != "teacher_test_acc":
                 row[f"{m}_std"] = statistics.stdev(vals) if len(vals) >= 2 else math.nan
+                samples.setdefault(key, {})[m] = tuple(pairs)
         out.append(row)
     cols = [*group_cols, "n", "n_failed", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
             "teacher_test_acc_mean"]
@@ -283,7 +301,34 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
         summary[c] = summary[c].astype(int)
     summary.attrs["group_cols"] = group_cols
     summary.attrs["metrics"] = metrics
+    summary.attrs["sample_cols"] = group_cols
+    summary.attrs["samples"] = samples
     return summary
+
+
+def _row_key(summary, i: int, cols: Sequence[str]) -> tuple:
+    return tuple(group_key(summary[c].iloc[i]) if c in summary.columns else None for c in cols)
+
+
+def row_samples(summary, i: int, metric: str) -> tuple:
+    """The ``(seed, value)`` samples of ``metric`` behind row ``i`` (position) of ``summary``; ``()``
+    when the summary carries none (a hand-made one)."""
+    samples = summary.attrs.get("samples") or {}
+    cols = summary.attrs.get("sample_cols") or summary.attrs.get("group_cols") or ["variant"]
+    return tuple((samples.get(_row_key(summary, i, cols)) or {}).get(metric, ()))
+
+
+def config_group_of(summary, i: int) -> tuple:
+    """The configuration of row ``i``: its values of the config columns (dotted group columns).
+    Rows are compared (deltas, bolding) only within one configuration."""
+    cols = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
+    return _row_key(summary, i, cols)
+
+
+def compare_rows(summary, i: int, j: int, metric: str = "last_test_acc") -> Interval:
+    """The 95 % interval of row ``i`` minus row ``j`` (positions) in ``metric`` (fractions), over seeds:
+    paired when both rows ran the same seeds, Welch otherwise (:func:`kdbench.report.stats.diff_interval`)."""
+    return diff_interval(row_samples(summary, i, metric), row_samples(summary, j, metric))
 
 
 def select_rows(summary, sel: str | Mapping[str, Any]) -> list[bool]:
@@ -304,18 +349,44 @@ def select_rows(summary, sel: str | Mapping[str, Any]) -> list[bool]:
     return mask
 
 
+def _reference_pos(summary, sel) -> int | None:
+    """The position of the one completed group matching ``sel``; None if none or ambiguous."""
+    if sel is None:
+        return None
+    pos = [i for i, (m, n) in enumerate(zip(select_rows(summary, sel), summary["n"].tolist())) if m and n > 0]
+    return pos[0] if len(pos) == 1 else None
+
+
 def reference_acc(summary, sel, col: str = "last_test_acc_mean") -> float:
     """The mean accuracy of the one completed group matching ``sel``; NaN if none or ambiguous."""
-    if sel is None:
-        return math.nan
-    vals = [to_float(v) for v, m, n in zip(summary[col].tolist(), select_rows(summary, sel), summary["n"].tolist())
-            if m and n > 0]
-    return vals[0] if len(vals) == 1 else math.nan
+    i = _reference_pos(summary, sel)
+    return math.nan if i is None else to_float(summary[col].iloc[i])
+
+
+def _delta_intervals(s, ref: int | None) -> tuple[list[float], list[float], list[bool]]:
+    """``lo``, ``hi`` (pp) and ``paired`` of every row's top-1 last against row ``ref``. The reference row
+    itself differs from itself by exactly 0: ``[0, 0]``, paired."""
+    lo, hi, paired = [], [], []
+    for i in range(len(s)):
+        if ref is None:
+            iv = Interval(math.nan, math.nan, math.nan, False, 0)
+        elif i == ref:
+            iv = Interval(0.0, 0.0, 0.0, True, int(s["n"].iloc[i]))
+        else:
+            iv = compare_rows(s, i, ref, "last_test_acc")
+        lo.append(iv.lo * 100.0)
+        hi.append(iv.hi * 100.0)
+        paired.append(bool(iv.paired))
+    return lo, hi, paired
 
 
 def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch: str | Mapping[str, Any] | None = "scratch",
                teacher_acc: float | None = None):
     """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last) and ``teacher_kept`` (%).
+
+    Each delta comes with ``<delta>_lo``/``<delta>_hi``, its 95 % interval over seeds (pp; paired
+    t-interval of the per-seed differences when the row and the reference ran the same seeds, Welch's
+    interval otherwise; NaN with one seed or without the summary's samples), and ``<delta>_paired``.
 
     ``teacher_kept = (student - scratch) / (teacher - scratch) * 100``: the share of the
     teacher's lead over the from-scratch student that distillation recovers. ``baseline`` and
@@ -344,7 +415,9 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
             s.attrs[a] = vals.pop() if len(vals) == 1 else math.nan
         return s
     s = summary.copy()
+    s.attrs.update(summary.attrs)
     acc = s["last_test_acc_mean"].astype(float)
+    kd_pos, sc_pos = _reference_pos(s, baseline), _reference_pos(s, scratch)
     kd = reference_acc(s, baseline)
     sc = reference_acc(s, scratch)
     if teacher_acc is None:
@@ -357,8 +430,9 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
             teacher_acc = statistics.mean(vals) if vals else math.nan
     else:
         teacher_acc = float(teacher_acc) / (100.0 if float(teacher_acc) > 1.0 else 1.0)
-    s["delta_vs_kd"] = (acc - kd) * 100.0
-    s["delta_vs_scratch"] = (acc - sc) * 100.0
+    for col, ref_acc, ref_pos in (("delta_vs_kd", kd, kd_pos), ("delta_vs_scratch", sc, sc_pos)):
+        s[col] = (acc - ref_acc) * 100.0
+        s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(s, ref_pos)
     den = teacher_acc - sc
     s["teacher_kept"] = (acc - sc) / den * 100.0 if not math.isnan(den) and abs(den) > 1e-12 else math.nan
     s.attrs.update(summary.attrs)

@@ -1,8 +1,8 @@
-"""Display formatting and table files: numbers as text, Markdown, LaTeX (best value in bold), CSV.
+"""Display formatting and table files: numbers as text, Markdown, LaTeX (earned best value in bold), CSV.
 
 One formatter family for every table kdbench writes (the experiment tables of
 :mod:`kdbench.report` and the paper tables of :mod:`kdbench.studies`): :func:`fmt_value`,
-:func:`fmt_mean_std` and :func:`fmt_num`; one Markdown renderer (:func:`markdown_table`), one
+:func:`fmt_mean_std`, :func:`fmt_delta_ci` and :func:`fmt_num`; one Markdown renderer (:func:`markdown_table`), one
 LaTeX renderer (:func:`latex_table`) and one writer (:func:`write_text_files`, atomic, through
 :func:`kdbench.files.atomic_write_text`).
 """
@@ -17,11 +17,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from kdbench.report.frame import DEFAULT_METRICS, to_float
+from kdbench.report.frame import DEFAULT_METRICS, compare_rows, config_group_of, to_float
+from kdbench.report.stats import excludes_zero
 
 __all__ = [
-    "PROTOCOL_NOTE", "MISSING", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS", "DISPLAY_ORDER",
-    "PUBLISHED_HEADER", "metric_direction", "fmt_value", "fmt_mean_std", "fmt_num", "format_display",
+    "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
+    "DISPLAY_ORDER", "PUBLISHED_HEADER", "metric_direction", "fmt_value", "fmt_mean_std", "fmt_delta_ci", "fmt_num",
+    "format_display",
     "tex_escape", "best_mask", "md_cell", "markdown_table", "latex_table", "render_markdown",
     "render_latex", "write_text_files", "write_tables", "read_summary_csv",
 ]
@@ -30,6 +32,14 @@ PROTOCOL_NOTE = ("mean ± std over n seeds; 'last' = final epoch (CRD protocol),
                  "'best' = best validation epoch (DKD protocol)")
 #: how a missing number is shown in the experiment tables
 MISSING = "—"
+#: how a spread or an interval that one seed cannot give is shown
+NA = "n/a"
+DELTA_NOTE = ("Δ: difference of mean top-1 last, in percentage points, with its 95% confidence interval over "
+              "seeds [lo, hi]: a t-interval of the per-seed differences when both rows ran the same seeds, "
+              "Welch's interval for the difference of means otherwise.")
+BOLD_RULE = ("a column's best value is in bold only when, against every other row of the same configuration, "
+             "the 95% confidence interval over seeds of the difference (paired t-interval when the seeds pair, "
+             "else Welch) excludes 0; ties or overlapping intervals: nothing in bold")
 PUBLISHED_HEADER = "published top-1 (%)"
 
 #: record column -> (table header, display scale, decimals); which way is better comes from
@@ -42,6 +52,8 @@ METRIC_SPEC: dict[str, tuple[str, float, int]] = {
     "last_test_ece": ("ECE last", 1.0, 4),
     "last_test_nll": ("NLL last", 1.0, 4),
     "last_test_brier": ("Brier last", 1.0, 4),
+    "last_test_ece_ts": ("ECE last, T-scaled", 1.0, 4),
+    "last_test_nll_ts": ("NLL last, T-scaled", 1.0, 4),
     "best_test_ece": ("ECE best-epoch", 1.0, 4),
     "best_test_nll": ("NLL best-epoch", 1.0, 4),
     "best_test_brier": ("Brier best-epoch", 1.0, 4),
@@ -90,7 +102,8 @@ def fmt_value(v: Any, scale: float = 1.0, dec: int = 2, *, signed: bool = False,
 
 def fmt_mean_std(mean: Any, std: Any, scale: float = 1.0, dec: int = 2, *, missing: str = MISSING,
                  no_std: str = "zero") -> str:
-    """``"97.31 ± 0.12"``; a missing std is shown as 0 (``no_std="zero"``) or left out (``"omit"``)."""
+    """``"97.31 ± 0.12"``; a missing std (one seed) is shown as 0 (``no_std="zero"``), left out
+    (``"omit"``) or as ``"97.31 ± n/a"`` (``"na"``)."""
     m = to_float(mean, finite=True)
     if math.isnan(m):
         return missing
@@ -98,8 +111,25 @@ def fmt_mean_std(mean: Any, std: Any, scale: float = 1.0, dec: int = 2, *, missi
     if math.isnan(s):
         if no_std == "omit":
             return f"{m * scale:.{dec}f}"
+        if no_std == "na":
+            return f"{m * scale:.{dec}f} ± {NA}"
         s = 0.0
     return f"{m * scale:.{dec}f} ± {s * scale:.{dec}f}"
+
+
+def fmt_delta_ci(v: Any, lo: Any, hi: Any, dec: int = 2, *, missing: str = MISSING) -> str:
+    """A difference with its interval, all signed: ``"+0.26 [-0.05, +0.57]"``; ``"+0.26 [n/a]"`` without
+    one (one seed); ``"+0.00"`` alone for the zero-width ``[0, 0]`` (a row against itself)."""
+    f = to_float(v, finite=True)
+    if math.isnan(f):
+        return missing
+    a, b = to_float(lo, finite=True), to_float(hi, finite=True)
+    text = f"{f:+.{dec}f}"
+    if math.isnan(a) or math.isnan(b):
+        return f"{text} [{NA}]"
+    if a == b == f == 0.0:
+        return text
+    return f"{text} [{a:+.{dec}f}, {b:+.{dec}f}]"
 
 
 def fmt_num(v: Any, missing: str = MISSING) -> str:
@@ -116,7 +146,8 @@ def fmt_num(v: Any, missing: str = MISSING) -> str:
 
 
 def format_display(summary, group_cols: Sequence[str] | None = None):
-    """The human table: one string cell per (group, metric), '97.31 ± 0.12'; all-empty columns dropped.
+    """The human table: one string cell per (group, metric), '97.31 ± 0.12' ('97.31 ± n/a' for one seed),
+    deltas with their 95 % interval ('+0.26 [-0.05, +0.57]'); all-empty columns dropped.
 
     ``attrs["columns"]`` maps each header to ``(summary column, "max"|"min"|None)``, for bolding.
     """
@@ -142,7 +173,11 @@ def format_display(summary, group_cols: Sequence[str] | None = None):
             vals = summary[c].astype(float).tolist()
             if all(math.isnan(v) for v in vals):
                 continue
-            data[header] = [fmt_value(v, 1.0, dec, signed=signed, missing=missing) for v in vals]
+            if f"{c}_lo" in summary.columns and f"{c}_hi" in summary.columns:
+                data[header] = [fmt_delta_ci(v, lo, hi, dec, missing=missing)
+                                for v, lo, hi in zip(vals, summary[f"{c}_lo"].tolist(), summary[f"{c}_hi"].tolist())]
+            else:
+                data[header] = [fmt_value(v, 1.0, dec, signed=signed, missing=missing) for v in vals]
             colmap[header] = (c, better)
             continue
         header, scale, dec = METRIC_SPEC.get(c, (c, 1.0, 4))
@@ -150,7 +185,7 @@ def format_display(summary, group_cols: Sequence[str] | None = None):
         stds = summary[f"{c}_std"].astype(float).tolist()
         if all(math.isnan(v) for v in means) and c not in ("last_test_acc", "best_test_acc"):
             continue
-        data[header] = [fmt_mean_std(m, s, scale, dec) for m, s in zip(means, stds)]
+        data[header] = [fmt_mean_std(m, s, scale, dec, no_std="na") for m, s in zip(means, stds)]
         colmap[header] = (f"{c}_mean", metric_direction(c))
     data["failed"] = [str(int(v)) for v in summary["n_failed"].tolist()]
     colmap["failed"] = ("n_failed", None)
@@ -184,30 +219,44 @@ def tex_escape(s: Any) -> str:
     return "".join(out)
 
 
-def _leading_float(s: Any) -> float:
-    m = re.match(r"\s*([+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)", str(s))
-    return float(m[1]) if m else math.nan
+def _sample_metric(src: str) -> str:
+    """The per-seed metric whose differences decide a column's bold: the metric of ``<metric>_mean``;
+    top-1 last for ``teacher_kept``, a fixed affine map of it within a configuration."""
+    return "last_test_acc" if src == "teacher_kept" else src.removesuffix("_mean")
 
 
 def best_mask(display_df, summary=None) -> list[list[bool]]:
-    """Per cell: is it the best value of its column (max or min, ties all marked)?"""
+    """Per cell: is it the best value of its column (max or min), and is that earned (:data:`BOLD_RULE`)?
+
+    The one best row of a column is marked when, for every other row of its configuration
+    (:func:`kdbench.report.frame.config_group_of`) with a value in that column, the 95 % interval of
+    their difference over seeds (:func:`kdbench.report.frame.compare_rows`) excludes 0. Ties, an
+    interval that contains 0 or cannot be computed (one seed), a best row with nothing to beat, or a
+    summary without per-seed samples: nothing marked.
+    """
     colmap = display_df.attrs.get("columns") or {}
     summary = summary if summary is not None else display_df.attrs.get("summary")
     mask = [[False] * len(display_df.columns) for _ in range(len(display_df))]
+    if summary is None or len(summary) != len(display_df):
+        return mask
+    groups = [config_group_of(summary, i) for i in range(len(summary))]
     for j, h in enumerate(display_df.columns):
         src, better = colmap.get(h, (None, None))
-        if better is None:
+        if better is None or src not in summary.columns:
             continue
-        if summary is not None and src in getattr(summary, "columns", []) and len(summary) == len(display_df):
-            vals = [to_float(v) for v in summary[src].tolist()]
-        else:
-            vals = [_leading_float(v) for v in display_df[h].tolist()]
-        ok = [v for v in vals if not math.isnan(v)]
+        vals = [to_float(v) for v in summary[src].tolist()]
+        ok = [i for i, v in enumerate(vals) if not math.isnan(v)]
         if len(ok) < 2:
             continue
-        best = max(ok) if better == "max" else min(ok)
-        for i, v in enumerate(vals):
-            mask[i][j] = not math.isnan(v) and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)
+        best = max(vals[i] for i in ok) if better == "max" else min(vals[i] for i in ok)
+        top = [i for i in ok if math.isclose(vals[i], best, rel_tol=1e-12, abs_tol=1e-15)]
+        if len(top) != 1:
+            continue
+        b = top[0]
+        rivals = [i for i in ok if i != b and groups[i] == groups[b]]
+        metric = _sample_metric(src)
+        if rivals and all(excludes_zero(compare_rows(summary, b, i, metric)) for i in rivals):
+            mask[b][j] = True
     return mask
 
 
@@ -275,7 +324,10 @@ def render_markdown(display_df, caption: str, failed: list[dict] | None = None) 
         extra.append(f"Teacher top-1: published {pt:.2f}%.")
     cols = set(display_df.columns)
     if "Δ vs KD (pp)" in cols or "Δ vs scratch (pp)" in cols:
-        extra.append("Δ: difference of mean top-1 last, in percentage points.")
+        extra.append(DELTA_NOTE)
+    summary = display_df.attrs.get("summary")
+    if summary is not None and "n" in summary.columns and (summary["n"] == 1).any():
+        extra.append(f"{NA}: one seed, so no spread and no interval.")
     if "teacher kept (%)" in cols:
         extra.append("teacher kept = (student − scratch) / (teacher − scratch), top-1 last.")
     if "failed" in cols:
@@ -297,8 +349,11 @@ def render_markdown(display_df, caption: str, failed: list[dict] | None = None) 
 
 
 def render_latex(display_df, caption: str, summary=None, label: str | None = None) -> str:
-    """``table.tex``: the display table, best value per column in bold, caption with the protocol."""
-    cap = tex_escape(caption) + ". " + tex_escape(PROTOCOL_NOTE) + "; best value per column in bold."
+    """``table.tex``: the display table, a column's best value in bold when earned (:data:`BOLD_RULE`),
+    caption with the protocol, the intervals and the bold rule."""
+    cap = tex_escape(caption) + ". " + tex_escape(PROTOCOL_NOTE) + "; " + tex_escape(BOLD_RULE) + "."
+    if "Δ vs KD (pp)" in display_df.columns or "Δ vs scratch (pp)" in display_df.columns:
+        cap += " " + tex_escape(DELTA_NOTE)
     note = _published_note(display_df)
     if note:
         pt = to_float(display_df.attrs.get("published_teacher_pct"))
