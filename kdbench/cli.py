@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = r.add_subparsers(dest="rcmd", required=True)
     rsub.add_parser("migrate", help="re-key records written before run ids hashed resolved configs",
                     add_help=False)
+    sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
     for name in ("train", "sweep", "report"):
         sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
     return p
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["capture"]:
+        from kdbench.capture import main as capture_main
+
+        return capture_main(argv[1:])
     if argv[:2] == ["records", "migrate"]:
         from kdbench.migrate import main as migrate_main
 

@@ -42,6 +42,8 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = strip(cfg, "")
     if out.get("teacher_signal") != "cached":
         out.pop("teacher_cache", None)
+    if out.get("teacher_signal") != "captured":
+        out.pop("teacher_capture", None)
     return out
 
 

@@ -55,7 +55,12 @@ __all__ = [
     "kd_loss_terms",
     "kl_divergence",
     "standardize_logits",
+    "topk_kd_loss",
+    "topk_kd_loss_terms",
 ]
+
+#: how a top-k teacher becomes a distribution (see :func:`topk_kd_loss_terms`)
+TOPK_MODES = ("renorm", "tail")
 
 #: the soft-term divergences of :func:`kd_loss` (``kl=``); all at temperature ``tau``
 KL_DIRECTIONS = ("forward", "reverse", "jsd", "skew_forward", "skew_reverse")
@@ -637,3 +642,120 @@ def dist_loss(
         labels=labels,
         ignore_index=ignore_index,
     )["loss"]
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2``."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def topk_kd_loss_terms(
+    student_logits: Tensor,
+    topk_indices: Tensor,
+    topk_logprobs: Tensor,
+    labels: Tensor | None,
+    *,
+    alpha: float = 0.5,
+    tau: float = 2.0,
+    kl: str = "forward",
+    mode: str = "renorm",
+    capture_tau: float = 1.0,
+    tau_squared: bool = True,
+    ignore_index: int = -100,
+) -> dict[str, Tensor]:
+    """KD from a sparse teacher: its top-k classes ``S`` and their log-probabilities, ``{"loss", "ce", "kl"}``.
+
+    ``topk_logprobs`` are the teacher's full-softmax log-probabilities at ``capture_tau``; they are
+    re-tempered to ``tau`` by ``p^(capture_tau / tau)`` (exact over the stored support). Student
+    log-probabilities ``log q`` are the full ``log_softmax(s / tau)``.
+
+    * ``mode="renorm"``: the teacher renormalised over ``S``, ``p~``; forward is
+      ``sum_{i in S} p~_i (log p~_i - log q_i)`` with the student's *full* log-probabilities, which
+      equals ``KL(p~ || q restricted to S and renormalised) - log Q_S`` (``Q_S = sum_S q``): never
+      negative, and it also pushes student mass into ``S``. Reverse is ``KL(q|S renormalised || p~)``.
+    * ``mode="tail"``: ``k + 1`` buckets, the top-k plus the residual mass of each side (the
+      teacher's tail re-tempered as one bucket, then normalised): the exact KL of that coarser
+      partition, either direction.
+
+    Never the unnormalised truncated sum (not a KL; it goes negative). Both modes equal
+    :func:`kd_loss` when ``k = C``. Masking, weighting, ``tau_squared`` and dtypes as :func:`kd_loss_terms`.
+    """
+    if mode not in TOPK_MODES:
+        raise ValueError(f"mode must be one of {TOPK_MODES}, got {mode!r}")
+    if kl not in ("forward", "reverse"):
+        raise ValueError(f"kl must be 'forward' or 'reverse' for a top-k teacher, got {kl!r}")
+    _check_tau(tau)
+    _check_tau(capture_tau)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if topk_indices.is_floating_point() or topk_indices.dtype == torch.bool:
+        raise ValueError(f"topk_indices must be an integer tensor, got dtype {topk_indices.dtype}")
+    n_classes = student_logits.shape[-1]
+    k = topk_indices.shape[-1]
+    if topk_indices.shape != topk_logprobs.shape or topk_indices.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(f"topk_indices/topk_logprobs: shapes {tuple(topk_indices.shape)} / "
+                         f"{tuple(topk_logprobs.shape)} do not match student logits {tuple(student_logits.shape)}")
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"topk_indices: k={k} must be in [1, {n_classes}]")
+    dtype = _compute_dtype(student_logits)
+    s = student_logits.to(dtype).reshape(-1, n_classes)
+    idx = topk_indices.reshape(-1, k).long()
+    lp = topk_logprobs.to(dtype).reshape(-1, k)
+    if labels is not None:
+        y = labels.reshape(-1).long()
+        keep = y != ignore_index
+    else:
+        y, keep = None, torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    rows = keep.unsqueeze(-1)
+    zero = torch.zeros((), dtype=dtype, device=s.device)
+    s = torch.where(rows, s, zero)
+    idx = torch.where(rows, idx, torch.zeros_like(idx)).clamp(0, n_classes - 1)
+    lp = torch.where(rows, lp, zero)
+    n_kept = keep.sum().clamp(min=1).to(dtype)
+    zero_pos = torch.zeros(s.shape[0], dtype=dtype, device=s.device)
+
+    def masked_mean(per_position: Tensor) -> Tensor:
+        return torch.where(keep, per_position, zero_pos).sum() / n_kept
+
+    if y is not None:
+        ce = masked_mean(F.cross_entropy(s, torch.where(keep, y, torch.zeros_like(y)), reduction="none"))
+    else:
+        ce = s.new_zeros(())
+
+    log_q = F.log_softmax(s / tau, dim=-1).gather(-1, idx)  # student, full softmax, at S
+    r = lp * (capture_tau / tau)  # re-tempered teacher log-weights at S (unnormalised)
+    if mode == "renorm" or k == n_classes:  # k = C: no tail bucket exists, both modes are the dense KL
+        log_pt = r - torch.logsumexp(r, dim=-1, keepdim=True)
+        if kl == "forward":
+            kl_pos = _kl_from_log_probs(log_pt, log_q)
+        else:
+            log_qs = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+            kl_pos = _kl_from_log_probs(log_qs, log_pt)
+    else:
+        # the tail buckets; a tail mass below float resolution (the stored top-k sums to 1 within a few
+        # ulps) is floored at 8 ulps before re-tempering, so neither value nor gradient meets log(0)
+        cap = -8 * torch.finfo(dtype).eps
+        t_tail = _log1mexp(torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=cap)) * (capture_tau / tau)
+        t_all = torch.cat([r, t_tail], dim=-1)
+        log_pt = t_all - torch.logsumexp(t_all, dim=-1, keepdim=True)
+        s_tail = _log1mexp(torch.logsumexp(log_q, dim=-1, keepdim=True).clamp(max=cap))
+        log_ps = torch.cat([log_q, s_tail], dim=-1)
+        kl_pos = _kl_from_log_probs(log_pt, log_ps) if kl == "forward" else _kl_from_log_probs(log_ps, log_pt)
+    kl_term = masked_mean(kl_pos)
+    w = tau**2 if tau_squared else 1.0
+    if alpha == 1:
+        loss = ce
+    elif alpha == 0:
+        loss = w * kl_term
+    else:
+        loss = alpha * ce + (1.0 - alpha) * w * kl_term
+    return {"loss": loss, "ce": ce, "kl": kl_term}
+
+
+def topk_kd_loss(student_logits: Tensor, topk_indices: Tensor, topk_logprobs: Tensor, labels: Tensor | None, *,
+                 alpha: float = 0.5, tau: float = 2.0, kl: str = "forward", mode: str = "renorm",
+                 capture_tau: float = 1.0, tau_squared: bool = True, ignore_index: int = -100) -> Tensor:
+    """Scalar sparse-teacher KD loss; see :func:`topk_kd_loss_terms`."""
+    return topk_kd_loss_terms(student_logits, topk_indices, topk_logprobs, labels, alpha=alpha, tau=tau, kl=kl,
+                              mode=mode, capture_tau=capture_tau, tau_squared=tau_squared,
+                              ignore_index=ignore_index)["loss"]

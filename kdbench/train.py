@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.engine import FitSpec, check_every, fit_and_test
     from kdbench.methods import build_method
     from kdbench.models import build_model
-    from kdbench.signals import build_signal, preflight_signal
+    from kdbench.signals import build_signal, needs_teacher, preflight_signal
 
     t0 = time.time()
     validate(cfg)
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
     scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     teacher, tmeta = None, None
-    if not scratch or cfg.teacher_only:
+    if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:
         teacher, tmeta = teachers.for_run(conf["teacher"], conf["dataset"], trainer, data,
                                           teachers_dir=_abs(cfg.paths.teachers_dir), checkpoints_dir=ckpt_root,
                                           eval_batch_size=conf["dataset"]["eval_batch_size"], log=log.info)
@@ -116,8 +116,9 @@ def run(cfg: DictConfig) -> dict:
         # what was asked for; replaced by what Lightning actually set once the fit is done
         "deterministic": trainer["deterministic"] not in (False, None),
     }
-    if tmeta is not None and not scratch:
-        record["teacher"] = {k: tmeta.get(k) for k in ("key", "name", "arch", "test", "path")}
+    if (tmeta or getattr(signal, "header", None)) and not scratch:  # a captured signal names its teacher
+        t = tmeta or {**signal.header["teacher"], "path": None, "capture": str(conf["teacher_capture"]["path"])}
+        record["teacher"] = {k: t.get(k) for k in ("key", "name", "arch", "test", "path", "capture") if k in t}
     write_record(record_path, record)
 
     # fit / test -> record

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdbench.losses import KL_DIRECTIONS, KL_REDUCTIONS, kd_loss_terms
+from kdbench.losses import KL_DIRECTIONS, KL_REDUCTIONS, TOPK_MODES, kd_loss_terms, topk_kd_loss_terms
 from kdbench.methods import check, flag, number, register_method
 
 
@@ -30,6 +30,7 @@ class KD:
     skew_lambda: float = 0.1
     ce_weight: float | None = None
     kd_weight: float | None = None
+    topk_mode: str = "renorm"
 
     needs_teacher = True
 
@@ -46,15 +47,29 @@ class KD:
         for key in ("ce_weight", "kd_weight"):
             if getattr(self, key) is not None:
                 number(getattr(self, key), key, lo=0.0)
+        check(self.topk_mode in TOPK_MODES, "topk_mode",
+              f"unknown value {self.topk_mode!r}; allowed: {', '.join(TOPK_MODES)}")
 
-    def __call__(self, student_logits: Tensor, teacher: Tensor | None, batch) -> dict[str, Tensor]:
+    def __call__(self, student_logits: Tensor, teacher, batch) -> dict[str, Tensor]:
+        if hasattr(teacher, "log_probs"):  # a sparse (top-k) teacher signal (signals.TopK): captured log-probs
+            if self.kl not in ("forward", "reverse") or self.standardize or self.student_tau_one \
+                    or self.kl_reduction != "sum":
+                raise ValueError("a top-k teacher supports kl=forward|reverse without standardize, "
+                                 "student_tau_one or kl_reduction=mean")
+            terms = topk_kd_loss_terms(student_logits, teacher.indices, teacher.log_probs, batch.y, alpha=self.alpha,
+                                       tau=self.tau, kl=self.kl, mode=self.topk_mode, capture_tau=teacher.tau,
+                                       tau_squared=self.tau_squared)
+            return self._weighted(terms)
         if teacher is not None and not isinstance(teacher, Tensor):
-            raise TypeError(f"KD needs dense teacher logits, got {type(teacher).__name__}")
+            raise TypeError(f"KD needs teacher logits or a top-k signal, got {type(teacher).__name__}")
         # the signal decides whether the teacher's output carries a gradient (the teacher_grad ablation)
         terms = kd_loss_terms(student_logits, teacher, batch.y, alpha=self.alpha, tau=self.tau, kl=self.kl,
                               tau_squared=self.tau_squared, kl_reduction=self.kl_reduction,
                               student_tau_one=self.student_tau_one, detach_teacher=False,
                               standardize=self.standardize, jsd_beta=self.jsd_beta, skew_lambda=self.skew_lambda)
+        return self._weighted(terms)
+
+    def _weighted(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.ce_weight is None and self.kd_weight is None:
             return terms
         w = self.tau**2 if self.tau_squared else 1.0

@@ -26,10 +26,12 @@ from torch import Tensor
 
 
 class TopK(NamedTuple):
-    """A sparse teacher signal: the k largest classes per position and their log-probabilities."""
+    """A sparse teacher signal: the k largest classes per position and their log-probabilities at
+    temperature ``tau`` (the temperature they were captured at)."""
 
     indices: Tensor
     log_probs: Tensor
+    tau: float = 1.0
 
 
 #: what a signal returns for a batch: dense logits ``[..., C]``, top-k, or None (no teacher)
@@ -62,10 +64,11 @@ class NoSignal:
 
 _REGISTRY: dict[str, Callable[..., TeacherSignal]] = {"none": lambda **_: NoSignal()}
 _PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
+_NO_TEACHER: set[str] = {"none"}
 _DISCOVERED = False
 
 
-def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None):
+def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True):
     """Decorator for a factory ``(*, teacher, conf, data, teacher_meta) -> TeacherSignal``:
     ``teacher_signal=<name>``. ``preflight(conf, data)`` runs before any work (before the teacher is
     trained or loaded) and raises a one-line ConfigError for a run that cannot work."""
@@ -76,9 +79,17 @@ def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None 
         _REGISTRY[name] = factory
         if preflight is not None:
             _PREFLIGHT[name] = preflight
+        if not needs_teacher:
+            _NO_TEACHER.add(name)
         return factory
 
     return deco
+
+
+def needs_teacher(kind: str) -> bool:
+    """False for signals that never load a teacher (``none``, ``captured``)."""
+    _discover()
+    return kind not in _NO_TEACHER
 
 
 def preflight_signal(kind: str, conf: dict, data: Any) -> None:
