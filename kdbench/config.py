@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
 AUGMENTS = ("none", "default", "crop_flip", "flip", "jitter")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 #: the classes of each named dataset (imagefolder: known only once loaded)
 DATASET_CLASSES = {"cifar10_jpeg": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
@@ -121,6 +125,11 @@ def validate_optim(cfg, prefix: str) -> None:
     lr = _number(cfg, f"{prefix}optim.lr")
     if lr < 0:
         raise ConfigError(f"{prefix}optim.lr", f"must be >= 0, got {lr:g}")
+    for key in ("momentum", "weight_decay"):
+        if _get(cfg, f"{prefix}optim.{key}") is not None:
+            v = _number(cfg, f"{prefix}optim.{key}")
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{prefix}optim.{key}", f"must be a finite number >= 0, got {v:g}")
     _choice(cfg, f"{prefix}sched.name", SCHEDULERS)
     if _get(cfg, f"{prefix}sched.name") == "multistep":
         ms = _get(cfg, f"{prefix}sched.milestones")
@@ -151,14 +160,32 @@ def validate(cfg) -> None:
     _positive_int(cfg, "dataset.eval_batch_size")
     _choice(cfg, "dataset.augment", AUGMENTS)
     vs = _get(cfg, "dataset.val_size", 0)
-    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or vs < 0:
-        raise ConfigError("dataset.val_size", f"must be >= 0 (an int count or a fraction < 1), got {vs!r}")
+    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or vs < 0 or (isinstance(vs, float) and vs >= 1):
+        raise ConfigError("dataset.val_size", f"must be a count (an integer >= 0; 0 = validate on test) or a "
+                                              f"fraction in (0, 1), got {vs!r}")
     for key in ("train_subset", "test_subset"):
         if _get(cfg, f"dataset.{key}") is not None:
             _positive_int(cfg, f"dataset.{key}")
     for key in ("seed", "data_seed"):
-        if not isinstance(_get(cfg, key), int) or isinstance(_get(cfg, key), bool):
-            raise ConfigError(key, f"must be an integer, got {_get(cfg, key)!r}")
+        v = _get(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(key, f"must be an integer, got {v!r}")
+        if not 0 <= v < 2**32:  # what the RNGs accept (numpy's seed range)
+            raise ConfigError(key, f"must be in [0, 2**32 - 1], got {v}")
+    for key in ("experiment_name", "distill.variant"):  # they become folder and file names
+        v = _get(cfg, key)
+        if not isinstance(v, str) or not _NAME.fullmatch(v):
+            raise ConfigError(key, f"must be a plain name (letters, digits, '.', '_', '-'; not starting with '.'), "
+                                   f"got {v!r}: it names a folder under the results folder")
+    _choice(cfg, "trainer.accelerator", ACCELERATORS)
+    ltb = _get(cfg, "trainer.limit_train_batches")
+    if ltb is not None and (isinstance(ltb, bool) or not isinstance(ltb, (int, float)) or ltb <= 0
+                            or (isinstance(ltb, float) and ltb > 1)):
+        raise ConfigError("trainer.limit_train_batches", f"must be null, a batch count >= 1 or a fraction in (0, 1], "
+                                                         f"got {ltb!r} (0 would record a run that never trained)")
+    cfe = _get(cfg, "trainer.check_finite_every", "auto")
+    if cfe != "auto" and (isinstance(cfe, bool) or not isinstance(cfe, int) or cfe < 1):
+        raise ConfigError("trainer.check_finite_every", f"must be auto or a positive integer, got {cfe!r}")
     _choice(cfg, "trainer.precision", PRECISIONS)
     validate_devices(cfg)
     validate_optim(cfg, "")
