@@ -644,9 +644,107 @@ def dist_loss(
     )["loss"]
 
 
+# --------------------------------------------------------------------------------------------
+# Sparse (top-k) teacher signals
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_logsumexp(x: Tensor) -> Tensor:
+    """``logsumexp`` over the last dim (kept), ``-inf`` where every entry is ``-inf``.
+
+    Unlike ``torch.logsumexp`` the gradient stays finite (zero) on such rows: the shift is detached
+    and the log is taken of a safe argument.
+    """
+    hi = x.amax(dim=-1, keepdim=True).detach()
+    hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
+    total = (x - hi).exp().sum(dim=-1, keepdim=True)
+    pos = total > 0
+    out = hi + torch.where(pos, total, torch.ones_like(total)).log()
+    return torch.where(pos, out, torch.full_like(out, -math.inf))
+
+
 def _log1mexp(x: Tensor) -> Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2``."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """``log(1 - exp(x))``, accurate on both sides of ``x = -log 2``; ``-inf`` for ``x >= 0``.
+
+    ``x >= 0`` (a probability that rounded to ``>= 1``) is read as ``1 - exp(x) = 0``. Each branch
+    sees a safe argument, so no ``0 * inf`` reaches the gradient.
+    """
+    neg = x < 0
+    near = x > -math.log(2.0)
+    a = torch.where(neg & near, x, torch.full_like(x, -1.0))  # log(-expm1(x)) near 0
+    b = torch.where(near, torch.full_like(x, -1.0), x)  # log1p(-exp(x)) far from 0
+    out = torch.where(near, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(b)))
+    return torch.where(neg, out, torch.full_like(out, -math.inf))
+
+
+def _check_topk_args(
+    student_logits: Tensor,
+    topk_indices: Tensor,
+    topk_logprobs: Tensor,
+    labels: Tensor | None,
+    alpha: float,
+    tau: float,
+    kl: str,
+    mode: str,
+    capture_tau: float,
+    tau_squared: bool,
+) -> None:
+    """Raise ValueError whose message starts with the offending argument's name."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    _check_tau(tau)
+    if (
+        isinstance(capture_tau, bool)
+        or not isinstance(capture_tau, (int, float))
+        or not (math.isfinite(capture_tau) and capture_tau > 0)
+    ):
+        raise ValueError(f"capture_tau must be a finite number > 0, got {capture_tau!r}")
+    if kl not in ("forward", "reverse"):
+        raise ValueError(f"kl must be 'forward' or 'reverse' for a top-k teacher, got {kl!r}")
+    if mode not in TOPK_MODES:
+        raise ValueError(f"mode must be one of {TOPK_MODES}, got {mode!r}")
+    if not isinstance(tau_squared, bool):
+        raise ValueError(f"tau_squared must be true or false, got {tau_squared!r}")
+    if not isinstance(student_logits, Tensor) or student_logits.dim() < 1:
+        raise ValueError("student_logits must be a tensor of shape [..., C]")
+    if not student_logits.is_floating_point():
+        raise ValueError(f"student_logits must be floating point, got dtype {student_logits.dtype}")
+    n_classes = student_logits.shape[-1]
+    if n_classes < 1:
+        raise ValueError("student_logits must have at least one class (last dim C >= 1)")
+    if not isinstance(topk_indices, Tensor) or topk_indices.dim() < 1:
+        raise ValueError("topk_indices must be an integer tensor of shape [..., k]")
+    if topk_indices.is_floating_point() or topk_indices.is_complex() or topk_indices.dtype == torch.bool:
+        raise ValueError(f"topk_indices must be an integer (int64) tensor, got dtype {topk_indices.dtype}")
+    if topk_indices.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"topk_indices shape {tuple(topk_indices.shape)} must be student_logits.shape[:-1] + (k,) = "
+            f"{tuple(student_logits.shape[:-1])} + (k,)"
+        )
+    k = topk_indices.shape[-1]
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"topk_indices must hold 1 <= k <= C = {n_classes} classes per position, got k = {k}")
+    if not isinstance(topk_logprobs, Tensor) or topk_logprobs.shape != topk_indices.shape:
+        shape = tuple(topk_logprobs.shape) if isinstance(topk_logprobs, Tensor) else None
+        raise ValueError(
+            f"topk_logprobs shape {shape} must equal topk_indices shape {tuple(topk_indices.shape)}"
+        )
+    if not topk_logprobs.is_floating_point():
+        raise ValueError(f"topk_logprobs must be floating point, got dtype {topk_logprobs.dtype}")
+    if labels is None:
+        if alpha != 0:
+            raise ValueError(
+                f"labels=None is only allowed with alpha == 0 (pure distillation), got alpha={alpha!r}"
+            )
+    else:
+        if not isinstance(labels, Tensor) or labels.shape != student_logits.shape[:-1]:
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else None
+            raise ValueError(
+                f"labels shape {shape} must equal student_logits.shape[:-1] = "
+                f"{tuple(student_logits.shape[:-1])}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
 
 
 def topk_kd_loss_terms(
@@ -663,53 +761,94 @@ def topk_kd_loss_terms(
     tau_squared: bool = True,
     ignore_index: int = -100,
 ) -> dict[str, Tensor]:
-    """KD from a sparse teacher: its top-k classes ``S`` and their log-probabilities, ``{"loss", "ce", "kl"}``.
+    """KD from a sparse (top-k) teacher, and its two parts: ``{"loss", "ce", "kl"}``.
 
-    ``topk_logprobs`` are the teacher's full-softmax log-probabilities at ``capture_tau``; they are
-    re-tempered to ``tau`` by ``p^(capture_tau / tau)`` (exact over the stored support). Student
-    log-probabilities ``log q`` are the full ``log_softmax(s / tau)``.
+    The teacher is known only on a set ``S`` of ``k`` classes per position: ``topk_indices``
+    (``[..., k]``, integer) and ``topk_logprobs`` (``[..., k]``), its *full-softmax*
+    log-probabilities at the capture temperature ``T0 = capture_tau`` (so ``sum_S p <= 1``).
+    They are re-tempered to ``tau`` as ``p_i^(T0 / tau)`` and renormalised, which is exact over the
+    stored support. The student's ``log q = log_softmax(s / tau)`` is the *full* log-softmax over
+    all ``C`` classes, gathered at ``S``.
 
-    * ``mode="renorm"``: the teacher renormalised over ``S``, ``p~``; forward is
-      ``sum_{i in S} p~_i (log p~_i - log q_i)`` with the student's *full* log-probabilities, which
-      equals ``KL(p~ || q restricted to S and renormalised) - log Q_S`` (``Q_S = sum_S q``): never
-      negative, and it also pushes student mass into ``S``. Reverse is ``KL(q|S renormalised || p~)``.
-    * ``mode="tail"``: ``k + 1`` buckets, the top-k plus the residual mass of each side (the
-      teacher's tail re-tempered as one bucket, then normalised): the exact KL of that coarser
-      partition, either direction.
+    ``mode="renorm"`` (DistillKit's "zero"): the teacher renormalised over ``S``,
+    ``p~_i = p_i^(T0/tau) / sum_{j in S} p_j^(T0/tau)``.
 
-    Never the unnormalised truncated sum (not a KL; it goes negative). Both modes equal
-    :func:`kd_loss` when ``k = C``. Masking, weighting, ``tau_squared`` and dtypes as :func:`kd_loss_terms`.
+    * forward: ``sum_{i in S} p~_i (log p~_i - log q_i)``. Since ``q`` is not renormalised this is
+      ``KL(p~ || q|S) - log Q_S`` with ``Q_S = sum_{i in S} q_i`` and ``q|S = q / Q_S`` on ``S``:
+      a KL plus a non-negative penalty, so it is ``>= 0`` and it also pushes student mass into ``S``
+      (it is 0 only when ``q|S = p~`` *and* ``Q_S = 1``).
+    * reverse: ``KL(q|S || p~)``, the student renormalised over ``S`` (no ``-log Q_S`` term).
+
+    ``mode="tail"`` (TRL's ``loss_add_tail``, DistillKit's ``symmetric_uniform``): both sides become
+    ``k + 1`` buckets, the classes of ``S`` plus one bucket for the residual mass, and the loss is the
+    exact KL of that coarser partition (so ``0 <= KL_tail <= KL_dense`` by the data-processing
+    inequality, for a teacher at ``T0 = tau``). The teacher's buckets are ``p_i^(T0/tau)`` on ``S`` and
+    ``(1 - sum_S p)^(T0/tau)`` for the tail (re-tempered as one bucket), normalised; the student's are
+    ``q_i`` on ``S`` and ``1 - Q_S``, computed exactly as the log-sum-exp of ``log q`` over the classes
+    outside ``S`` (no cancellation). forward is ``KL(teacher buckets || student buckets)``, reverse the
+    opposite.
+
+    Never the unnormalised truncated sum ``sum_S p_i (log p_i - log q_i)``: it is not a KL and goes
+    negative. Both modes equal :func:`kd_loss` (same ``kl``) when ``k = C``, for any ``capture_tau``.
+
+    Tail mass ~0: the teacher's tail is ``log1p(-sum_S p)`` computed as ``log(1 - exp(lse))`` with
+    ``lse = logsumexp(topk_logprobs)`` clamped at 0 (a stored sum that rounded to ``>= 1``); when it is
+    ``-inf`` (and always when ``k = C``, where the tail is empty on both sides) the bucket has
+    probability 0 and contributes exactly 0 as the first argument of a KL. In ``kl="reverse"`` the
+    teacher's tail bucket is the *second* argument, where 0 would make the KL infinite whenever the
+    student keeps mass outside ``S``; there the teacher's tail bucket (at ``tau``, normalised) is
+    floored at ``eps = finfo(dtype).eps``, the resolution of a stored sum near 1: a finite penalty
+    ``~ (1 - Q_S) * log((1 - Q_S) / eps)`` that still pushes the student's mass into ``S`` (a tail
+    bucket above ``eps`` is unchanged). Values and gradients stay finite.
+
+    Weighting, masking and dtypes are those of :func:`kd_loss_terms`: ``loss = alpha * ce + (1 -
+    alpha) * w * kl`` with ``w = tau**2 if tau_squared else 1``, ``ce`` the cross entropy of the raw
+    student logits over all ``C`` classes; positions whose label is ``ignore_index`` are dropped from
+    both terms (their logits, indices and log-probs are replaced *before* any softmax or gather, so
+    NaN or out-of-range garbage there cannot leak), and the means run over the kept positions
+    without a host sync. Computed in float32 (float64 student logits stay float64).
+    ``topk_logprobs`` is treated as data (detached). On CPU, indices of kept positions outside
+    ``[0, C)`` raise ValueError; on an accelerator that check would need a host sync and is left to
+    ``gather``.
+
+    Args:
+        student_logits: ``[..., C]`` logits (e.g. ``[N, C]`` or ``[B, T, C]``).
+        topk_indices: ``[..., k]`` integer (int64) class ids of the teacher's top-k, ``1 <= k <= C``.
+        topk_logprobs: ``[..., k]`` the teacher's log-probabilities at ``capture_tau`` at those ids.
+        labels: integer class ids of shape ``student_logits.shape[:-1]``, or None when ``alpha == 0``.
+        alpha: weight of the hard-label cross entropy, in [0, 1].
+        tau: distillation temperature, > 0.
+        kl: "forward" (teacher || student) or "reverse" (student || teacher), over the mode's support.
+        mode: "renorm" or "tail" (see above).
+        capture_tau: temperature at which ``topk_logprobs`` were captured, > 0.
+        tau_squared: multiply the soft term by ``tau**2``.
+        ignore_index: positions with this label are dropped from both terms.
     """
-    if mode not in TOPK_MODES:
-        raise ValueError(f"mode must be one of {TOPK_MODES}, got {mode!r}")
-    if kl not in ("forward", "reverse"):
-        raise ValueError(f"kl must be 'forward' or 'reverse' for a top-k teacher, got {kl!r}")
-    _check_tau(tau)
-    _check_tau(capture_tau)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if topk_indices.is_floating_point() or topk_indices.dtype == torch.bool:
-        raise ValueError(f"topk_indices must be an integer tensor, got dtype {topk_indices.dtype}")
+    _check_topk_args(
+        student_logits, topk_indices, topk_logprobs, labels, alpha, tau, kl, mode, capture_tau, tau_squared
+    )
+    dtype = _compute_dtype(student_logits)
     n_classes = student_logits.shape[-1]
     k = topk_indices.shape[-1]
-    if topk_indices.shape != topk_logprobs.shape or topk_indices.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(f"topk_indices/topk_logprobs: shapes {tuple(topk_indices.shape)} / "
-                         f"{tuple(topk_logprobs.shape)} do not match student logits {tuple(student_logits.shape)}")
-    if not 1 <= k <= n_classes:
-        raise ValueError(f"topk_indices: k={k} must be in [1, {n_classes}]")
-    dtype = _compute_dtype(student_logits)
     s = student_logits.to(dtype).reshape(-1, n_classes)
     idx = topk_indices.reshape(-1, k).long()
-    lp = topk_logprobs.to(dtype).reshape(-1, k)
+    lp = topk_logprobs.detach().to(dtype).reshape(-1, k)
+
     if labels is not None:
         y = labels.reshape(-1).long()
         keep = y != ignore_index
     else:
-        y, keep = None, torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        y = None
+        keep = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    # the range check needs a host sync, so it runs on CPU tensors only (an accelerator's gather asserts)
+    bad_idx = ((idx < 0) | (idx >= n_classes)) & keep.unsqueeze(-1)
+    if idx.device.type == "cpu" and bool(bad_idx.any()):
+        raise ValueError(f"topk_indices must lie in [0, {n_classes}) at the kept positions")
+    # Replace the masked rows before any softmax / gather: garbage or NaN there must not leak.
     rows = keep.unsqueeze(-1)
     zero = torch.zeros((), dtype=dtype, device=s.device)
     s = torch.where(rows, s, zero)
-    idx = torch.where(rows, idx, torch.zeros_like(idx)).clamp(0, n_classes - 1)
+    idx = torch.where(rows, idx, torch.zeros_like(idx))
     lp = torch.where(rows, lp, zero)
     n_kept = keep.sum().clamp(min=1).to(dtype)
     zero_pos = torch.zeros(s.shape[0], dtype=dtype, device=s.device)
@@ -718,30 +857,41 @@ def topk_kd_loss_terms(
         return torch.where(keep, per_position, zero_pos).sum() / n_kept
 
     if y is not None:
-        ce = masked_mean(F.cross_entropy(s, torch.where(keep, y, torch.zeros_like(y)), reduction="none"))
+        safe_y = torch.where(keep, y, torch.zeros_like(y))
+        ce = masked_mean(F.cross_entropy(s, safe_y, reduction="none"))
     else:
         ce = s.new_zeros(())
 
-    log_q = F.log_softmax(s / tau, dim=-1).gather(-1, idx)  # student, full softmax, at S
-    r = lp * (capture_tau / tau)  # re-tempered teacher log-weights at S (unnormalised)
-    if mode == "renorm" or k == n_classes:  # k = C: no tail bucket exists, both modes are the dense KL
+    log_q_all = F.log_softmax(s / tau, dim=-1)
+    log_q = log_q_all.gather(-1, idx)  # the student's full log-softmax at S (not renormalised)
+    r = lp * (capture_tau / tau)  # re-tempered teacher log-weights on S (unnormalised)
+    if mode == "renorm":
         log_pt = r - torch.logsumexp(r, dim=-1, keepdim=True)
         if kl == "forward":
             kl_pos = _kl_from_log_probs(log_pt, log_q)
         else:
-            log_qs = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+            log_qs = log_q - _safe_logsumexp(log_q)
             kl_pos = _kl_from_log_probs(log_qs, log_pt)
     else:
-        # the tail buckets; a tail mass below float resolution (the stored top-k sums to 1 within a few
-        # ulps) is floored at 8 ulps before re-tempering, so neither value nor gradient meets log(0)
-        cap = -8 * torch.finfo(dtype).eps
-        t_tail = _log1mexp(torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=cap)) * (capture_tau / tau)
-        t_all = torch.cat([r, t_tail], dim=-1)
-        log_pt = t_all - torch.logsumexp(t_all, dim=-1, keepdim=True)
-        s_tail = _log1mexp(torch.logsumexp(log_q, dim=-1, keepdim=True).clamp(max=cap))
+        if k == n_classes:  # S is every class: both tails are empty
+            t_tail = torch.full_like(lp[:, :1], -math.inf)
+            s_tail = torch.full_like(log_q[:, :1], -math.inf)
+        else:
+            lse_t = torch.logsumexp(lp, dim=-1, keepdim=True).clamp(max=0.0)
+            t_tail = _log1mexp(lse_t) * (capture_tau / tau)
+            in_s = torch.zeros_like(log_q_all, dtype=torch.bool).scatter(-1, idx, True)
+            s_tail = _safe_logsumexp(log_q_all.masked_fill(in_s, -math.inf))
+        t_buckets = torch.cat([r, t_tail], dim=-1)
+        log_pt = t_buckets - torch.logsumexp(t_buckets, dim=-1, keepdim=True)
         log_ps = torch.cat([log_q, s_tail], dim=-1)
-        kl_pos = _kl_from_log_probs(log_pt, log_ps) if kl == "forward" else _kl_from_log_probs(log_ps, log_pt)
+        if kl == "forward":
+            kl_pos = _kl_from_log_probs(log_pt, log_ps)
+        else:
+            floor = math.log(torch.finfo(dtype).eps)
+            log_pt = torch.cat([log_pt[:, :k], log_pt[:, k:].clamp(min=floor)], dim=-1)
+            kl_pos = _kl_from_log_probs(log_ps, log_pt)
     kl_term = masked_mean(kl_pos)
+
     w = tau**2 if tau_squared else 1.0
     if alpha == 1:
         loss = ce
@@ -752,10 +902,34 @@ def topk_kd_loss_terms(
     return {"loss": loss, "ce": ce, "kl": kl_term}
 
 
-def topk_kd_loss(student_logits: Tensor, topk_indices: Tensor, topk_logprobs: Tensor, labels: Tensor | None, *,
-                 alpha: float = 0.5, tau: float = 2.0, kl: str = "forward", mode: str = "renorm",
-                 capture_tau: float = 1.0, tau_squared: bool = True, ignore_index: int = -100) -> Tensor:
-    """Scalar sparse-teacher KD loss; see :func:`topk_kd_loss_terms`."""
-    return topk_kd_loss_terms(student_logits, topk_indices, topk_logprobs, labels, alpha=alpha, tau=tau, kl=kl,
-                              mode=mode, capture_tau=capture_tau, tau_squared=tau_squared,
-                              ignore_index=ignore_index)["loss"]
+def topk_kd_loss(
+    student_logits: Tensor,
+    topk_indices: Tensor,
+    topk_logprobs: Tensor,
+    labels: Tensor | None,
+    *,
+    alpha: float = 0.5,
+    tau: float = 2.0,
+    kl: str = "forward",
+    mode: str = "renorm",
+    capture_tau: float = 1.0,
+    tau_squared: bool = True,
+    ignore_index: int = -100,
+) -> Tensor:
+    """Scalar sparse-teacher KD loss (mean over kept positions); see :func:`topk_kd_loss_terms`.
+
+    Returns a 0-dim tensor, float32 (float64 for float64 student logits).
+    """
+    return topk_kd_loss_terms(
+        student_logits,
+        topk_indices,
+        topk_logprobs,
+        labels,
+        alpha=alpha,
+        tau=tau,
+        kl=kl,
+        mode=mode,
+        capture_tau=capture_tau,
+        tau_squared=tau_squared,
+        ignore_index=ignore_index,
+    )["loss"]
