@@ -12,8 +12,6 @@ package's modules are discovered on first lookup, so nothing else needs to impor
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,7 +62,6 @@ def flag(value: Any, key: str) -> bool:
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
-_DISCOVERED = False
 
 
 def register_method(name: str):
@@ -81,13 +78,9 @@ def register_method(name: str):
 
 
 def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    from kdbench.plugins import import_submodules
+
+    import_submodules(__name__, __path__)
 
 
 def method_names() -> list[str]:

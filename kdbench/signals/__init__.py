@@ -16,8 +16,6 @@ discovered on first lookup like the methods.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -65,7 +63,6 @@ class NoSignal:
 _REGISTRY: dict[str, Callable[..., TeacherSignal]] = {"none": lambda **_: NoSignal()}
 _PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
 _NO_TEACHER: set[str] = {"none"}
-_DISCOVERED = False
 
 
 def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True):
@@ -100,12 +97,9 @@ def preflight_signal(kind: str, conf: dict, data: Any) -> None:
 
 
 def _discover() -> None:
-    global _DISCOVERED
-    if not _DISCOVERED:
-        _DISCOVERED = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
+    from kdbench.plugins import import_submodules
+
+    import_submodules(__name__, __path__)
 
 
 def signal_names() -> list[str]:
