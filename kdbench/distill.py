@@ -192,15 +192,12 @@ class DistillModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._raise_if_bad()
 
-    def _dense_teacher(self, batch, split: str) -> torch.Tensor | None:
-        t = self.signal(batch, split)
-        return t if isinstance(t, torch.Tensor) else None
-
     def validation_step(self, batch, batch_idx):
-        s, t = self.student(batch.x), self._dense_teacher(batch, "val")
-        self.val_metrics.update(s, batch.y, t)
+        s, t = self.student(batch.x), self.signal(batch, "val")
+        self.val_metrics.update(s, batch.y, t)  # a top-k teacher: agreement with its top-1 only
+        dense = t if isinstance(t, torch.Tensor) else None
         if not self.trainer.sanity_checking:
-            self._val_logits.append((s.detach().float(), batch.y, t.detach().float() if t is not None else None))
+            self._val_logits.append((s.detach().float(), batch.y, dense.detach().float() if dense is not None else None))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -233,9 +230,9 @@ class DistillModule(pl.LightningModule):
             self.teacher_test_metrics.temperature = self.teacher_temperature
 
     def test_step(self, batch, batch_idx):
-        t = self._dense_teacher(batch, "test")
+        t = self.signal(batch, "test")
         self.test_metrics.update(self.student(batch.x), batch.y, t)
-        if self.teacher_test_metrics is not None and t is not None:
+        if self.teacher_test_metrics is not None and isinstance(t, torch.Tensor):
             self.teacher_test_metrics.update(t, batch.y)
 
     def on_test_epoch_end(self) -> None:

@@ -77,7 +77,10 @@ class ClassificationMetrics(nn.Module):
             self.kl_teacher = MeanMetric(nan_strategy="disable")
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits=None) -> None:
+        """``teacher_logits``: dense teacher logits (agreement and KL to the teacher), or a sparse
+        top-k teacher (anything with ``indices`` sorted from the largest, as a captured signal gives:
+        agreement with its top-1 class only; the KL needs the full distribution)."""
         logits = logits.float()
         probs = logits.softmax(-1)
         self.acc.update(logits, target)
@@ -90,7 +93,9 @@ class ClassificationMetrics(nn.Module):
             self.nll_ts.update(F.cross_entropy(scaled, target, reduction="none"))
         onehot = F.one_hot(target, self.num_classes).to(probs.dtype)
         self.brier.update((probs - onehot).pow(2).sum(-1))
-        if self.with_teacher and teacher_logits is not None:
+        if self.with_teacher and teacher_logits is not None and not isinstance(teacher_logits, torch.Tensor):
+            self.agreement.update((logits.argmax(-1) == teacher_logits.indices[..., 0]).float())
+        elif self.with_teacher and teacher_logits is not None:
             teacher_logits = teacher_logits.float()
             self.agreement.update((logits.argmax(-1) == teacher_logits.argmax(-1)).float())
             self.kl_teacher.update(kl_divergence(teacher_logits, logits, tau=1.0))
@@ -105,6 +110,7 @@ class ClassificationMetrics(nn.Module):
                        temperature=torch.tensor(self.temperature))
         if self.with_teacher and self.agreement.update_count > 0:
             out["agreement"] = self.agreement.compute()
+        if self.with_teacher and self.kl_teacher.update_count > 0:
             out["kl_teacher"] = self.kl_teacher.compute()
         return {k: float(v) for k, v in out.items()}
 

@@ -57,6 +57,26 @@ def test_captured_run_needs_no_teacher_and_matches_online_at_k_equal_c(store, co
     # k = C with renorm is the dense KD loss: the same training up to float rounding of the stored log-probs
     assert rec["history"][0]["train_loss"] == pytest.approx(online["history"][0]["train_loss"], rel=1e-4)
     assert abs(rec["metrics"]["last"]["test"]["acc"] - online["metrics"]["last"]["test"]["acc"]) < 0.02
+    # fidelity from the stored top-1 class: agreement measured, the KL (needs the whole teacher) not claimed
+    assert abs(rec["metrics"]["last"]["test"]["agreement"] - online["metrics"]["last"]["test"]["agreement"]) < 0.02
+    assert "kl_teacher" not in rec["metrics"]["last"]["test"] and "kl_teacher" in online["metrics"]["last"]["test"]
+
+
+def test_agreement_with_a_top_k_teacher_is_agreement_with_its_argmax():
+    import torch
+
+    from kdbench.metrics import ClassificationMetrics
+    from kdbench.signals import TopK
+
+    g = torch.Generator().manual_seed(0)
+    s, t, y = torch.randn(300, 7, generator=g), torch.randn(300, 7, generator=g), torch.randint(0, 7, (300,), generator=g)
+    dense, sparse = ClassificationMetrics(7, with_teacher=True), ClassificationMetrics(7, with_teacher=True)
+    dense.update(s, y, t)
+    top = t.log_softmax(-1).topk(2, dim=-1)
+    sparse.update(s, y, TopK(top.indices, top.values, 1.0))
+    d, sp = dense.compute(), sparse.compute()
+    assert sp["agreement"] == d["agreement"] == pytest.approx(float((s.argmax(-1) == t.argmax(-1)).float().mean()))
+    assert 0.05 < d["agreement"] < 0.5 and "kl_teacher" not in sp and sp["acc"] == d["acc"]
 
 
 @pytest.mark.parametrize("override, key, fragment", [
