@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint sweep table bench models reproduce-hinton clean
+.PHONY: help install run test test-slow lint sweep table bench models reproduce-hinton study-topk clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: both sweeps, then the ta
 	$(PY) -m kdbench.sweep experiment=hinton_mnist $(ARGS)
 	$(PY) -m kdbench.sweep experiment=hinton_mnist_tau $(ARGS)
 	$(PY) -m kdbench.studies.hinton
+
+study-topk: $(STAMP) ## top-k captured teachers on Fashion-MNIST: capture k=1,2,5,10 (kept if present), then the sweep
+	for k in 1 2 5 10; do $(PY) -m kdbench.cli capture --k $$k --out results/captures/fashion_topk-k$$k experiment=fashion_topk || exit 1; done
+	$(PY) -m kdbench.sweep experiment=fashion_topk $(ARGS)
 
 clean: ## remove the virtualenv, caches and Hydra outputs (keeps results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache wandb

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -82,19 +83,44 @@ def export_jsonl(store: Path, out: Path) -> Path:
 
 
 def import_jsonl(src: Path, out: Path) -> Path:
-    """A JSONL capture (as :func:`export_jsonl` writes it, or from another tool) as a store folder."""
-    with open(src, encoding="utf-8") as f:
-        first = json.loads(f.readline())
-        if "header" not in first:
-            raise ConfigError("--from-jsonl", f"{src}: the first line must be {{\"header\": {{...}}}}")
-        header = first["header"]
-        k = int(header["k"])
-        rows: dict[str, dict[tuple[int, int], tuple[list, list]]] = {s: {} for s in SPLITS}
-        for n, line in enumerate(f, start=2):
-            o = json.loads(line)
-            if len(o["indices"]) != k or len(o["log_probs"]) != k:
-                raise ConfigError("--from-jsonl", f"{src}:{n}: {len(o['indices'])} entries where the header says k={k}")
-            rows[o["split"]][(int(o["idx"]), int(o.get("view", 0)))] = (o["indices"], o["log_probs"])
+    """A JSONL capture (as :func:`export_jsonl` writes it, or from another tool) as a store folder.
+
+    Refused with one line naming the file and line, before anything is written: a line that is not
+    one JSON object (a truncated file), a row whose k differs from the header's, class ids outside
+    ``[0, num_classes)``, log-probabilities that are not finite and <= 0, an unknown split, and an
+    ``--out`` that already holds something.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("--out", f"{out} already exists and is not empty; it is kept: give a new folder")
+    where = f"{src}:1"
+    try:
+        with open(src, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+            if not isinstance(first, dict) or "header" not in first:
+                raise ConfigError("--from-jsonl", f"{src}: the first line must be {{\"header\": {{...}}}}")
+            header = first["header"]
+            k, n_cls = int(header["k"]), int(header["num_classes"])
+            rows: dict[str, dict[tuple[int, int], tuple[list, list]]] = {s: {} for s in SPLITS}
+            for n, line in enumerate(f, start=2):
+                where = f"{src}:{n}"
+                o = json.loads(line)
+                ids, lps = o["indices"], o["log_probs"]
+                if len(ids) != k or len(lps) != k:
+                    raise ConfigError("--from-jsonl", f"{where}: {len(ids)} entries where the header says k={k}")
+                if not all(isinstance(i, int) and 0 <= i < n_cls for i in ids):
+                    raise ConfigError("--from-jsonl", f"{where}: class ids must be integers in [0, {n_cls}), got {ids}")
+                if not all(isinstance(v, (int, float)) and -math.inf < v <= 0 for v in lps):
+                    raise ConfigError("--from-jsonl", f"{where}: log_probs must be finite and <= 0, got {lps}")
+                if o["split"] not in rows:
+                    raise ConfigError("--from-jsonl", f"{where}: split {o['split']!r} is not one of {', '.join(SPLITS)}")
+                rows[o["split"]][(int(o["idx"]), int(o.get("view", 0)))] = (ids, lps)
+    except json.JSONDecodeError as e:
+        raise ConfigError("--from-jsonl", f"{where}: not one JSON object per line ({e.msg}); a truncated file?") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError("--from-jsonl", f"{where}: missing or malformed field ({e})") from None
+    except OSError as e:
+        raise ConfigError("--from-jsonl", f"cannot read {src} ({e.strerror})") from None
     arrays = {}
     for split, r in rows.items():
         if not r:
@@ -133,6 +159,11 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     a = conf["dataset"].get("augment", "default")
     family = (data.default_augment if a in ("default", None) else a) if data.is_image else "none"
     n_views = aug.num_views(family) if views == "all" else 1
+    want = {"k": k, "capture_tau": tau, "family": family if views == "all" else "none",
+            "dataset": teachers.dataset_identity(conf["dataset"], data), "teacher_key": tmeta.get("key")}
+    if _existing(out, want):
+        print(f"kdbench: {out} already holds this capture (teacher {want['teacher_key']}, top-{k}, tau {tau:g}): kept")
+        return out
     bs = int(conf["dataset"]["eval_batch_size"])
     splits = [("train", data.train_x, data.train_y, family if views == "all" else "none", n_views),
               ("test", data.test_x, data.test_y, "none", 1)]
@@ -149,6 +180,29 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
               "dataset": teachers.dataset_identity(conf["dataset"], data),
               "teacher": {key: tmeta.get(key) for key in ("name", "key", "arch", "test")}}
     return write_store(out, header, arrays)
+
+
+def _existing(out: Path, want: dict) -> bool:
+    """True when ``out`` already holds exactly the capture asked for; refuses (one line, before any
+    work) a folder holding anything else, so that nothing already written is overwritten."""
+    out = Path(out)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ConfigError("--out", f"{out} exists and is not a folder")
+    if not (out / HEADER).exists():
+        if any(out.iterdir()):
+            raise ConfigError("--out", f"{out} is not empty and holds no capture; give an empty or new folder")
+        return False
+    h = read_header(out)
+    have = {"k": h.get("k"), "capture_tau": h.get("capture_tau"), "family": h.get("family"),
+            "dataset": h.get("dataset"), "teacher_key": (h.get("teacher") or {}).get("key")}
+    if have != want:
+        diff = ", ".join(f"{key} {have[key]!r} (asked {want[key]!r})" for key in want
+                         if have[key] != want[key] and key != "dataset") or "dataset"
+        raise ConfigError("--out", f"{out} holds another capture ({diff}); it is kept: give another folder or "
+                                   "delete it")
+    return True
 
 
 def _top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: float):

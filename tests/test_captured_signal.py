@@ -94,3 +94,47 @@ def test_a_capture_that_does_not_match_the_run_is_refused_before_any_work(store,
         run(compose(*CNN, "teacher_signal=captured", f"teacher_capture.path={store}", override, results=results))
     assert e.value.key == key and fragment in str(e.value)
     assert not (results / "runs").exists() and not (results / "teachers").exists()
+
+
+def test_capture_into_a_folder_that_holds_it_keeps_it_and_refuses_to_overwrite_another(store, tmp_path, capsys):
+    from kdbench.capture import main
+
+    args = [*CNN, f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}"]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.iterdir()}
+    assert main(["--k", "10", "--tau", "4", "--out", str(store), *args]) == 0
+    assert "already holds this capture" in capsys.readouterr().out
+    assert main(["--k", "3", "--tau", "4", "--out", str(store), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--out" in err and "k 10 (asked 3)" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.iterdir()} == before
+
+
+def _row(field, value):
+    """Edit the first example row of a JSONL capture: set ``field``'s first entry to ``value``."""
+    def edit(lines):
+        o = json.loads(lines[1])
+        o[field][0] = value
+        return [lines[0], json.dumps(o), *lines[2:]]
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda lines: lines[:-1] + [lines[-1][: len(lines[-1]) // 2]], "truncated"),
+    (lambda lines: lines[:2] + [lines[2].replace('"indices": [', '"indices": [3, ', 1)], "header says k=10"),
+    (_row("indices", 10), "class ids must be integers in [0, 10)"),
+    (_row("indices", -1), "class ids must be integers in [0, 10)"),
+    (_row("log_probs", float("nan")), "finite and <= 0"),
+    (_row("log_probs", 0.5), "finite and <= 0"),
+])
+def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store, tmp_path, edit, fragment):
+    from kdbench.capture import import_jsonl
+    from kdbench.errors import ConfigError
+
+    lines = (tmp_path / "cap.jsonl").read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(edit(lines)) + "\n")
+    with pytest.raises(ConfigError) as e:
+        import_jsonl(bad, tmp_path / "imported")
+    assert fragment in str(e.value) and "\n" not in str(e.value) and str(bad) in str(e.value)
+    assert not (tmp_path / "imported").exists()
