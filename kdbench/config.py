@@ -92,6 +92,11 @@ def resolve(cfg) -> dict:
         t["channels_last"] = resolve_channels_last(t.get("channels_last", "auto"), acc)
     if is_scratch(cfg):
         c["teacher_signal"] = "none"
+        # labels only: no distillation key does anything (the loss is CE, i.e. alpha = 1), so none is part
+        # of the run: `distill=kd,none distill.tau=1,4` trains the scratch student once per seed
+        if isinstance(c.get("distill"), dict):
+            c["distill"] = {**{k: c["distill"][k] for k in ("variant", "method", "enabled") if k in c["distill"]},
+                            "alpha": 1.0}
     elif isinstance(c.get("distill"), dict) and c["distill"].get("method") not in (None, "none"):
         # keys of a shared recipe that this method does not read (`alpha` under DKD) are not part of the
         # run: out of its id and record, so a table never shows a knob that did nothing

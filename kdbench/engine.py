@@ -110,14 +110,15 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def _usable_checkpoint(path: Path) -> bool:
-    """A checkpoint that cannot be read (a disk fault, a copy cut short) is set aside, not resumed from."""
+def _usable_checkpoint(path: Path) -> int | None:
+    """The number of epochs a readable checkpoint has done; one that cannot be read (a disk fault, a
+    copy cut short) is set aside, not resumed from (None)."""
     try:
-        torch.load(str(path), map_location="cpu", weights_only=True)
-        return True
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        return int(ckpt.get("epoch", -1)) + 1
     except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, ...
         _set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-        return False
+        return None
 
 
 def _set_aside(path: Path, why: str) -> None:
@@ -184,13 +185,15 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
-    resume_from = str(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()
-                                     and _usable_checkpoint(last_ckpt)) else None
+    done = _usable_checkpoint(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None
+    resume_from = str(last_ckpt) if done is not None else None
     best_ckpt = ckpt_dir / "best.ckpt" if ckpt_dir is not None else None
-    if resume_from and best_ckpt.exists() and not _usable_checkpoint(best_ckpt):
+    if resume_from and best_ckpt.exists() and _usable_checkpoint(best_ckpt) is None:
         # the best epoch's weights are lost: a resumed run could not test them, so it starts over
         _set_aside(last_ckpt, "its best.ckpt is unreadable")
         resume_from = None
+    if resume_from:
+        print(f"kdbench: resuming {ckpt_dir.name} from epoch {done} of {spec.max_epochs} ({last_ckpt})", flush=True)
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
     except torch.multiprocessing.ProcessRaisedException as e:  # ddp_spawn: a child's exception, as text

@@ -24,6 +24,10 @@ class TeacherError(KDBenchError):
     """A teacher checkpoint that is missing, corrupted, unsafe or for another architecture."""
 
 
+class BusyError(KDBenchError):
+    """The same run is already running in another process."""
+
+
 class DivergedError(Exception):
     """A NaN/Inf appeared in the loss or the logits during training."""
 

@@ -10,7 +10,9 @@ only when the computation is provably the one that ran:
   counts as what it resolves to on the device the record names (a CPU record: ``cpu``,
   ``32-true``, no channels-last);
 - every key that is new today has the value that reproduces the old behaviour (``data_seed`` =
-  ``seed``, ``distill.method`` = ``kd`` or ``none``, ``teacher_signal`` = ``online`` or ``none``).
+  ``seed``, ``distill.method`` = ``kd`` or ``none``, ``teacher_signal`` = ``online`` or ``none``);
+- a key that is gone today is a distillation key of a scratch run (trained on labels only, it never
+  read one).
 
 Anything else is left where it is and reported. A migrated record keeps its metrics and history
 as written; its ``config`` becomes today's resolved config and ``migrated_from`` lists its earlier ids.
@@ -79,8 +81,9 @@ def differences(rec: dict, conf: dict) -> list[str]:
             want = _expected_new(key, rec, conf)
             if want is KeyError or want != new[key]:
                 out.append(f"{key}: new key with {new[key]!r}")
-        else:
+        elif not (key.startswith("distill.") and (conf.get("distill") or {}).get("method") == "none"):
             out.append(f"{key}: {old[key]!r} then, gone now")
+        # else: a distillation key of a scratch run (labels only): it never did anything
     return out
 
 

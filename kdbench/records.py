@@ -2,7 +2,7 @@
 
 Schema (``schema: 1``)::
 
-    run_id, experiment, variant, seed, status ("running"|"complete"|"failed"|"diverged"), error,
+    run_id, experiment, variant, seed, status ("running"|"complete"|"failed"|"diverged"|"interrupted"), error,
     config (resolved), overrides, dataset, teacher_arch, student_arch,
     distill {alpha, tau, kl, tau_squared, ...switches},
     metrics {last|best: {epoch, val: {...}, test: {acc, ece, mce, nll, brier, agreement, kl_teacher}}},
@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kdbench.files import atomic_write_text
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "failed", "diverged")
+STATUSES = ("running", "complete", "failed", "diverged", "interrupted")
 TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
 #: which way is better for every metric a record holds (tables bold it, W&B summaries keep it)
 DIRECTIONS: dict[str, str] = {
@@ -54,6 +55,33 @@ def write_record(path: str | os.PathLike, record: dict) -> Path:
     record = {"schema": SCHEMA_VERSION, **record}
     atomic_write_text(path, json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
     return Path(path)
+
+
+@contextmanager
+def run_lock(lock_path: Path, record_path: Path, run_id: str, wait: bool = False) -> Iterator[None]:
+    """Hold the run's lock for the length of the run: a second process asking for the same run gets
+    one line naming the running one instead of training beside it, or with ``wait`` (the jobs of a
+    sweep) waits for it (an OS lock: a killed process releases it)."""
+    from filelock import FileLock, Timeout
+
+    from kdbench.errors import BusyError
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            rec = read_record(record_path)
+            who = f"started {rec.get('started_at')} on {rec.get('host')}, record {record_path}"
+        except (OSError, ValueError):
+            who = f"lock {lock_path}"
+        raise BusyError("run", f"{run_id} is already running in another process ({who}); wait for it to "
+                               "finish, or stop it (the next invocation resumes it)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def read_record(path: str | os.PathLike) -> dict:

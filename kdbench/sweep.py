@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,14 +80,47 @@ def plan(overrides: list[str]) -> list[dict]:
         except ConfigError as e:
             shown = " ".join(redact_override(o) for o in job)
             raise ConfigError(e.key, f"{e.message} (job {i}: {shown})") from None
-        rid = run_id_of(resolve(cfg))
-        out.append({"overrides": job, "cfg": cfg, "run_id": rid, "record": _records_dir(cfg) / f"{rid}.json"})
-    ids = [j["run_id"] for j in out]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ConfigError("hydra.sweeper.params", f"two jobs of the grid are the same run ({', '.join(dup)}): "
-                                                  "the grid repeats a point")
-    return out
+        conf = resolve(cfg)
+        rid = run_id_of(conf)
+        out.append({"overrides": job, "cfg": cfg, "conf": conf, "run_id": rid,
+                    "record": _records_dir(cfg) / f"{rid}.json"})
+    # jobs that differ only in keys their method does not read (distill=kd,none distill.tau=1,4: the
+    # scratch run does not read tau) are one run: it runs once (Hydra still launches the others; they
+    # find it complete, or wait on its lock under a parallel launcher, and skip)
+    unique: dict[str, dict] = {}
+    for j in out:
+        first = unique.setdefault(j["run_id"], j)
+        if first is not j:
+            if sorted(first["overrides"]) == sorted(j["overrides"]):
+                raise ConfigError("hydra.sweeper.params", f"two jobs of the grid are the same run ({j['run_id']}): "
+                                                          "the grid repeats a point")
+            first.setdefault("same_as", []).append(j["overrides"])
+    return list(unique.values())
+
+
+def varying(jobs: list[dict]) -> list[str]:
+    """The override keys whose value differs between the jobs of a grid (what a progress line shows)."""
+    values: dict[str, set] = {}
+    for j in jobs:
+        for o in j["overrides"]:
+            k, _, v = o.lstrip("+~").partition("=")
+            values.setdefault(k, set()).add(v)
+    return [k for k, vs in values.items() if len(vs) > 1 or any(k not in _keys(j) for j in jobs)]
+
+
+def _keys(job: dict) -> set[str]:
+    return {o.lstrip("+~").partition("=")[0] for o in job["overrides"]}
+
+
+def label(job: dict, keys: list[str]) -> str:
+    """``kd tau=4 seed 0``: the variant, then the values of the grid's varying keys (short names)."""
+    cfg, conf, shown = job["cfg"], job.get("conf") or {}, []
+    for o in job["overrides"]:
+        k, _, v = o.lstrip("+~").partition("=")
+        unread = k.startswith("distill.") and k.split(".")[1] not in (conf.get("distill") or {k.split(".")[1]: 0})
+        if k in keys and k not in ("distill", "seed", "experiment") and not unread:
+            shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
+    return " ".join([str(cfg.distill.variant), *shown, f"seed {cfg.seed}"])
 
 
 def _records_dir(cfg) -> Path:
@@ -120,40 +154,66 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     before = {j["run_id"]: (_status(j["record"]) or {}).get("status") for j in jobs}
     force = any(o.startswith("force=true") for o in overrides)
     skipped = [r for r, s in before.items() if s == "complete" and not force]
-    print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)", flush=True)
+    shared = sum(len(j.get("same_as", [])) for j in jobs)
+    print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)"
+          + (f"; {shared} more grid point(s) are one of these runs (keys their method does not read): "
+             "each runs once" if shared else ""), flush=True)
 
     log_dir = Path("multirun") / experiments[0]
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "last_sweep.log"
+    # one log per sweep (two sweeps of one experiment at once must not write into one file)
+    log_path = log_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
     # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
     stale = {j["run_id"]: _mtime(j["record"]) for j in jobs if j["run_id"] not in seen}
+    keys = varying(jobs)
+    stopped: list[int] = []
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
-        while True:
-            done = proc.poll() is not None
-            _progress(jobs, seen, t0, len(jobs), stale)
-            if done:
-                break
-            time.sleep(1.0)
+
+        def forward(signum, frame):  # SIGTERM to the sweep stops its jobs (they record `interrupted`)
+            stopped.append(signum)
+            proc.send_signal(signum)
+
+        old_term = signal.signal(signal.SIGTERM, forward)
+        try:
+            while True:
+                try:
+                    done = proc.poll() is not None
+                    _progress(jobs, seen, t0, len(jobs), stale, keys)
+                    if done:
+                        break
+                    time.sleep(1.0)
+                except KeyboardInterrupt:  # Ctrl-C reached the job too (same process group): let it stop cleanly
+                    if not stopped:
+                        stopped.append(signal.SIGINT)
+                        proc.send_signal(signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
     rc = proc.returncode
     final = {j["run_id"]: (_status(j["record"]) or {}) for j in jobs}
     complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
-    failed = [(r, rec) for r, rec in final.items() if rec.get("status") in ("failed", "diverged", "running")]
+    failed = [(r, rec) for r, rec in final.items()
+              if rec.get("status") in ("failed", "diverged", "running", "interrupted")]
     missing = [r for r, rec in final.items() if not rec]
     mins = (time.time() - t0) / 60
-    print(f"\nsweep '{exp}' finished in {mins:.1f} min: {len(complete)} complete, {len(failed)} failed, "
-          f"{len(missing)} without a record; log: {log_path}")
+    print(f"\nsweep '{exp}' {'stopped' if stopped else 'finished'} after {mins:.1f} min: {len(complete)} complete, "
+          f"{len(failed)} failed or interrupted, {len(missing)} without a record; log: {log_path}")
     for r, rec in failed:
         first = (rec.get("error") or rec.get("status") or "").splitlines()[0][:200] if rec else ""
-        print(f"  FAILED {r}: {first}")
-    if missing:
+        print(f"  {rec.get('status', 'failed').upper()} {r}: {first}")
+    if missing and not stopped:
         print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
         tail = log_path.read_text().strip().splitlines()[-8:]
         print("  " + "\n  ".join(tail))
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        print(f"kdbench sweep: stopped by {name}; the same command resumes it (complete runs are skipped, "
+              "interrupted ones resume from their last checkpoint)")
+        return 128 + stopped[0]
     lg = cfg0.get("logger") or {}
     to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
     for name in experiments if report else []:
@@ -177,6 +237,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     return 0 if ok else 1
 
 
+FINAL = ("complete", "failed", "diverged", "interrupted")
+
+
 def _mtime(path: Path) -> int | None:
     try:
         return path.stat().st_mtime_ns
@@ -184,7 +247,7 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None) -> None:
+def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None, keys: list[str] | None = None) -> None:
     """Print one line per job whose record reached a final status since the last call.
 
     ``stale`` maps run ids to the modification time their record had when the sweep started: a
@@ -199,13 +262,13 @@ def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None
         if not rec:
             continue
         st = rec.get("status")
-        if st in ("complete", "failed", "diverged") and seen.get(rid) != st:
+        if st in FINAL and seen.get(rid) != st:
             seen[rid] = st
-            n = sum(1 for s in seen.values() if s in ("complete", "failed", "diverged"))
+            n = sum(1 for s in seen.values() if s in FINAL)
             acc = ((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc")
             extra = f"test acc {100 * acc:.2f}%" if acc is not None else (rec.get("error") or "")[:80]
-            print(f"[{n:>3}/{total}] {st:<8} {rec.get('variant')} seed {rec.get('seed')}  {extra}  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+            what = label(j, keys or []) if "cfg" in j else f"{rec.get('variant')} seed {rec.get('seed')}"
+            print(f"[{n:>3}/{total}] {st:<8} {what}  {extra}  ({time.time() - t0:.0f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

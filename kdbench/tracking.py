@@ -80,13 +80,14 @@ def log_final(loggers: list, last_test: dict, best_test: dict, teacher_test: dic
         lg.log_metrics(flat)
 
 
-def finish_wandb() -> None:
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the W&B run, as failed when ``exit_code`` is not 0 (a failed, diverged or interrupted run)."""
     try:
         import wandb
 
         if wandb.run is not None:
             # finish it, so that the next run in this process (Hydra's basic launcher runs a whole sweep in
             # one process) gets its own W&B run instead of logging into this one
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
     except Exception as e:  # never let tracker shutdown sink a run
         log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)

@@ -25,7 +25,7 @@ from kdbench.credentials import scrub_hydra_files
 from kdbench.errors import ConfigError, DivergedError, KDBenchError
 from kdbench.identity import run_id_of
 from kdbench.provenance import device_name, in_multirun, overrides, versions
-from kdbench.records import complete_record, jsonable, summary, write_record
+from kdbench.records import complete_record, jsonable, run_lock, summary, write_record
 
 log = logging.getLogger("kdbench")
 
@@ -47,12 +47,24 @@ def load_data(dataset: dict):
 
 
 def run(cfg: DictConfig) -> dict:
-    """One run; returns its record. Raises KDBenchError for bad input (before anything is written)."""
+    """One run; returns its record. Raises KDBenchError for bad input (before anything is written),
+    :class:`~kdbench.interrupts.RunInterrupted` on Ctrl-C / SIGTERM (the record says ``interrupted``)."""
+    from kdbench.interrupts import trapped
+
+    with trapped() as trap:
+        try:
+            return _run(cfg, trap)
+        except BaseException as e:
+            trap.raise_if_caught(e)  # whatever Lightning made of the signal (SystemExit, KeyboardInterrupt)
+            raise
+
+
+def _run(cfg: DictConfig, trap) -> dict:
     import pytorch_lightning as pl
 
-    from kdbench import teachers, tracking
+    from kdbench import teachers
     from kdbench.distill import DistillModule, OptimSpec, SchedSpec
-    from kdbench.engine import FitSpec, check_every, fit_and_test
+    from kdbench.engine import FitSpec, check_every
     from kdbench.methods import build_method
     from kdbench.models import build_model
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
@@ -108,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
         "dataset": conf["dataset"]["name"], "dataset_info": jsonable(data.info),
         "teacher_arch": None if scratch else conf["teacher"]["arch"], "student_arch": conf["student"]["arch"],
         # what the loss actually used: a scratch run trains on labels only, alpha = 1
-        "distill": {**d, **({"alpha": 1.0} if scratch else {})}, "teacher_signal": signal.kind,
+        "distill": d, "teacher_signal": signal.kind,  # a scratch run: {variant, method none, alpha 1}
         "metrics": {}, "teacher": None, "history": [], "reliability": {},
         "versions": versions(), "device": device_name(trainer["accelerator"]), "host": socket.gethostname(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,10 +131,25 @@ def run(cfg: DictConfig) -> dict:
     if (tmeta or getattr(signal, "header", None)) and not scratch:  # a captured signal names its teacher
         t = tmeta or {**signal.header["teacher"], "path": None, "capture": str(conf["teacher_capture"]["path"])}
         record["teacher"] = {k: t.get(k) for k in ("key", "name", "arch", "test", "path", "capture") if k in t}
+    with run_lock(ckpt_root / cfg.experiment_name / f"{run_id}.lock", record_path, run_id, wait=in_multirun()):
+        done = None if cfg.force else complete_record(record_path)
+        if done is not None:  # another job of the sweep was this run, and finished it while we waited
+            print(f"kdbench: {run_id} already complete, record {record_path}")
+            return done
+        return _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, t0=t0, trap=trap)
+
+
+def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, *, t0: float, trap) -> dict:
+    """Write the ``running`` record, fit and test, then the final record (whatever ended the run) and close W&B."""
+    from kdbench import teachers, tracking
+    from kdbench.engine import fit_and_test
+
+    d = conf["distill"]
+    ckpt_root = _abs(cfg.paths.checkpoints_dir)
     write_record(record_path, record)
 
     # fit / test -> record
-    wandb_dir = None
+    wandb_dir, exit_code = None, 0
     try:
         loggers = tracking.make_loggers(
             conf.get("logger"), run_id=run_id, name=f"{d['variant']}-s{conf['seed']}", config=conf,
@@ -143,16 +170,27 @@ def run(cfg: DictConfig) -> dict:
         tracking.log_final(loggers, res.last["test"], res.best["test"], res.teacher_test)
     except DivergedError as e:
         record.update(status="diverged", error=str(e), diverged_step=e.step, history=module.history)
+        exit_code = 3
         raise
     except BaseException as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}".strip()[:2000],
-                      traceback=traceback.format_exc(limit=8)[-4000:], history=module.history)
+        if trap.signum is not None:  # Ctrl-C / SIGTERM, whatever Lightning turned it into
+            from kdbench.interrupts import RunInterrupted
+
+            sig = RunInterrupted(trap.signum)
+            done = len(module.history)
+            record.update(status="interrupted", error=f"{sig} after {done} epoch(s); the next invocation resumes "
+                                                     "from the last checkpoint", history=module.history)
+            exit_code = sig.exit_code
+        else:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}".strip()[:2000],
+                          traceback=traceback.format_exc(limit=8)[-4000:], history=module.history)
+            exit_code = 1
         raise
     finally:
         record.update(wall_time_s=round(time.time() - t0, 3), wandb_dir=wandb_dir,
                       finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_record(record_path, record)
-        tracking.finish_wandb()
+        tracking.finish_wandb(exit_code)
     record["record_path"] = str(record_path)
     print(summary(record, record_path))
     return record
@@ -163,8 +201,14 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the best validation accuracy (for sweepers that optimise)."""
     _quiet_libraries()
     scrub_hydra_files(cfg)
+    from kdbench.interrupts import RunInterrupted
+
     try:
         rec = run(cfg)
+    except RunInterrupted as e:
+        # also under -m: a stopped sweep stops, rather than going on to its next job
+        print(f"kdbench: {e}; record status 'interrupted' (run it again to resume)", file=sys.stderr)
+        sys.exit(e.exit_code)
     except KDBenchError as e:
         if in_multirun():
             raise
