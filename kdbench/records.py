@@ -89,17 +89,23 @@ def read_record(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def iter_records(root: str | os.PathLike) -> Iterable[tuple[Path, dict]]:
-    """Yield ``(path, record)`` for every ``*.json`` record under ``root`` (unreadable files skipped)."""
+def iter_records(root: str | os.PathLike, problems: list | None = None) -> Iterable[tuple[Path, dict]]:
+    """Yield ``(path, record)`` for every ``*.json`` record under ``root``; a file that cannot be read
+    or is not a run record is skipped, and appended to ``problems`` as ``(path, reason)`` when given."""
     for p in sorted(Path(root).rglob("*.json")):
         if p.name.startswith("."):
             continue
         try:
             rec = read_record(p)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if problems is not None:
+                problems.append((p, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"))
             continue
         if isinstance(rec, dict) and rec.get("schema") == SCHEMA_VERSION and "run_id" in rec:
             yield p, rec
+        elif problems is not None:
+            what = f"schema {rec.get('schema')!r}, not {SCHEMA_VERSION}" if isinstance(rec, dict) else type(rec).__name__
+            problems.append((p, f"not a run record ({what})"))
 
 
 def flatten_record(rec: dict) -> dict:

@@ -226,6 +226,8 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
         table = out.get("markdown") or ""
         if table:
             print("\n" + table)
+        for w in out.get("warnings") or []:
+            print(f"warning: {w}")
         print(f"\ntables and plots: {out.get('out_dir')}")
         print(f"run records:      {_records_dir(cfg)}")
     if report and complete:

@@ -650,3 +650,31 @@ def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp
         assert (out_dir / n).is_symlink() and os.readlink(out_dir / n) == str(victim)
     for p in out["plots"].values():
         assert not p.is_symlink() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unreadable_record_is_listed_and_warned_not_silently_dropped(results, capsys):
+    path = results / "runs" / EXP / "kd-1.json"
+    path.write_text(path.read_text()[:200])  # truncated (a copy cut short, a full disk)
+    assert report.main(["--experiment", EXP, "--results", str(results)]) == 0
+    out, err = capsys.readouterr()
+    section = out.split("## Failed runs", 1)[1]
+    assert "unreadable" in section and str(path) in section
+    assert f"warning: {EXP}: unreadable record left out of the table: {path}" in err
+    summary, _ = table(results)
+    assert row(summary, variant="kd")["n"] == 2  # the two readable kd runs, not three
+
+
+def test_a_copied_record_counts_once_and_a_disagreeing_copy_is_named(results, capsys):
+    src = results / "runs" / EXP / "kd-0.json"
+    (results / "runs" / EXP / "backup").mkdir()
+    (results / "runs" / EXP / "backup" / "kd-0.json").write_text(src.read_text())
+    summary, _ = table(results)
+    assert row(summary, variant="kd")["n"] == 3
+    assert row(summary, variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))
+    rec = record("kd", 0)
+    rec["metrics"]["last"]["test"]["acc"] = 0.5  # the copy says something else: the record at its own place wins
+    write_record(results / "runs" / EXP / "backup" / "kd-0.json", rec)
+    assert report.main(["--experiment", EXP, "--results", str(results), "--no-print"]) == 0
+    err = capsys.readouterr().err
+    assert "DISAGREES" in err and "backup" in err
+    assert row(table(results)[0], variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))

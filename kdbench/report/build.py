@@ -66,9 +66,18 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
             if path is not None:
                 plots[name] = path
     result = {"out_dir": out_dir, "tables": tables, "plots": plots, "markdown": tables["md"].read_text(),
-              "display": display, "summary": summary, "wandb_dir": None}
+              "display": display, "summary": summary, "wandb_dir": None, "warnings": record_warnings(df)}
     if wandb_log:
         from kdbench.report.tracking import log_report
 
         result["wandb_dir"] = log_report(experiment, out_dir, display, summary, plots)
     return result
+
+
+def record_warnings(df) -> list[str]:
+    """One line per record file left out of the table: unreadable ones, and copies of a run's record."""
+    out = [f"unreadable record left out of the table: {u['path']}: {u['reason']}" for u in df.attrs.get("unreadable") or []]
+    for d in df.attrs.get("duplicates") or []:
+        how = "an identical copy" if d["agree"] else "a copy that DISAGREES (status or metrics)"
+        out.append(f"run {d['run_id']}: {d['dropped']} is {how} of {d['kept']}; counted once, from {d['kept']}")
+    return out

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             res = make_report(records, exp, out_dir=out_dir, wandb_log=args.wandb, frame=frame)
             if args.print_table:
                 print(res["markdown"])
+            for w in res.get("warnings") or []:
+                print(f"kdbench-report: warning: {exp}: {w}", file=sys.stderr)
             print(f"kdbench-report: {exp}: wrote {', '.join(str(p) for p in [*res['tables'].values(), *res['plots'].values()])}",
                   file=sys.stderr)
     except KDBenchError as e:

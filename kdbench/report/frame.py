@@ -129,21 +129,44 @@ def experiments_under(records_dir: str | os.PathLike) -> list[str]:
     return sorted({str(r.get("experiment")) for _, r in iter_records(root) if r.get("experiment") is not None})
 
 
-def iter_experiment_records(records_dir: str | os.PathLike,
-                            experiment: str | None) -> Iterator[tuple[Path, dict]]:
+def iter_experiment_records(records_dir: str | os.PathLike, experiment: str | None,
+                            problems: list | None = None) -> Iterator[tuple[Path, dict]]:
     """``(path, record)`` of every record of ``experiment`` (any status) under ``records_dir``.
 
     ``records_dir`` may be the runs directory or the experiment's folder; ``experiment=None``
-    yields every record found. Nothing when the folder does not exist.
+    yields every record found. Nothing when the folder does not exist. Files in that folder that
+    cannot be read as records go to ``problems`` as ``(path, reason)``.
     """
     from kdbench.records import iter_records
 
     root = records_root(records_dir, experiment) if experiment is not None else Path(records_dir)
     if not root.is_dir():
         return
-    for p, r in iter_records(root):
+    for p, r in iter_records(root, problems):
         if experiment is None or r.get("experiment") == experiment:
             yield p, r
+
+
+def dedupe_records(found: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """One record per run id: a copied record (a backup in a sub-folder) must not count twice.
+
+    The record at its own place (``<experiment>/<run_id>.json``) is kept, else the shallowest;
+    returns the kept records and ``{run_id, kept, dropped, agree}`` per duplicate, ``agree`` False
+    when the copies differ in status or metrics.
+    """
+    by_id: dict[str, list[tuple[Path, dict]]] = {}
+    for p, r in found:
+        by_id.setdefault(str(r.get("run_id")), []).append((p, r))
+    kept, dups = [], []
+    for rid, items in by_id.items():
+        items.sort(key=lambda pr: (pr[0].name != f"{rid}.json" or pr[0].parent.name != str(pr[1].get("experiment")),
+                                   len(pr[0].parts), str(pr[0])))
+        kept.append(items[0])
+        for p, r in items[1:]:
+            same = (r.get("status"), r.get("metrics")) == (items[0][1].get("status"), items[0][1].get("metrics"))
+            dups.append({"run_id": rid, "kept": str(items[0][0]), "dropped": str(p), "agree": same})
+    kept.sort(key=lambda pr: str(pr[0]))
+    return kept, dups
 
 
 def config_leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -238,17 +261,24 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
 
     recs: list[dict] = []
     rows: list[dict] = []
-    for p, r in iter_experiment_records(records_dir, experiment):
+    problems: list[tuple[Path, str]] = []
+    found, dups = dedupe_records(list(iter_experiment_records(records_dir, experiment, problems)))
+    for p, r in found:
         recs.append(r)
         rows.append(flatten_record(r) | {"path": str(p)})
     if not rows:
-        found = experiments_under(runs_root(records_dir, experiment))
+        found_exps = experiments_under(runs_root(records_dir, experiment))
+        bad = f"; unreadable: {', '.join(f'{p} ({why})' for p, why in problems)}" if problems else ""
         raise ReportError("experiment", f"no run records for experiment '{experiment}' under "
-                                        f"{runs_root(records_dir, experiment)} (found: {', '.join(found) or 'none'})")
+                                        f"{runs_root(records_dir, experiment)} (found: {', '.join(found_exps) or 'none'})"
+                                        + bad)
     add_config_columns(rows, recs)
     for row, r in zip(rows, recs):
         row.update(published_fields(r.get("config"), r.get("dataset"), r.get("variant")))
-    return pd.DataFrame(rows), recs
+    df = pd.DataFrame(rows)
+    df.attrs["unreadable"] = [{"path": str(p), "reason": why} for p, why in problems]
+    df.attrs["duplicates"] = dups
+    return df, recs
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,10 +539,12 @@ def default_group_cols(df) -> tuple[str, ...]:
 
 
 def failed_rows(df) -> list[dict]:
-    """``run_id, variant, seed, status, error`` (first line) of every run that did not complete."""
+    """``run_id, variant, seed, status, error`` (first line) of every run that did not complete, and
+    of every record file that could not be read (status ``unreadable``: its run is not in the table)."""
     if df is None or not len(df):
         return []
-    out = []
+    out = [{"run_id": None, "variant": None, "seed": None, "status": "unreadable", "error": f"{u['path']}: {u['reason']}"}
+           for u in df.attrs.get("unreadable") or []]
     for r in df.to_dict("records"):
         if r.get("status") != "complete":
             err = r.get("error")
