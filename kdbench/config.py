@@ -205,6 +205,9 @@ def validate(cfg) -> None:
     logger = _get(cfg, "logger") or {}
     if "wandb" in logger:
         _choice(cfg, "logger.wandb.mode", WANDB_MODES)
+    from kdbench import schema
+
+    schema.check(cfg)  # the floor under the checks above: every key known, every value of its kind
     check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
 
 
