@@ -208,7 +208,7 @@ def validate(cfg) -> None:
     from kdbench import schema
 
     schema.check(cfg)  # the floor under the checks above: every key known, every value of its kind
-    check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
+    check_output_folders(cfg)
 
 
 #: strategies that run a multi-device fit in processes spawned from this one (results come back to it)
@@ -233,13 +233,51 @@ def validate_devices(cfg) -> None:
 
 
 def check_writable(path: str, key: str) -> None:
-    """The nearest existing ancestor of ``path`` must be a writable directory."""
+    """``path`` can be written: it is a writable folder, or the nearest existing ancestor is one (and
+    nothing on the way is a file or a broken symbolic link)."""
     p = Path(path).absolute()
     probe = p
-    while not probe.exists():
+    while not os.path.lexists(probe):
         probe = probe.parent
+    if probe.is_symlink() and not probe.exists():
+        raise ConfigError(key, f"{probe} is a broken symbolic link (to {os.readlink(probe)}); fix or remove it")
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(key, f"{p} is not writable (nearest existing folder: {probe})")
+
+
+def check_output_folders(cfg) -> None:
+    """Every folder a run writes into, each named by its key, before any work."""
+    exp = str(_get(cfg, "experiment_name"))
+    check_writable(str(_get(cfg, "paths.results_dir")), "paths.results_dir")
+    check_writable(str(Path(str(_get(cfg, "paths.runs_dir"))) / exp), "paths.runs_dir")
+    check_writable(str(Path(str(_get(cfg, "paths.checkpoints_dir"))) / exp), "paths.checkpoints_dir")
+    if not is_scratch(cfg) or _get(cfg, "teacher_only"):
+        check_writable(str(_get(cfg, "paths.teachers_dir")), "paths.teachers_dir")
+    logger = _get(cfg, "logger") or {}
+    if "wandb" in logger and _get(cfg, "logger.wandb.mode") != "disabled":
+        check_writable(str(_get(cfg, "paths.wandb_dir")), "paths.wandb_dir")
+    if "csv" in logger:
+        check_writable(str(_get(cfg, "logger.csv.save_dir")), "logger.csv.save_dir")
+
+
+#: (key, low, high, what published recipes use): a value outside is allowed but announced
+UNUSUAL = (("distill.tau", 0.5, 50.0, "published recipes use tau from 1 to 20"),
+           ("dataset.batch_size", 2, 8192, "published recipes use 32 to 4096"),
+           ("optim.lr", 1e-6, 5.0, "published recipes use 1e-5 to 1"),
+           ("trainer.max_epochs", 1, 5000, "published recipes train up to a few hundred epochs"))
+
+
+def unusual_values(cfg) -> list[str]:
+    """One line per value far outside what any published recipe uses (a typo such as tau=1e9 or
+    batch_size=100000 runs, but not silently)."""
+    out = []
+    for key, lo, hi, usual in UNUSUAL:
+        if key.startswith("distill.") and is_scratch(cfg):
+            continue
+        v = _get(cfg, key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
+            out.append(f"{key}={v:g} is far outside [{lo:g}, {hi:g}] ({usual}); running anyway")
+    return out
 
 
 def check_class_counts(dataset_classes: int, cfg) -> None:

@@ -32,7 +32,8 @@ def is_computational(dotted: str) -> bool:
 
 def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a resolved config (plain dicts) without the keys that do not change the computation
-    (``teacher_cache`` only matters to runs whose teacher signal is the cache)."""
+    (``teacher_cache`` only matters to runs whose teacher signal is the cache, ``teacher`` only to runs
+    that distill)."""
 
     def strip(node: Any, prefix: str) -> Any:
         if not isinstance(node, Mapping):
@@ -40,6 +41,11 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if is_computational(f"{prefix}{k}")}
 
     out = strip(cfg, "")
+    d = out.get("distill") or {}
+    if d.get("method") == "none" or d.get("enabled") is False:
+        # trained on labels only: no teacher is built, so which one the config names changes nothing
+        # (`distill=kd,none teacher=a,b` trains the scratch student once)
+        out.pop("teacher", None)
     if out.get("teacher_signal") != "cached":
         out.pop("teacher_cache", None)
     if out.get("teacher_signal") != "captured":

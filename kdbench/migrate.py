@@ -11,8 +11,8 @@ only when the computation is provably the one that ran:
   ``32-true``, no channels-last);
 - every key that is new today has the value that reproduces the old behaviour (``data_seed`` =
   ``seed``, ``distill.method`` = ``kd`` or ``none``, ``teacher_signal`` = ``online`` or ``none``);
-- a key that is gone today is a distillation key of a scratch run (trained on labels only, it never
-  read one).
+- a scratch run (trained on labels only) is compared without its distillation keys and teacher: it
+  read none of them.
 
 Anything else is left where it is and reported. A migrated record keeps its metrics and history
 as written; its ``config`` becomes today's resolved config and ``migrated_from`` lists its earlier ids.
@@ -73,6 +73,10 @@ def differences(rec: dict, conf: dict) -> list[str]:
     """Why ``conf`` (today's resolved config of the record's job) is not the computation ``rec`` ran."""
     old, new = _leaves(computational(rec.get("config") or {})), _leaves(computational(conf))
     out = []
+    if (conf.get("distill") or {}).get("method") == "none":
+        # a scratch run read no distillation key (its loss is CE alone, alpha = 1, whatever was written)
+        old = {k: v for k, v in old.items() if not k.startswith("distill.")}
+        new = {k: v for k, v in new.items() if not k.startswith("distill.")}
     for key in sorted(set(old) | set(new)):
         if key in old and key in new:
             if _old_value_resolved(key, old[key], rec.get("device")) != new[key]:
@@ -81,9 +85,8 @@ def differences(rec: dict, conf: dict) -> list[str]:
             want = _expected_new(key, rec, conf)
             if want is KeyError or want != new[key]:
                 out.append(f"{key}: new key with {new[key]!r}")
-        elif not (key.startswith("distill.") and (conf.get("distill") or {}).get("method") == "none"):
+        else:
             out.append(f"{key}: {old[key]!r} then, gone now")
-        # else: a distillation key of a scratch run (labels only): it never did anything
     return out
 
 

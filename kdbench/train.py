@@ -6,6 +6,7 @@ Each step's machinery lives in its own module; this one only wires them, top to 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from kdbench.config import check_class_counts, is_scratch, resolve, validate
+from kdbench.config import check_class_counts, is_scratch, resolve, unusual_values, validate
 from kdbench.credentials import scrub_hydra_files
 from kdbench.errors import ConfigError, DivergedError, KDBenchError
 from kdbench.identity import run_id_of
@@ -71,6 +72,9 @@ def _run(cfg: DictConfig, trap) -> dict:
 
     t0 = time.time()
     validate(cfg)
+    for w in unusual_values(cfg):
+        log.warning(w)
+        print(f"kdbench: warning: {w}", file=sys.stderr)
     conf = resolve(cfg)  # every `auto` resolved, credentials redacted: what is hashed and recorded
     run_id = run_id_of(conf)
     ignored = sorted(set(cfg.distill) - set(conf["distill"]))
@@ -219,7 +223,20 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"kdbench: error: {e}; record status 'diverged'", file=sys.stderr)
         sys.exit(3)
+    except OSError as e:
+        if in_multirun() or e.errno not in WRITE_ERRNOS:
+            raise
+        # a full disk, a read-only or foreign folder: one line naming the file, not a traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"kdbench: error: could not write{where}: {e.strerror or e}; the run record says 'failed' "
+              "(free space or fix the folder, then run it again: it resumes)", file=sys.stderr)
+        sys.exit(4)
     return float((((rec.get("metrics") or {}).get("best") or {}).get("val") or {}).get("acc", 0.0))
+
+
+#: errors of writing files (disk full, quota, read-only, permissions, a file where a folder should be)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR, errno.EFBIG}
 
 
 _NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",
