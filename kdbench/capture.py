@@ -209,16 +209,17 @@ def _top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau:
     """``[N, V, k]`` indices and log-probabilities (at ``tau``) of the teacher on every view of every row."""
     from kdbench.data import TensorLoader
 
-    loader = TensorLoader(x, y, bs, augment=family, mean=data.mean, std=data.std)
+    device = next(iter(teacher.parameters()), torch.empty(0)).device  # run where the teacher is
+    loader = TensorLoader(x, y, bs, augment=family, mean=data.mean, std=data.std).to(device)
     idx_out = np.zeros((x.shape[0], n_views, k), np.int64)
     lp_out = np.zeros((x.shape[0], n_views, k), np.float32)
     for v in range(n_views):
         for start in range(0, x.shape[0], bs):
-            rows = torch.arange(start, min(start + bs, x.shape[0]))
+            rows = torch.arange(start, min(start + bs, x.shape[0]), device=device)
             logp = torch.log_softmax(teacher(loader.view_batch(rows, torch.full_like(rows, v))).float() / tau, -1)
             top = logp.topk(k, dim=-1)
-            idx_out[start:start + len(rows), v] = top.indices.numpy()
-            lp_out[start:start + len(rows), v] = top.values.numpy()
+            idx_out[start:start + len(rows), v] = top.indices.cpu().numpy()
+            lp_out[start:start + len(rows), v] = top.values.cpu().numpy()
     return idx_out, lp_out
 
 
