@@ -166,7 +166,7 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
 
     import numpy as np
 
-    from kdbench.capture import _top_k, write_store
+    from kdbench.capture import top_k, write_store
     from kdbench.data import TensorLoader, load_dataset
     from kdbench.data import augment as aug
     from kdbench.losses import topk_kd_loss
@@ -199,8 +199,8 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
             cache_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             with torch.inference_mode():
-                cap = {"train": _top_k(teacher, data.train_x, data.train_y, family, views, data, 512, k, 1.0),
-                       "test": _top_k(teacher, data.test_x, data.test_y, "none", 1, data, 512, k, 1.0)}
+                cap = {"train": top_k(teacher, data.train_x, data.train_y, family, views, data, 512, k, 1.0),
+                       "test": top_k(teacher, data.test_x, data.test_y, "none", 1, data, 512, k, 1.0)}
             write_store(Path(tmp) / "cap", {"k": k, "capture_tau": 1.0}, cap)
             capture_s = time.perf_counter() - t0
             signals = {"online": OnlineSignal(teacher), "cached": CachedSignal(Path(tmp) / "cache", p),

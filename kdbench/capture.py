@@ -172,7 +172,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     arrays = {}
     with torch.inference_mode():
         for split, x, y, fam, nv in splits:
-            arrays[split] = _top_k(teacher, x, y, fam, nv, data, bs, k, tau)
+            arrays[split] = top_k(teacher, x, y, fam, nv, data, bs, k, tau)
     header = {"format": "kdbench-capture-1", "values": "log_probs", "k": k, "capture_tau": tau,
               "num_classes": data.num_classes, "family": family if views == "all" else "none",
               "views": {s: int(arrays[s][0].shape[1]) for s in arrays},
@@ -205,7 +205,7 @@ def _existing(out: Path, want: dict) -> bool:
     return True
 
 
-def _top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: float):
+def top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: float):
     """``[N, V, k]`` indices and log-probabilities (at ``tau``) of the teacher on every view of every row."""
     from kdbench.data import TensorLoader
 

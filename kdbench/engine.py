@@ -183,6 +183,10 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
                                   enable_version_counter=False)
         callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
+    if logger:
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # the schedule, in W&B / CSV
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     done = _usable_checkpoint(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None

@@ -222,7 +222,12 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
             continue
         from kdbench.report import make_report
 
-        out = make_report(Path(cfg.paths.runs_dir).absolute(), name, wandb_log=to_wandb)
+        # a report run in W&B only when this sweep completed runs of the experiment (not on every re-run),
+        # in the project / entity / mode of the sweep's own runs
+        fresh = any(j["run_id"] in complete and j["run_id"] not in skipped for j in jobs
+                    if j["cfg"].experiment_name == name)
+        wb = {k: lg.wandb.get(k) for k in ("project", "entity", "mode")} if to_wandb and fresh else False
+        out = make_report(Path(cfg.paths.runs_dir).absolute(), name, wandb_log=wb)
         table = out.get("markdown") or ""
         if table:
             print("\n" + table)

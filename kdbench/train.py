@@ -156,7 +156,8 @@ def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, 
     wandb_dir, exit_code = None, 0
     try:
         loggers = tracking.make_loggers(
-            conf.get("logger"), run_id=run_id, name=f"{d['variant']}-s{conf['seed']}", config=conf,
+            conf.get("logger"), run_id=run_id, name=tracking.run_name(d["variant"], conf["seed"], record["overrides"]),
+            config=conf, fresh=bool(cfg.force),
             group_tags=[d["variant"], conf["dataset"]["name"]], wandb_dir=_abs(cfg.paths.wandb_dir),
             experiment=cfg.experiment_name,
             csv_dir=_abs(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None)
@@ -171,7 +172,7 @@ def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, 
                 log.warning("teacher %s: %s", record["teacher"].get("name"), warning)
                 record["teacher"]["drift"] = warning
             record["teacher"].update(registry_test=record["teacher"].get("test"), test=res.teacher_test)
-        tracking.log_final(loggers, res.last["test"], res.best["test"], res.teacher_test)
+        tracking.log_final(loggers, res.last, res.best, res.teacher_test, record)
     except DivergedError as e:
         record.update(status="diverged", error=str(e), diverged_step=e.step, history=module.history)
         exit_code = 3

@@ -35,11 +35,11 @@ def _wait_for_checkpoint(proc: subprocess.Popen, results: Path, timeout: float =
     raise AssertionError(f"the run never reached its first checkpoint (rc {proc.poll()})")
 
 
-def _wandb_exit_code(stream: Path) -> int:
-    """The exit code in an offline W&B run file (a LevelDB-style log of protobuf records), read independently."""
+def wandb_records(stream: Path) -> list:
+    """The protobuf records of an offline W&B run file (a LevelDB-style log), read independently of wandb's SDK."""
     from wandb.proto import wandb_internal_pb2 as pb2
 
-    data, pos, buf, codes = stream.read_bytes(), 7, b"", []
+    data, pos, buf, out = stream.read_bytes(), 7, b"", []
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
@@ -55,10 +55,23 @@ def _wandb_exit_code(stream: Path) -> int:
             rec = pb2.Record()
             rec.ParseFromString(buf)
             buf = b""
-            if rec.WhichOneof("record_type") == "exit":
-                codes.append(rec.exit.exit_code)
+            out.append(rec)
+    return out
+
+
+def _wandb_exit_code(stream: Path) -> int:
+    codes = [r.exit.exit_code for r in wandb_records(stream) if r.WhichOneof("record_type") == "exit"]
     assert len(codes) == 1, codes
     return codes[0]
+
+
+def _summary_keys(stream: Path) -> set[str]:
+    keys = set()
+    for r in wandb_records(stream):
+        if r.WhichOneof("record_type") == "summary":
+            for item in r.summary.update:
+                keys.add("/".join(item.nested_key) if item.nested_key else item.key)
+    return keys
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -80,12 +93,19 @@ def test_a_signal_mid_training_exits_128_plus_n_records_interrupted_and_the_next
     (stream,) = (results / "wandb").rglob("run-*.wandb")
     assert _wandb_exit_code(stream) == code  # W&B closed the run as failed, not as a success
     if sig == signal.SIGTERM:  # the same command resumes where it stopped, and completes
-        again = subprocess.run(args[:-2] + ["logger=none", f"trainer.max_epochs={EPOCHS}"], cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=600)
+        again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "kdbench: resuming" in again.stdout and f"of {EPOCHS}" in again.stdout
         rec = read_record(path)
         assert rec["status"] == "complete" and rec["resumed_from"] and len(rec["history"]) == EPOCHS
+        # one run, one W&B run: the resumed invocation continued the same W&B run id
+        from kdbench.tracking import wandb_id
+
+        dirs = sorted((results / "wandb").glob("offline-run-*"))
+        wid = wandb_id("sig", rec["run_id"])
+        assert len(dirs) == 2 and all(d.name.endswith("-" + wid) for d in dirs), dirs
+        keys = _summary_keys(sorted(dirs[-1].glob("run-*.wandb"))[0])
+        assert {"last/test/acc", "best/test/acc", "last/epoch", "best/epoch", "best/val/acc"} <= keys, keys
 
 
 def test_sigterm_to_a_sweep_stops_its_job_which_records_interrupted(tmp_path):

@@ -41,7 +41,7 @@ def build_table(records_dir: str | os.PathLike, experiment: str, group_cols: Seq
 
 
 def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | os.PathLike | None = None,
-                wandb_log: bool = False, group_cols: Sequence[str] | None = None, frame=None) -> dict:
+                wandb_log: bool | dict = False, group_cols: Sequence[str] | None = None, frame=None) -> dict:
     """Tables and plots of one experiment into ``out_dir`` (default ``<results>/<experiment>``).
 
     Returns ``{"out_dir", "tables": {md, tex, csv}, "plots": {name: path}, "markdown", "display",
@@ -70,7 +70,9 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
     if wandb_log:
         from kdbench.report.tracking import log_report
 
-        result["wandb_dir"] = log_report(experiment, out_dir, display, summary, plots)
+        display.attrs["run_ids"] = [r for r in df.get("run_id", [])] if "run_id" in df else []
+        result["wandb_dir"] = log_report(experiment, out_dir, display, summary, plots,
+                                         settings=wandb_log if isinstance(wandb_log, dict) else None)
     return result
 
 

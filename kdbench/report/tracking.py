@@ -63,9 +63,12 @@ def load_wandb_runs(path: str, experiment: str, timeout: int = 30):
         }
         row.update({f"distill_{k}": v for k, v in distill.items()})
         for k, v in summ.items():
-            m = re.fullmatch(r"final/(last|best)_(\w+)", k)
+            m = re.fullmatch(r"(last|best)/(val|test)/(\w+)", k)
+            old = re.fullmatch(r"final/(last|best)_(\w+)", k)  # runs logged before the per-protocol summary
             if m:
-                row[f"{m[1]}_test_{m[2]}"] = v
+                row[f"{m[1]}_{m[2]}_{m[3]}"] = v
+            elif old:
+                row[f"{old[1]}_test_{old[2]}"] = v
             elif k.startswith("teacher/"):
                 row[f"teacher_test_{k[8:]}"] = v
         row.update(published_fields(cfg, row["dataset"], row["variant"]))
@@ -75,19 +78,26 @@ def load_wandb_runs(path: str, experiment: str, timeout: int = 30):
     return pd.DataFrame(rows)
 
 
-def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str, Path]) -> str | None:
-    """Log the display table, the numeric summary and the figures to a ``job_type="report"`` W&B run
-    (``WANDB_MODE``, offline by default); returns the run's folder."""
+def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str, Path],
+               settings: dict | None = None) -> str | None:
+    """Log the display table, the numeric summary and the figures to a ``job_type="report"`` W&B run;
+    returns the run's folder. ``settings`` is the sweep's ``logger.wandb`` (project, entity, mode);
+    without it, ``WANDB_PROJECT`` / ``WANDB_ENTITY`` / ``WANDB_MODE`` (offline by default)."""
     import wandb
 
-    mode = os.environ.get("WANDB_MODE", "offline")
+    settings = settings or {}
+    mode = settings.get("mode") or os.environ.get("WANDB_MODE", "offline")
     if mode == "online" and not wandb_credentials():
         print("kdbench-report: warning: WANDB_MODE=online but no W&B credentials: logging offline", file=sys.stderr)
         mode = "offline"
     wdir = out_dir.parent
     wdir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "kdbench"), entity=os.environ.get("WANDB_ENTITY"),
+    run_ids = sorted(str(r) for r in display.attrs.get("run_ids") or [])
+    run = wandb.init(project=settings.get("project") or os.environ.get("WANDB_PROJECT", "kdbench"),
+                     entity=settings.get("entity") or os.environ.get("WANDB_ENTITY"),
                      group=experiment, job_type="report", name=f"report-{experiment}", mode=mode, dir=str(wdir),
+                     config={"experiment": experiment, "n_runs": len(run_ids), "run_ids": run_ids,
+                             "group_cols": [str(c) for c in display.attrs.get("group_cols") or []]},
                      reinit="create_new", settings=wandb.Settings(console="off", silent=True))
     try:
         clean = summary.astype(object).where(summary.notna(), None)
