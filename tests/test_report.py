@@ -194,7 +194,7 @@ def _tex_rows(tex: str) -> tuple[list[str], list[list[str]]]:
 def test_tables_written_with_protocol_bold_best_and_csv_round_trip(results, tmp_path):
     summary, display = table(results)
     paths = report.write_tables(display, tmp_path / "out", "ablation: digits")
-    assert {p.name for p in paths.values()} == {"table.md", "table.tex", "table.csv"}
+    assert {p.name for p in paths.values()} == {"table.md", "table.tex", "table_paper.tex", "table.csv"}
 
     md = paths["md"].read_text()
     assert report.PROTOCOL_NOTE in md
@@ -629,7 +629,7 @@ def test_concurrent_reports_of_one_experiment_all_succeed(results):
     for name in ("reliability.png", "learning_curves.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out_dir.iterdir()) == ["learning_curves.png", "reliability.png", "table.csv",
-                                                         "table.md", "table.tex"]  # no temporary file left
+                                                         "table.md", "table.tex", "table_paper.tex"]  # no temp file
 
 
 def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp_path):
@@ -678,3 +678,28 @@ def test_a_copied_record_counts_once_and_a_disagreeing_copy_is_named(results, ca
     err = capsys.readouterr().err
     assert "DISAGREES" in err and "backup" in err
     assert row(table(results)[0], variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))
+
+
+def test_the_paper_table_is_compact_booktabs_with_the_protocol_in_its_caption(results, tmp_path):
+    summary, display = table(results)
+    paths = report.write_tables(display, tmp_path / "o", "ablation: mlp → mlp_tiny on digits", summary=summary)
+    tex = paths["paper"].read_text()
+    header, rows = _tex_rows(tex)
+    assert header[0] == "variant" and len(header) <= 8 < len(display.columns)
+    assert "top-1 last (\\%)" in header and "ECE last" in header and "$\\Delta$ vs KD (pp)" in header
+    assert all("[" not in cell for row in rows for cell in row)  # intervals stay in the full table
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "CRD protocol" in tex
+    kd = [r for r in rows if r[0] == "kd"][0]
+    assert f"{100 * statistics.mean(ACC['kd']):.2f} $\\pm$" in kd[header.index("top-1 last (\\%)")]
+
+
+def test_the_generic_report_never_overwrites_a_studys_own_tables(results, capsys):
+    from kdbench.report.build import STUDY_MARKER
+
+    study = results / EXP
+    study.mkdir()
+    (study / STUDY_MARKER).write_text("hinton: rendered by its study\n")
+    (study / "table.md").write_text("the study's own table\n")
+    assert report.main(["--all", "--results", str(results), "--no-print"]) == 0
+    assert (study / "table.md").read_text() == "the study's own table\n"
+    assert (study / "generic" / "table.md").is_file() and "generic" in capsys.readouterr().err

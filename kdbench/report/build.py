@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def build_table(records_dir: str | os.PathLike, experiment: str, group_cols: Seq
     return summary, display
 
 
+#: a file in a results folder whose tables a study renders itself (kdbench/studies/)
+STUDY_MARKER = ".kdbench-study"
+
+
 def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | os.PathLike | None = None,
                 wandb_log: bool | dict = False, group_cols: Sequence[str] | None = None, frame=None) -> dict:
     """Tables and plots of one experiment into ``out_dir`` (default ``<results>/<experiment>``).
@@ -54,6 +59,12 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
         df, recs = load_experiment(records_dir, experiment)
     summary, display = build_table(records_dir, experiment, group_cols, frame=df)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(records_dir, experiment)
+    if (out_dir / STUDY_MARKER).is_file():
+        # a study renders its own tables into this folder: the generic report never overwrites them
+        out_dir = out_dir / "generic"
+        print(f"kdbench-report: {experiment}: {out_dir.parent} holds a study's own tables "
+              f"({(out_dir.parent / STUDY_MARKER).read_text().split(':')[0]}); the generic report goes to {out_dir}",
+              file=sys.stderr)
     caption = display.attrs.get("caption") or experiment
     tables = write_tables(display, out_dir, caption, summary=summary)
     gcols = display.attrs.get("group_cols")

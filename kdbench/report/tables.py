@@ -383,7 +383,8 @@ def write_text_files(out_dir: str | os.PathLike, files: Mapping[str, tuple[str, 
 
 def write_tables(display_df, out_dir: str | os.PathLike, caption: str, summary=None,
                  failed: list[dict] | None = None) -> dict[str, Path]:
-    """Write ``table.md``, ``table.tex`` and ``table.csv`` into ``out_dir``; return their paths.
+    """Write ``table.md``, ``table.tex`` (every column), ``table_paper.tex`` (the compact one) and
+    ``table.csv`` into ``out_dir``; return their paths.
 
     ``summary`` (numeric, for the CSV and for choosing the bold cells) and ``failed`` (rows for the
     "Failed runs" section) default to what :func:`kdbench.report.build_table` left in ``display_df.attrs``.
@@ -397,8 +398,31 @@ def write_tables(display_df, out_dir: str | os.PathLike, caption: str, summary=N
     return write_text_files(out_dir, {
         "md": ("table.md", render_markdown(display_df, caption, failed)),
         "tex": ("table.tex", render_latex(display_df, caption, summary, label=label)),
+        "paper": ("table_paper.tex", render_paper_latex(display_df, caption, summary, label=label + "-paper")),
         "csv": ("table.csv", csv_df.to_csv(index=False)),
     })
+
+
+#: the columns a paper's main table shows (when present), in this order
+PAPER_COLUMNS = ("top-1 last (%)", "top-1 best-epoch (%)", "published top-1 (%)", "Δ vs KD (pp)", "ECE last",
+                 "NLL last")
+
+
+def render_paper_latex(display_df, caption: str, summary=None, label: str | None = None) -> str:
+    """``table_paper.tex``: the compact table for a paper (fits a column: the grid columns, n and at
+    most six metrics as mean ± std); every other column stays in ``table.csv`` / ``table.tex``."""
+    n_left = len(display_df.attrs.get("group_cols") or ["variant"])
+    left = list(display_df.columns[:n_left])
+    keep = left + [c for c in ("n",) if c in display_df.columns] + [c for c in PAPER_COLUMNS if c in display_df.columns]
+    compact = display_df[keep].copy()
+    compact.attrs.update(display_df.attrs)
+    if "Δ vs KD (pp)" in compact.columns:  # the interval is in the full table; here the difference only
+        compact["Δ vs KD (pp)"] = [str(v).split(" [")[0] for v in compact["Δ vs KD (pp)"].tolist()]
+    mask = best_mask(display_df, summary)
+    bold = [[row[list(display_df.columns).index(c)] for c in keep] for row in mask] if mask is not None else None
+    cap = (tex_escape(caption) + ". Test set; " + tex_escape(PROTOCOL_NOTE)
+           + ". Intervals and every other column: table.tex / table.csv.")
+    return latex_table(compact, cap, label=label, bold=bold, n_left=n_left, position_float="centering")
 
 
 def read_summary_csv(path: str | os.PathLike):

@@ -476,8 +476,12 @@ def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tupl
 
 def write_outputs(study: Study, out_dir: str | Path) -> dict[str, Path]:
     """``table.md/.tex/.csv``, ``tau_table.csv`` and ``tau_curve.png`` into ``out_dir`` (atomic writes)."""
+    from kdbench.report.build import STUDY_MARKER
+
     out = Path(out_dir)
     paths = write_text_files(out, {
+        "marker": (STUDY_MARKER, "hinton: these tables are rendered by `python -m kdbench.studies.hinton`; the "
+                                 "generic report writes into generic/ instead\n"),
         "md": ("table.md", render_markdown(study)), "tex": ("table.tex", render_latex(study)),
         "csv": ("table.csv", study.table.to_csv(index=False)), "tau_csv": ("tau_table.csv", study.tau.to_csv(index=False)),
     })
