@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 DEFAULT_EXPERIMENT = "mnist_ablation"
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())  # kdbench/conf: a link to conf/, real files once installed
 
 
 def _err(msg: str) -> int:

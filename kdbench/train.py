@@ -29,6 +29,9 @@ from kdbench.provenance import device_name, in_multirun, overrides, versions
 from kdbench.records import complete_record, jsonable, run_lock, summary, write_record
 
 log = logging.getLogger("kdbench")
+#: the configs: kdbench/conf, a link to the top-level conf/ in a checkout, real files once installed
+#: (absolute, so Hydra reads the folder however kdbench was started: -m, a console script, -c)
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())
 
 
 def _abs(path: Any) -> Path:
@@ -201,7 +204,7 @@ def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, 
     return record
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the best validation accuracy (for sweepers that optimise)."""
     _quiet_libraries()

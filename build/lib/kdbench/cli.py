@@ -1,0 +1,145 @@
+"""The ``kdbench`` command: models, teacher import/list, and shortcuts to train/sweep/report.
+
+    kdbench models [--num-classes 100] [--family cifar]
+    kdbench teacher import PATH --arch resnet32x4 --dataset cifar100 [--root DIR] [--no-eval]
+    kdbench teacher list
+    kdbench train  [hydra overrides]      (= python -m kdbench.train)
+    kdbench sweep  [hydra overrides]      (= make sweep)
+    kdbench report --experiment NAME      (= make table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdbench.errors import KDBenchError
+
+
+def _models(args) -> int:
+    from kdbench.models import get_spec, model_names
+    from kdbench.models.profile import format_table, model_table
+
+    def keep(n: str) -> bool:
+        spec = get_spec(n)
+        if args.family == "cifar":
+            return spec.input_shape == (3, 32, 32)
+        return args.family is None or spec.family == args.family
+
+    names = [n for n in model_names() if keep(n)]
+    if not names:
+        raise KDBenchError("--family", f"no model in family {args.family!r}")
+    print(format_table(model_table(num_classes=args.num_classes, names=names)))
+    print(f"\n{len(names)} models; MACs per image at the input size shown (torch.utils.flop_counter, "
+          f"MACs = FLOPs / 2), {args.num_classes} classes")
+    return 0
+
+
+def _teacher_import(args) -> int:
+    from kdbench.config import DATASET_CLASSES
+    from kdbench.data import dataset_names
+    from kdbench.teachers import import_published, read_meta
+
+    if args.dataset not in dataset_names():
+        raise KDBenchError("--dataset", f"unknown dataset {args.dataset!r}; valid: {', '.join(dataset_names())}")
+    if not Path(args.path).is_file():
+        raise KDBenchError("PATH", f"no such file: {args.path}")
+    ds = {"name": args.dataset, "root": args.root, "download": False, "test_subset": args.test_subset}
+    if args.dataset in DATASET_CLASSES and args.root is None:
+        ds["root"] = "data"
+    entry = import_published(args.path, args.arch, ds, args.teachers_dir, evaluate=not args.no_eval)
+    meta = read_meta(entry)
+    acc = (meta.get("test") or {}).get("acc")
+    print(f"imported {args.path} as {entry}")
+    print(f"  arch {meta['arch']}, {meta['num_classes']} classes, test acc "
+          f"{'%.2f%%' % (100 * acc) if acc is not None else 'not measured (' + str(meta.get('note')) + ')'}")
+    print(f"  use it with: teacher.arch={args.arch} teacher.checkpoint={entry.name}")
+    return 0
+
+
+def _teacher_list(args) -> int:
+    from kdbench.teachers import entry_complete, read_meta
+
+    root = Path(args.teachers_dir)
+    entries = sorted(p for p in root.glob("*") if p.is_dir() and entry_complete(p)) if root.exists() else []
+    if not entries:
+        print(f"no teachers under {root}")
+        return 0
+    for e in entries:
+        m = read_meta(e)
+        acc = (m.get("test") or {}).get("acc")
+        print(f"{e.name:<55} {m.get('arch'):<16} classes {m.get('num_classes'):<4} "
+              f"test acc {'%.2f%%' % (100 * acc) if acc is not None else 'n/a'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdbench", description="knowledge-distillation benchmark harness")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models", help="every model's parameters and MACs")
+    m.add_argument("--num-classes", type=int, default=100)
+    m.add_argument("--family", default=None, help="only this family: cifar (the whole CIFAR zoo), resnet, wrn, vgg, mobilenet, shufflenet, mlp, cnn")
+    t = sub.add_parser("teacher", help="the teacher registry")
+    tsub = t.add_subparsers(dest="tcmd", required=True)
+    ti = tsub.add_parser("import", help="register a RepDistiller/mdistiller .pth teacher")
+    ti.add_argument("path")
+    ti.add_argument("--arch", required=True)
+    ti.add_argument("--dataset", required=True)
+    ti.add_argument("--root", default=None, help="dataset root for measuring test accuracy")
+    ti.add_argument("--teachers-dir", default="results/teachers")
+    ti.add_argument("--no-eval", action="store_true", help="skip measuring test accuracy")
+    ti.add_argument("--test-subset", type=int, default=None, help="measure on the first N test images only")
+    tl = tsub.add_parser("list", help="registered teachers")
+    tl.add_argument("--teachers-dir", default="results/teachers")
+    r = sub.add_parser("records", help="run records")
+    rsub = r.add_subparsers(dest="rcmd", required=True)
+    rsub.add_parser("migrate", help="re-key records written before run ids hashed resolved configs",
+                    add_help=False)
+    sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
+    for name in ("train", "sweep", "report"):
+        sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["capture"]:
+        from kdbench.capture import main as capture_main
+
+        return capture_main(argv[1:])
+    if argv[:2] == ["records", "migrate"]:
+        from kdbench.migrate import main as migrate_main
+
+        return migrate_main(argv[2:])
+    if argv and argv[0] in ("train", "sweep", "report"):
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "train":
+            from kdbench import train
+
+            sys.argv = ["kdbench.train", *rest]
+            train.main()
+            return 0
+        if cmd == "sweep":
+            from kdbench.sweep import main as sweep_main
+
+            return sweep_main(rest)
+        from kdbench.report import main as report_main
+
+        return report_main(rest)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "models":
+            return _models(args)
+        if args.cmd == "teacher" and args.tcmd == "import":
+            return _teacher_import(args)
+        if args.cmd == "teacher" and args.tcmd == "list":
+            return _teacher_list(args)
+    except KDBenchError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

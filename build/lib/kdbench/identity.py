@@ -1,0 +1,68 @@
+"""What makes two runs the same computation: the config keys that never do, and the run id.
+
+One list, used by the run id, the report's grouping columns and the sweep planner. A key is
+listed here when changing it cannot change a number the run produces (where files go, how
+progress is shown, how often the host checks for NaN, how big the evaluation batches are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: top-level config keys that never change what a run computes
+NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
+    "paths", "logger", "hydra", "resume", "force", "tags", "teacher_only", "experiment_name", "pair",
+)
+#: dotted keys below the top level that never change what a run computes
+NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (
+    "trainer.progress", "trainer.log_every_n_steps", "trainer.check_finite_every",
+    "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size",
+    "teacher.train_if_missing", "teacher_cache.max_gb",
+)
+
+
+def is_computational(dotted: str) -> bool:
+    """False for a key listed above or below one that is (``paths.runs_dir``, ``trainer.progress``)."""
+    top = dotted.split(".", 1)[0]
+    if top in NOT_COMPUTATIONAL_TOP:
+        return False
+    return not any(dotted == k or dotted.startswith(k + ".") for k in NOT_COMPUTATIONAL_KEYS)
+
+
+def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved config (plain dicts) without the keys that do not change the computation
+    (``teacher_cache`` only matters to runs whose teacher signal is the cache, ``teacher`` only to runs
+    that distill)."""
+
+    def strip(node: Any, prefix: str) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if is_computational(f"{prefix}{k}")}
+
+    out = strip(cfg, "")
+    d = out.get("distill") or {}
+    if d.get("method") == "none" or d.get("enabled") is False:
+        # trained on labels only: no teacher is built, so which one the config names changes nothing
+        # (`distill=kd,none teacher=a,b` trains the scratch student once)
+        out.pop("teacher", None)
+    if out.get("teacher_signal") != "cached":
+        out.pop("teacher_cache", None)
+    if out.get("teacher_signal") != "captured":
+        out.pop("teacher_capture", None)
+    return out
+
+
+def run_id_of(conf: Mapping[str, Any]) -> str:
+    """``<variant>-s<seed>-<hash>``: the hash of the computational part of a resolved config.
+
+    ``conf`` is :func:`kdbench.config.resolve`'s output (every ``auto`` already resolved), so the
+    same computation gives the same id (a re-run resumes or skips it), two different computations
+    never share one, and a CPU run and a GPU run of one config are two runs.
+    """
+    import hashlib
+    import json
+
+    blob = json.dumps(computational(conf), sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return f"{conf['distill']['variant']}-s{conf['seed']}-{digest}"

@@ -1,0 +1,135 @@
+"""Distillation methods: small objects over the pure losses in :mod:`kdbench.losses`.
+
+A method takes the student's logits, the teacher signal's output and the batch, and returns
+``{"loss": scalar, <named terms>...}``. It does not touch data, files or the Trainer. A student
+trained from scratch has no method (plain cross-entropy).
+
+Adding a method is one file in this package (a class decorated with :func:`register_method`)
+plus one config file in ``conf/distill/`` naming it (``method: <name>`` and its parameters): the
+package's modules are discovered on first lookup, so nothing else needs to import the new file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+__all__ = ["HARNESS_KEYS", "Method", "build_method", "check", "method_names", "method_params", "register_method"]
+
+#: ``distill.*`` keys the harness reads itself (every other key is a parameter of the method)
+HARNESS_KEYS = ("variant", "method", "enabled", "teacher_train_mode", "teacher_grad")
+
+
+@runtime_checkable
+class Method(Protocol):
+    """``method(student_logits, teacher, batch) -> {"loss": ..., term: ...}``."""
+
+    #: False for methods that train on labels only (no teacher signal needed)
+    needs_teacher: bool
+
+    def __call__(self, student_logits: Tensor, teacher: Any, batch: Any) -> dict[str, Tensor]: ...
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Reject a bad method parameter with one line naming its config key (``distill.<key>``)."""
+    if not ok:
+        from kdbench.errors import ConfigError
+
+        raise ConfigError(f"distill.{key}", message)
+
+
+def number(value: Any, key: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    """A finite number within bounds, or a one-line ConfigError naming ``distill.<key>``."""
+    import math
+
+    check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+    check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
+    if lo is not None and hi is not None and not lo_open:
+        check(lo <= value <= hi, key, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+    if lo is not None:
+        check(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo:g}, got {value:g}")
+    if hi is not None:
+        check(value <= hi, key, f"must be <= {hi:g}, got {value:g}")
+    return float(value)
+
+
+def flag(value: Any, key: str) -> bool:
+    check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+    return value
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available as ``distill.method=<name>``."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a method named {name!r} is already registered ({_REGISTRY[name]!r})")
+        _REGISTRY[name] = cls
+        cls.method_name = name
+        return cls
+
+    return deco
+
+
+def _discover() -> None:
+    from kdbench.plugins import import_submodules
+
+    import_submodules(__name__, __path__)
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def method_params(name: str) -> tuple[str, ...]:
+    """The keyword arguments a method takes (the ``distill.*`` keys it reads)."""
+    _discover()
+    cls = _REGISTRY[name]
+    if dataclasses.is_dataclass(cls):
+        return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    import inspect
+
+    return tuple(p for p in inspect.signature(cls).parameters if p != "self")
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """Each parameter's default (those without one are left out)."""
+    import inspect
+
+    _discover()
+    sig = inspect.signature(_REGISTRY[name])
+    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def unused_keys(name: str, params: Mapping[str, Any]) -> list[str]:
+    """The ``distill.*`` keys that method ``name`` does not read (a shared recipe's ``alpha`` under DKD).
+
+    A key that no registered method reads is a typo: a one-line ConfigError naming it.
+    """
+    from kdbench.errors import ConfigError
+
+    _discover()
+    if name not in _REGISTRY:
+        raise ConfigError("distill.method", f"unknown method {name!r}; valid: none, {', '.join(method_names())}")
+    wanted = method_params(name)
+    known = {k for m in _REGISTRY for k in method_params(m)}
+    for k in params:
+        if k not in wanted and k not in HARNESS_KEYS and k not in known:
+            raise ConfigError(f"distill.{k}", f"is not a parameter of method {name!r} (nor of any method); its "
+                                              f"parameters: {', '.join(wanted)}")
+    return [k for k in params if k not in wanted and k not in HARNESS_KEYS]
+
+
+def build_method(name: str, params: Mapping[str, Any]) -> Method:
+    """The method ``name`` from the ``distill`` config (keys it does not read are left out; see
+    :func:`unused_keys`); each method checks its own parameters with one-line ConfigErrors."""
+    unused_keys(name, params)
+    wanted = method_params(name)
+    return _REGISTRY[name](**{k: v for k, v in params.items() if k in wanted})

@@ -1,0 +1,140 @@
+"""Evaluation metrics: accuracy, calibration (ECE/MCE, NLL, Brier) and fidelity to the teacher.
+
+Accuracy and calibration error come from torchmetrics (top-1 is *micro* accuracy; ECE is
+``MulticlassCalibrationError(n_bins=15, norm="l1")`` as in Guo et al. 2017, MCE the same with
+``norm="max"``). torchmetrics has no Brier score or KL-to-teacher, so those are running means of
+per-example values computed here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from kdbench.losses import kl_divergence
+from kdbench.records import DIRECTIONS  # noqa: F401  (re-exported: which way is better per metric)
+
+N_BINS = 15
+
+
+
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, lo: float = 0.05, hi: float = 20.0,
+                    iters: int = 80) -> float:
+    """The temperature ``T`` in ``[lo, hi]`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    Post-hoc temperature scaling, fitted on a held-out set. The NLL is convex in ``1 / T`` (a
+    log-sum-exp of linear functions minus a linear one), so a golden-section search over ``1 / T``
+    finds the minimum; float64, on the CPU, once per evaluation.
+    """
+    z = logits.detach().to("cpu", torch.float64)
+    y = target.detach().to("cpu")
+    if z.numel() == 0:
+        return 1.0
+
+    def nll(beta: float) -> float:
+        return float(F.cross_entropy(z * beta, y))
+
+    a, b = 1.0 / hi, 1.0 / lo
+    g = (5 ** 0.5 - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(d)
+    return 1.0 / ((a + b) / 2)
+
+
+class ClassificationMetrics(nn.Module):
+    """Accumulates metrics of one model's logits over an evaluation set (and its fidelity to a teacher)."""
+
+    def __init__(self, num_classes: int, with_teacher: bool = False, n_bins: int = N_BINS):
+        super().__init__()
+        self.num_classes = num_classes
+        self.with_teacher = with_teacher
+        self.n_bins = n_bins
+        self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
+        self.mce = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="max")
+        # nan_strategy="disable": a NaN (or Inf) reaches the mean and shows in the record, never silently
+        # dropped (torchmetrics' default "warn" drops it, and checks on the host every update)
+        self.nll = MeanMetric(nan_strategy="disable")
+        self.brier = MeanMetric(nan_strategy="disable")
+        #: a temperature fitted on the validation set: when set, ECE and NLL after temperature scaling too
+        self.temperature: float | None = None
+        self.ece_ts = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
+        self.nll_ts = MeanMetric(nan_strategy="disable")
+        if with_teacher:
+            self.agreement = MeanMetric(nan_strategy="disable")
+            self.kl_teacher = MeanMetric(nan_strategy="disable")
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits=None) -> None:
+        """``teacher_logits``: dense teacher logits (agreement and KL to the teacher), or a sparse
+        top-k teacher (anything with ``indices`` sorted from the largest, as a captured signal gives:
+        agreement with its top-1 class only; the KL needs the full distribution)."""
+        logits = logits.float()
+        probs = logits.softmax(-1)
+        self.acc.update(logits, target)
+        self.ece.update(probs, target)
+        self.mce.update(probs, target)
+        self.nll.update(F.cross_entropy(logits, target, reduction="none"))
+        if self.temperature is not None:
+            scaled = logits / self.temperature
+            self.ece_ts.update(scaled.softmax(-1), target)
+            self.nll_ts.update(F.cross_entropy(scaled, target, reduction="none"))
+        onehot = F.one_hot(target, self.num_classes).to(probs.dtype)
+        self.brier.update((probs - onehot).pow(2).sum(-1))
+        if self.with_teacher and teacher_logits is not None and not isinstance(teacher_logits, torch.Tensor):
+            self.agreement.update((logits.argmax(-1) == teacher_logits.indices[..., 0]).float())
+        elif self.with_teacher and teacher_logits is not None:
+            teacher_logits = teacher_logits.float()
+            self.agreement.update((logits.argmax(-1) == teacher_logits.argmax(-1)).float())
+            self.kl_teacher.update(kl_divergence(teacher_logits, logits, tau=1.0))
+
+    def compute(self) -> dict[str, float]:
+        out = {
+            "acc": self.acc.compute(), "ece": self.ece.compute(), "mce": self.mce.compute(),
+            "nll": self.nll.compute(), "brier": self.brier.compute(),
+        }
+        if self.temperature is not None and self.nll_ts.update_count > 0:
+            out.update(ece_ts=self.ece_ts.compute(), nll_ts=self.nll_ts.compute(),
+                       temperature=torch.tensor(self.temperature))
+        if self.with_teacher and self.agreement.update_count > 0:
+            out["agreement"] = self.agreement.compute()
+        if self.with_teacher and self.kl_teacher.update_count > 0:
+            out["kl_teacher"] = self.kl_teacher.compute()
+        return {k: float(v) for k, v in out.items()}
+
+    def reliability(self) -> dict[str, list[float]]:
+        """Per-bin mean confidence, accuracy and count (15 equal-width bins), for reliability diagrams.
+
+        Read from the calibration metric's own accumulated state, so it bins exactly what ECE binned.
+        """
+        conf = torch.cat(self.ece.confidences) if isinstance(self.ece.confidences, list) else self.ece.confidences
+        accs = torch.cat(self.ece.accuracies) if isinstance(self.ece.accuracies, list) else self.ece.accuracies
+        conf, accs = conf.float().cpu(), accs.float().cpu()
+        edges = torch.linspace(0, 1, self.n_bins + 1)
+        idx = torch.bucketize(conf, edges[1:-1], right=True)
+        count = torch.bincount(idx, minlength=self.n_bins).float()
+        conf_sum = torch.bincount(idx, weights=conf, minlength=self.n_bins)
+        acc_sum = torch.bincount(idx, weights=accs, minlength=self.n_bins)
+        safe = count.clamp_min(1)
+        return {
+            "edges": edges.tolist(),
+            "confidence": (conf_sum / safe).tolist(),
+            "accuracy": (acc_sum / safe).tolist(),
+            "count": count.tolist(),
+        }
+
+    def reset(self) -> None:
+        for m in self.children():
+            m.reset()

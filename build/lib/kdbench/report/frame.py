@@ -1,0 +1,571 @@
+"""Run records as a pandas frame, and the numbers of a table: groups, mean ± std, deltas, teacher kept.
+
+One flat row per run (:func:`kdbench.records.flatten_record`, plus ``path``, the config keys that
+tell runs of one variant apart as dotted columns, and, when the records carry a teacher -> student
+pair with published numbers, the ``published_*`` columns). :func:`summarize` reduces the rows to
+one per group: mean and std (ddof=1) over the seeds of the completed runs, keeping each group's
+``(seed, value)`` samples in ``attrs["samples"]`` for the 95 % intervals of the differences between
+rows (:func:`compare_rows`, :mod:`kdbench.report.stats`). Values stay fractions here; only
+:mod:`kdbench.report.tables` scales and formats them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KDBenchError
+from kdbench.identity import is_computational
+from kdbench.report.stats import Interval, diff_interval
+
+__all__ = [
+    "DEFAULT_METRICS", "GRID_COLS", "SHOWN_ELSEWHERE", "PUBLISHED_COLS", "ReportError",
+    "to_float", "group_key", "group_sort_key", "records_root", "runs_root", "default_out_dir",
+    "experiments_under", "iter_experiment_records", "config_leaves", "config_columns", "add_config_columns",
+    "published_fields", "load_experiment", "summarize", "row_samples", "config_group_of", "compare_rows",
+    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS",
+    "add_published", "is_grid", "default_group_cols", "failed_rows", "caption_of",
+]
+
+DEFAULT_METRICS = (
+    "last_test_acc", "best_test_acc", "last_test_ece", "last_test_nll", "last_test_brier",
+    "last_test_agreement", "last_test_kl_teacher",
+)
+#: shown only when the records hold them (records before temperature scaling do not)
+OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts")
+GRID_COLS = ("variant", "distill_alpha", "distill_tau")
+#: computational config keys that are not grouping columns because the table shows them already
+#: (the seed is what a group averages over; variant, α and τ have their own columns)
+SHOWN_ELSEWHERE = ("seed", "distill.variant", "distill.enabled", "distill.alpha", "distill.tau")
+#: per-run columns taken from ``config.pair.published.<dataset>`` (accuracies in %)
+PUBLISHED_COLS = ("published_top1_pct", "published_teacher_pct", "published_source", "published_protocol")
+_VARIANT_ORDER = {"scratch": 0, "kd": 1}
+#: the difference columns of :func:`add_deltas`; each comes with ``_lo``, ``_hi`` (95 % interval, pp)
+#: and ``_paired`` (the two rows ran the same seeds: interval over the per-seed differences)
+DELTA_COLS = ("delta_vs_kd", "delta_vs_scratch")
+
+
+class ReportError(KDBenchError):
+    """No records, or records that cannot make a table: one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+
+
+def to_float(v: Any, *, finite: bool = False) -> float:
+    """``float(v)``, NaN for anything that is not a number (and, with ``finite``, for ±inf)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if not finite or math.isfinite(f) else math.nan
+
+
+def group_key(v: Any) -> Any:
+    """A hashable, NaN-free group key value (numpy scalars become Python ones)."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            v = v.item()
+        except (ValueError, TypeError):
+            pass
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def group_sort_key(key: tuple, group_cols: Sequence[str]) -> tuple:
+    """Row order of a table: scratch, kd, then the other variants by name; numbers ascending."""
+    out: list = []
+    for c, v in zip(group_cols, key):
+        if c == "variant":
+            out.append((_VARIANT_ORDER.get(v, 2), str(v)))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((0, float(v), ""))
+        else:
+            out.append((1 if v is not None else 2, 0.0, str(v)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def records_root(records_dir: str | os.PathLike, experiment: str) -> Path:
+    """``records_dir`` may be the runs directory (``results/runs``) or the experiment's own folder."""
+    records_dir = Path(records_dir)
+    sub = records_dir / experiment
+    return sub if sub.is_dir() else records_dir
+
+
+def runs_root(records_dir: str | os.PathLike, experiment: str) -> Path:
+    """The runs directory (``results/runs``) of ``records_dir`` given either way."""
+    records_dir = Path(records_dir)
+    return records_dir.parent if records_dir.name == experiment and not (records_dir / experiment).is_dir() \
+        else records_dir
+
+
+def default_out_dir(records_dir: str | os.PathLike, experiment: str) -> Path:
+    """``<results>/<experiment>`` for records under ``<results>/runs/<experiment>``."""
+    return runs_root(records_dir, experiment).parent / experiment
+
+
+def experiments_under(records_dir: str | os.PathLike) -> list[str]:
+    """The experiment names of all records under ``records_dir``, sorted."""
+    from kdbench.records import iter_records
+
+    root = Path(records_dir)
+    if not root.is_dir():
+        return []
+    return sorted({str(r.get("experiment")) for _, r in iter_records(root) if r.get("experiment") is not None})
+
+
+def iter_experiment_records(records_dir: str | os.PathLike, experiment: str | None,
+                            problems: list | None = None) -> Iterator[tuple[Path, dict]]:
+    """``(path, record)`` of every record of ``experiment`` (any status) under ``records_dir``.
+
+    ``records_dir`` may be the runs directory or the experiment's folder; ``experiment=None``
+    yields every record found. Nothing when the folder does not exist. Files in that folder that
+    cannot be read as records go to ``problems`` as ``(path, reason)``.
+    """
+    from kdbench.records import iter_records
+
+    root = records_root(records_dir, experiment) if experiment is not None else Path(records_dir)
+    if not root.is_dir():
+        return
+    for p, r in iter_records(root, problems):
+        if experiment is None or r.get("experiment") == experiment:
+            yield p, r
+
+
+def dedupe_records(found: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """One record per run id: a copied record (a backup in a sub-folder) must not count twice.
+
+    The record at its own place (``<experiment>/<run_id>.json``) is kept, else the shallowest;
+    returns the kept records and ``{run_id, kept, dropped, agree}`` per duplicate, ``agree`` False
+    when the copies differ in status or metrics.
+    """
+    by_id: dict[str, list[tuple[Path, dict]]] = {}
+    for p, r in found:
+        by_id.setdefault(str(r.get("run_id")), []).append((p, r))
+    kept, dups = [], []
+    for rid, items in by_id.items():
+        items.sort(key=lambda pr: (pr[0].name != f"{rid}.json" or pr[0].parent.name != str(pr[1].get("experiment")),
+                                   len(pr[0].parts), str(pr[0])))
+        kept.append(items[0])
+        for p, r in items[1:]:
+            same = (r.get("status"), r.get("metrics")) == (items[0][1].get("status"), items[0][1].get("metrics"))
+            dups.append({"run_id": rid, "kept": str(items[0][0]), "dropped": str(p), "agree": same})
+    kept.sort(key=lambda pr: str(pr[0]))
+    return kept, dups
+
+
+def config_leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for a nested config; lists become compact JSON strings (hashable)."""
+    out: dict[str, Any] = {}
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            out.update(config_leaves(v, f"{prefix}{k}."))
+    elif isinstance(cfg, (list, tuple)):
+        out[prefix[:-1]] = json.dumps(cfg, separators=(",", ":"), sort_keys=True, default=str)
+    elif prefix:
+        out[prefix[:-1]] = cfg
+    return out
+
+
+def _shown_elsewhere(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in SHOWN_ELSEWHERE)
+
+
+def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
+    """The config keys that tell runs of the same variant apart, and each run's value of them.
+
+    A table must never average runs that are different computations: a sweep over, say,
+    ``student.kwargs.hidden`` or ``teacher.arch`` inside one experiment varies keys that the variant
+    name does not show. A key counts when it takes several values among the runs of one variant.
+    Seed-derived keys (``teacher.seed: ${seed}``), the keys with their own columns
+    (:data:`SHOWN_ELSEWHERE`) and keys that do not change the computation
+    (:func:`kdbench.identity.is_computational`: paths, logging) are left out.
+    Returns ``{key: {run_id: value}}``.
+    """
+    recs = [r for r in recs if isinstance(r, Mapping)]
+    leaves = []
+    for r in recs:
+        flat = {k: v for k, v in config_leaves(r.get("config") or {}).items()
+                if is_computational(k) and not _shown_elsewhere(k)}
+        leaves.append(flat)
+    seed_like = {k for flat in leaves for k in flat}
+    for r, flat in zip(recs, leaves):
+        seed_like = {k for k in seed_like if k in flat and str(flat[k]) == str(r.get("seed"))}
+    per_variant: dict[Any, dict[str, set]] = {}
+    for r, flat in zip(recs, leaves):
+        vals = per_variant.setdefault(r.get("variant"), {})
+        for k, v in flat.items():
+            vals.setdefault(k, set()).add(v)
+    keys = sorted({k for vals in per_variant.values() for k, vs in vals.items() if len(vs) > 1} - seed_like)
+    return {k: {r.get("run_id"): flat.get(k) for r, flat in zip(recs, leaves)} for k in keys}
+
+
+def add_config_columns(rows: list[dict], recs: Sequence[Mapping]) -> list[str]:
+    """Add the :func:`config_columns` of ``recs`` to the flat ``rows`` (same order); returns their names."""
+    cols = config_columns(recs)
+    for row, rec in zip(rows, recs):
+        for k, by_run in cols.items():
+            row[k] = by_run.get(rec.get("run_id"))
+    return list(cols)
+
+
+def published_fields(config: Mapping | None, dataset: Any, variant: Any) -> dict[str, Any]:
+    """The ``published_*`` columns of one run from ``config.pair.published.<dataset>``; ``{}`` without.
+
+    ``published_top1_pct`` is the published top-1 (%) of the run's variant (absent when the block
+    has no number for it), ``published_teacher_pct`` the teacher's; source and protocol are text.
+    """
+    pair = (config or {}).get("pair") if isinstance(config, Mapping) else None
+    pub = pair.get("published") if isinstance(pair, Mapping) else None
+    block = pub.get(str(dataset)) if isinstance(pub, Mapping) and dataset is not None else None
+    if not isinstance(block, Mapping):
+        return {}
+
+    def number(k: Any) -> float | None:
+        v = block.get(k) if isinstance(k, str) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        return float(v) if math.isfinite(v) else None
+
+    out: dict[str, Any] = {}
+    for col, val in (("published_top1_pct", number(variant)), ("published_teacher_pct", number("teacher")),
+                     ("published_source", block.get("source")), ("published_protocol", block.get("protocol"))):
+        if val is not None and val != "":
+            out[col] = val if isinstance(val, float) else str(val)
+    return out
+
+
+def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[Any, list[dict]]:
+    """``(df, records)``: one flat row per run (``flatten_record`` + ``path``) and the raw records.
+
+    Raises :class:`ReportError` when the experiment has no records.
+    """
+    import pandas as pd
+
+    from kdbench.records import flatten_record
+
+    recs: list[dict] = []
+    rows: list[dict] = []
+    problems: list[tuple[Path, str]] = []
+    found, dups = dedupe_records(list(iter_experiment_records(records_dir, experiment, problems)))
+    for p, r in found:
+        recs.append(r)
+        rows.append(flatten_record(r) | {"path": str(p)})
+    if not rows:
+        found_exps = experiments_under(runs_root(records_dir, experiment))
+        bad = f"; unreadable: {', '.join(f'{p} ({why})' for p, why in problems)}" if problems else ""
+        raise ReportError("experiment", f"no run records for experiment '{experiment}' under "
+                                        f"{runs_root(records_dir, experiment)} (found: {', '.join(found_exps) or 'none'})"
+                                        + bad)
+    add_config_columns(rows, recs)
+    for row, r in zip(rows, recs):
+        row.update(published_fields(r.get("config"), r.get("dataset"), r.get("variant")))
+    df = pd.DataFrame(rows)
+    df.attrs["unreadable"] = [{"path": str(p), "reason": why} for p, why in problems]
+    df.attrs["duplicates"] = dups
+    return df, recs
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
+def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None):
+    """Mean and std (ddof=1) over seeds of each metric, per group; completed runs only.
+
+    One row per group (groups with only failed runs included, with ``n == 0``); columns are the
+    group columns, ``n`` (completed runs), ``n_failed`` (runs of any other status), ``<metric>_mean``,
+    ``<metric>_std`` (NaN for n < 2) and ``teacher_test_acc_mean``. Values stay fractions.
+    ``attrs["samples"]`` maps each group key (the values of ``attrs["sample_cols"]``, the group
+    columns) to ``{metric: ((seed, value), ...)}``, the values the mean and std were computed from.
+    """
+    import pandas as pd
+
+    group_cols = list(group_cols)
+    if metrics is None:
+        present = set(df.columns) if df is not None else set()
+        metrics = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if m in present]
+    metrics = list(metrics)
+    rows_in = df.to_dict("records") if df is not None and len(df) else []
+    groups: dict[tuple, dict[str, list]] = {}
+    for r in rows_in:
+        key = tuple(group_key(r.get(c)) for c in group_cols)
+        g = groups.setdefault(key, {"complete": [], "other": []})
+        g["complete" if r.get("status") == "complete" else "other"].append(r)
+    out = []
+    samples: dict[tuple, dict[str, tuple]] = {}
+    for key in sorted(groups, key=lambda k: group_sort_key(k, group_cols)):
+        g = groups[key]
+        row: dict[str, Any] = dict(zip(group_cols, key))
+        row["n"] = len(g["complete"])
+        row["n_failed"] = len(g["other"])
+        for m in [*metrics, "teacher_test_acc"]:
+            pairs = [(group_key(r.get("seed")), x) for r in g["complete"] for x in [to_float(r.get(m))]
+                     if not math.isnan(x)]
+            vals = [x for _, x in pairs]
+            row[f"{m}_mean"] = statistics.mean(vals) if vals else math.nan
+            if m != "teacher_test_acc":
+                row[f"{m}_std"] = statistics.stdev(vals) if len(vals) >= 2 else math.nan
+                samples.setdefault(key, {})[m] = tuple(pairs)
+        out.append(row)
+    cols = [*group_cols, "n", "n_failed", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
+            "teacher_test_acc_mean"]
+    summary = pd.DataFrame(out, columns=cols)
+    for c in ("n", "n_failed"):
+        summary[c] = summary[c].astype(int)
+    summary.attrs["group_cols"] = group_cols
+    summary.attrs["metrics"] = metrics
+    summary.attrs["sample_cols"] = group_cols
+    summary.attrs["samples"] = samples
+    return summary
+
+
+def _row_key(summary, i: int, cols: Sequence[str]) -> tuple:
+    return tuple(group_key(summary[c].iloc[i]) if c in summary.columns else None for c in cols)
+
+
+def row_samples(summary, i: int, metric: str) -> tuple:
+    """The ``(seed, value)`` samples of ``metric`` behind row ``i`` (position) of ``summary``; ``()``
+    when the summary carries none (a hand-made one)."""
+    samples = summary.attrs.get("samples") or {}
+    cols = summary.attrs.get("sample_cols") or summary.attrs.get("group_cols") or ["variant"]
+    return tuple((samples.get(_row_key(summary, i, cols)) or {}).get(metric, ()))
+
+
+def config_group_of(summary, i: int) -> tuple:
+    """The configuration of row ``i``: its values of the config columns (dotted group columns).
+    Rows are compared (deltas, bolding) only within one configuration."""
+    cols = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
+    return _row_key(summary, i, cols)
+
+
+def compare_rows(summary, i: int, j: int, metric: str = "last_test_acc") -> Interval:
+    """The 95 % interval of row ``i`` minus row ``j`` (positions) in ``metric`` (fractions), over seeds:
+    paired when both rows ran the same seeds, Welch otherwise (:func:`kdbench.report.stats.diff_interval`)."""
+    return diff_interval(row_samples(summary, i, metric), row_samples(summary, j, metric))
+
+
+def select_rows(summary, sel: str | Mapping[str, Any]) -> list[bool]:
+    """Boolean mask of the rows matching a variant name or a {column: value} mapping."""
+    if isinstance(sel, str):
+        sel = {"variant": sel}
+    mask = [True] * len(summary)
+    for c, want in sel.items():
+        if c not in summary.columns:
+            return [False] * len(summary)
+        for i, v in enumerate(summary[c].tolist()):
+            if isinstance(want, (int, float)) and not isinstance(want, bool):
+                f = to_float(v)
+                ok = not math.isnan(f) and math.isclose(f, float(want), rel_tol=1e-9, abs_tol=1e-12)
+            else:
+                ok = v == want
+            mask[i] = mask[i] and ok
+    return mask
+
+
+def _reference_pos(summary, sel) -> int | None:
+    """The position of the one completed group matching ``sel``; None if none or ambiguous."""
+    if sel is None:
+        return None
+    pos = [i for i, (m, n) in enumerate(zip(select_rows(summary, sel), summary["n"].tolist())) if m and n > 0]
+    return pos[0] if len(pos) == 1 else None
+
+
+def reference_acc(summary, sel, col: str = "last_test_acc_mean") -> float:
+    """The mean accuracy of the one completed group matching ``sel``; NaN if none or ambiguous."""
+    i = _reference_pos(summary, sel)
+    return math.nan if i is None else to_float(summary[col].iloc[i])
+
+
+def _delta_intervals(s, ref: int | None) -> tuple[list[float], list[float], list[bool]]:
+    """``lo``, ``hi`` (pp) and ``paired`` of every row's top-1 last against row ``ref``. The reference row
+    itself differs from itself by exactly 0: ``[0, 0]``, paired."""
+    lo, hi, paired = [], [], []
+    for i in range(len(s)):
+        if ref is None:
+            iv = Interval(math.nan, math.nan, math.nan, False, 0)
+        elif i == ref:
+            iv = Interval(0.0, 0.0, 0.0, True, int(s["n"].iloc[i]))
+        else:
+            iv = compare_rows(s, i, ref, "last_test_acc")
+        lo.append(iv.lo * 100.0)
+        hi.append(iv.hi * 100.0)
+        paired.append(bool(iv.paired))
+    return lo, hi, paired
+
+
+def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch: str | Mapping[str, Any] | None = "scratch",
+               teacher_acc: float | None = None):
+    """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last) and ``teacher_kept`` (%).
+
+    Each delta comes with ``<delta>_lo``/``<delta>_hi``, its 95 % interval over seeds (pp; paired
+    t-interval of the per-seed differences when the row and the reference ran the same seeds, Welch's
+    interval otherwise; NaN with one seed or without the summary's samples), and ``<delta>_paired``.
+
+    ``teacher_kept = (student - scratch) / (teacher - scratch) * 100``: the share of the
+    teacher's lead over the from-scratch student that distillation recovers. ``baseline`` and
+    ``scratch`` name a variant, or a ``{column: value}`` mapping for grids; a reference that
+    matches no completed group, or several, gives NaN. ``teacher_acc`` is a fraction (a value
+    above 1 is read as %); when None it is the mean ``teacher_test_acc`` of the baseline's runs
+    (all runs with a teacher if the baseline has none).
+    """
+    extra = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
+    if extra and len(summary):
+        # one comparison per configuration (e.g. per teacher or per student width): each row is
+        # compared with the KD and scratch groups that share its config-column values
+        import pandas as pd
+
+        keys = [tuple(group_key(v) for v in row) for row in summary[extra].itertuples(index=False, name=None)]
+        parts = []
+        for k in dict.fromkeys(keys):
+            sub = summary[[kk == k for kk in keys]].copy()
+            sub.attrs.update(summary.attrs, group_cols=[c for c in summary.attrs["group_cols"] if c not in extra])
+            parts.append(add_deltas(sub, baseline, scratch, teacher_acc))
+        s = pd.concat(parts).loc[summary.index]
+        s.attrs.update(summary.attrs)
+        for a in ("teacher_acc", "baseline_acc", "scratch_acc"):
+            # a table-wide value only when every configuration has the same one (e.g. one teacher)
+            vals = {to_float(p.attrs.get(a)) for p in parts}
+            s.attrs[a] = vals.pop() if len(vals) == 1 else math.nan
+        return s
+    s = summary.copy()
+    s.attrs.update(summary.attrs)
+    acc = s["last_test_acc_mean"].astype(float)
+    kd_pos, sc_pos = _reference_pos(s, baseline), _reference_pos(s, scratch)
+    kd = reference_acc(s, baseline)
+    sc = reference_acc(s, scratch)
+    if teacher_acc is None:
+        t_col = s["teacher_test_acc_mean"].astype(float) if "teacher_test_acc_mean" in s else None
+        teacher_acc = math.nan
+        if t_col is not None:
+            mask = select_rows(s, baseline) if baseline is not None else [False] * len(s)
+            vals = [v for v, m in zip(t_col.tolist(), mask) if m and not math.isnan(v)]
+            vals = vals or [v for v in t_col.tolist() if not math.isnan(v)]
+            teacher_acc = statistics.mean(vals) if vals else math.nan
+    else:
+        teacher_acc = float(teacher_acc) / (100.0 if float(teacher_acc) > 1.0 else 1.0)
+    for col, ref_acc, ref_pos in (("delta_vs_kd", kd, kd_pos), ("delta_vs_scratch", sc, sc_pos)):
+        s[col] = (acc - ref_acc) * 100.0
+        s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(s, ref_pos)
+    den = teacher_acc - sc
+    s["teacher_kept"] = (acc - sc) / den * 100.0 if not math.isnan(den) and abs(den) > 1e-12 else math.nan
+    s.attrs.update(summary.attrs)
+    s.attrs.update(teacher_acc=teacher_acc, baseline_acc=kd, scratch_acc=sc)
+    return s
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        v = group_key(v)
+        if v is None or v == "" or v in out:
+            continue
+        out.append(v)
+    return out
+
+
+def add_published(summary, df):
+    """Add ``published_top1_pct`` (the published top-1 (%) of each row's runs, NaN when they have
+    none or disagree) when some row has one; attrs ``published_teacher_pct`` (NaN unless one value)
+    and ``published_refs`` (``[(source, protocol)]``). A summary of runs without published numbers
+    is returned unchanged."""
+    if df is None or not len(df) or not any(c in df.columns for c in PUBLISHED_COLS):
+        return summary
+    group_cols = list(summary.attrs.get("group_cols") or ["variant"])
+    per_group: dict[tuple, list] = {}
+    for r in df.to_dict("records"):
+        key = tuple(group_key(r.get(c)) for c in group_cols)
+        per_group.setdefault(key, []).append(to_float(r.get("published_top1_pct")))
+    keys = [tuple(group_key(v) for v in row) for row in summary[group_cols].itertuples(index=False, name=None)]
+    col = []
+    for k in keys:
+        vals = {v for v in per_group.get(k, []) if not math.isnan(v)}
+        col.append(vals.pop() if len(vals) == 1 else math.nan)
+    s = summary.copy()
+    s.attrs.update(summary.attrs)
+    if any(not math.isnan(v) for v in col):
+        s["published_top1_pct"] = col
+    teacher = [to_float(v) for v in _distinct(df.get("published_teacher_pct", []))]
+    teacher = [v for v in teacher if not math.isnan(v)]
+    refs = _distinct(zip(df["published_source"].tolist() if "published_source" in df else [""] * len(df),
+                         df["published_protocol"].tolist() if "published_protocol" in df else [""] * len(df)))
+    s.attrs["published_teacher_pct"] = teacher[0] if len(teacher) == 1 else math.nan
+    s.attrs["published_refs"] = [(_text(a), _text(b)) for a, b in refs if _text(a) or _text(b)]
+    return s
+
+
+def _text(v: Any) -> str:
+    v = group_key(v)
+    return "" if v is None else str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# What a table is made of
+# --------------------------------------------------------------------------------------------
+
+
+def is_grid(df) -> bool:
+    """Does some variant come with several (alpha, tau) settings?"""
+    if df is None or not len(df) or "distill_alpha" not in df.columns or "distill_tau" not in df.columns:
+        return False
+    seen: dict[Any, set] = {}
+    for v, a, t in zip(df["variant"].tolist(), df["distill_alpha"].tolist(), df["distill_tau"].tolist()):
+        seen.setdefault(group_key(v), set()).add((group_key(a), group_key(t)))
+    return any(len(s) > 1 for s in seen.values())
+
+
+def default_group_cols(df) -> tuple[str, ...]:
+    """``variant``, then the config keys that tell runs of one variant apart (:func:`config_columns`,
+    dotted names), then α and τ when some variant ran with several (α, τ) settings."""
+    extra = [c for c in (df.columns if df is not None else []) if "." in str(c)]
+    tail = GRID_COLS[1:] if is_grid(df) else ()
+    return ("variant", *extra, *tail)
+
+
+def failed_rows(df) -> list[dict]:
+    """``run_id, variant, seed, status, error`` (first line) of every run that did not complete, and
+    of every record file that could not be read (status ``unreadable``: its run is not in the table)."""
+    if df is None or not len(df):
+        return []
+    out = [{"run_id": None, "variant": None, "seed": None, "status": "unreadable", "error": f"{u['path']}: {u['reason']}"}
+           for u in df.attrs.get("unreadable") or []]
+    for r in df.to_dict("records"):
+        if r.get("status") != "complete":
+            err = r.get("error")
+            first = (str(err).strip().splitlines() or [""])[0][:200] if err is not None and err == err else ""
+            out.append({"run_id": r.get("run_id"), "variant": r.get("variant"), "seed": group_key(r.get("seed")),
+                        "status": r.get("status"), "error": first})
+    return out
+
+
+def caption_of(df, experiment: str) -> str:
+    """``experiment: teacher → student on dataset`` from the runs' columns."""
+    def one(col):
+        if col not in df.columns:
+            return None
+        vals = sorted({str(v) for v in df[col].tolist() if group_key(v) is not None})
+        return "/".join(vals) if vals else None
+
+    teacher, student, data = one("teacher_arch"), one("student_arch"), one("dataset")
+    parts = [experiment]
+    if student:
+        parts.append(f"{teacher} → {student}" if teacher else student)
+    if data:
+        parts.append(f"on {data}")
+    return ": ".join(parts[:1] + [" ".join(parts[1:])]) if len(parts) > 1 else experiment

@@ -1,0 +1,82 @@
+"""``captured``: top-k teacher log-probabilities read from a capture store (``kdbench capture``).
+
+No teacher in memory: training reads ``(indices, log_probs)`` for each ``(idx, view)`` of the batch
+from the store named by ``teacher_capture.path``. A store that does not match the run (another
+dataset or split, another number of classes, another k than ``teacher_capture.k``, missing
+examples, or no per-view entries for an augmenting run) is refused with one line before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdbench.errors import ConfigError
+from kdbench.signals import TopK, register_signal
+
+
+def _store(conf: dict) -> Path:
+    path = (conf.get("teacher_capture") or {}).get("path")
+    if not path:
+        raise ConfigError("teacher_capture.path", "teacher_signal=captured needs the capture store to read "
+                                                  "(write one with `kdbench capture`)")
+    return Path(path)
+
+
+def preflight(conf: dict, data) -> None:
+    from kdbench.capture import read_header
+    from kdbench.data import augment as aug
+    from kdbench.teachers import dataset_identity
+
+    h = read_header(_store(conf))
+    want_k = (conf.get("teacher_capture") or {}).get("k")
+    if want_k is not None and int(want_k) != int(h["k"]):
+        raise ConfigError("teacher_capture.k", f"the capture holds top-{h['k']}, the run asks for top-{want_k}")
+    if int(h["num_classes"]) != data.num_classes:
+        raise ConfigError("teacher_capture.path", f"the capture has {h['num_classes']} classes, the dataset "
+                                                  f"{data.num_classes}")
+    ours = dataset_identity(conf["dataset"], data)
+    if h.get("dataset") != ours:
+        diff = sorted(k for k in set(ours) | set(h.get("dataset") or {}) if ours.get(k) != (h.get("dataset") or {}).get(k))
+        raise ConfigError("teacher_capture.path", f"the capture was made on other data (differs in: {', '.join(diff)})")
+    n = {"train": data.train_x.shape[0], "test": data.test_x.shape[0],
+         **({"val": data.val_x.shape[0]} if data.val_x is not None else {})}
+    for split, count in n.items():
+        if int((h.get("n") or {}).get(split, -1)) != int(count):
+            raise ConfigError("teacher_capture.path", f"the capture has {(h.get('n') or {}).get(split)} {split} "
+                                                      f"examples, the run {count}")
+    a = conf["dataset"].get("augment", "default")
+    family = (data.default_augment if a in ("default", None) else a) if data.is_image else "none"
+    views = aug.num_views(family)
+    if int(h["views"]["train"]) != views or (views > 1 and h.get("family") != family):
+        raise ConfigError("teacher_capture.path", f"the run augments with {family!r} ({views} views per image); the "
+                                                  f"capture holds {h['views']['train']} view(s) of {h.get('family')!r}")
+
+
+class CapturedSignal:
+    kind = "captured"
+    trainable_parameters: list = []
+
+    def __init__(self, path: Path):
+        from kdbench.capture import read_header, read_split
+
+        self.header = read_header(path)
+        self.tau = float(self.header.get("capture_tau", 1.0))
+        self.tables = {s: read_split(path, s) for s in ("train", "val", "test") if (path / f"{s}.indices.npy").exists()}
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> CapturedSignal:
+        self.device = torch.device(device)
+        return self
+
+    def __call__(self, batch, split: str) -> TopK:
+        idx_t, logp_t = self.tables["train" if split == "train" else split]
+        idx = batch.idx.cpu()
+        view = batch.view.cpu() if split == "train" else torch.zeros_like(idx)
+        return TopK(idx_t[idx, view].to(self.device), logp_t[idx, view].to(self.device), self.tau)
+
+
+@register_signal("captured", preflight=preflight, needs_teacher=False)
+def _captured(*, conf: dict, **_) -> CapturedSignal:
+    return CapturedSignal(_store(conf))

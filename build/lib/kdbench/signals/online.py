@@ -1,0 +1,64 @@
+"""``online``: run the frozen teacher on every batch (the default teacher signal)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from kdbench.signals import register_signal
+
+
+class OnlineSignal:
+    """Run the teacher on every batch, in eval mode and under ``inference_mode``.
+
+    Two ablations need the live teacher to differ: ``train_mode`` keeps it in training mode
+    (dropout / BatchNorm batch statistics) on training batches, ``grad`` lets the distillation
+    gradient reach it (its parameters then join the optimiser and its state the checkpoints).
+    """
+
+    kind = "online"
+
+    def __init__(self, teacher: nn.Module, *, train_mode: bool = False, grad: bool = False):
+        self.teacher = teacher
+        self.train_mode, self.grad = bool(train_mode), bool(grad)
+        teacher.requires_grad_(self.grad)
+        teacher.eval()
+
+    @property
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.teacher.parameters()) if self.grad else []
+
+    def to(self, device: torch.device) -> OnlineSignal:
+        self.teacher.to(device)
+        return self
+
+    def to_memory_format(self, memory_format: torch.memory_format) -> OnlineSignal:
+        self.teacher.to(memory_format=memory_format)
+        return self
+
+    def __call__(self, batch, split: str) -> Tensor:
+        training = split == "train"
+        self.teacher.train(training and self.train_mode)
+        if self.grad and training:
+            return self.teacher(batch.x)
+        with torch.inference_mode():
+            out = self.teacher(batch.x)
+        # an inference tensor cannot be saved for backward by the loss: a normal copy (B x C, cheap)
+        return out.clone()
+
+    def state_dict(self) -> dict:
+        """The teacher's weights, when the ablation trains them (a resumed run must continue from them)."""
+        return self.teacher.state_dict() if self.grad else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.grad and state:
+            self.teacher.load_state_dict(state)
+
+
+@register_signal("online")
+def _online(*, teacher: nn.Module | None, conf: dict, **_) -> OnlineSignal:
+    if teacher is None:
+        raise ValueError("teacher_signal=online needs a teacher")
+    d = conf.get("distill") or {}
+    return OnlineSignal(teacher, train_mode=bool(d.get("teacher_train_mode")), grad=bool(d.get("teacher_grad")))

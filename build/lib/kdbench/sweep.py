@@ -1,0 +1,291 @@
+"""``make sweep``: validate every job of a Hydra grid, run it with a real Hydra launcher, report.
+
+1. Compose each job's config (the experiment's ``hydra.sweeper.params`` x command-line sweeps)
+   and validate it, so a bad value or an empty grid stops the sweep before any work.
+2. Run ``python -m kdbench.train -m ...`` (basic, joblib or submitit launcher as configured),
+   showing one progress line per finished job (read from the run records as they land).
+3. Summarise: complete / failed / skipped (already complete), build the table and plots, and
+   exit non-zero if any job failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_EXPERIMENT = "mnist_ablation"
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())  # kdbench/conf: a link to conf/, real files once installed
+
+
+def _err(msg: str) -> int:
+    print(f"kdbench-sweep: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
+    """The list of per-job override lists that Hydra's basic sweeper would produce, and the base config."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        # with the config loader, so that sweeps over a group's options (`pair=glob(*)`) expand
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        parsed_cli = parser.parse_overrides(overrides)
+        # compose the base config with the non-sweep overrides to find the sweeper params of the experiment
+        fixed = [o.input_line for o in parsed_cli if not o.is_sweep_override()]
+        base = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+        grid = base.hydra.sweeper.params
+        params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    jobs = batches[0] if batches else []
+    return jobs, base
+
+
+def compose_job(job: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=task)
+
+
+def plan(overrides: list[str]) -> list[dict]:
+    """Compose and validate every job; returns [{overrides, cfg, run_id}] or raises KDBenchError."""
+    from kdbench.config import resolve, validate
+    from kdbench.credentials import redact_override
+    from kdbench.errors import ConfigError
+    from kdbench.identity import run_id_of
+
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
+    jobs, _ = expand_jobs(overrides)
+    if not jobs:
+        raise ConfigError("hydra.sweeper.params", "the grid expands to no jobs")
+    out = []
+    for i, job in enumerate(jobs):
+        try:
+            cfg = compose_job(job)
+            validate(cfg)
+        except ConfigError as e:
+            shown = " ".join(redact_override(o) for o in job)
+            raise ConfigError(e.key, f"{e.message} (job {i}: {shown})") from None
+        conf = resolve(cfg)
+        rid = run_id_of(conf)
+        out.append({"overrides": job, "cfg": cfg, "conf": conf, "run_id": rid,
+                    "record": _records_dir(cfg) / f"{rid}.json"})
+    # jobs that differ only in keys their method does not read (distill=kd,none distill.tau=1,4: the
+    # scratch run does not read tau) are one run: it runs once (Hydra still launches the others; they
+    # find it complete, or wait on its lock under a parallel launcher, and skip)
+    unique: dict[str, dict] = {}
+    for j in out:
+        first = unique.setdefault(j["run_id"], j)
+        if first is not j:
+            if sorted(first["overrides"]) == sorted(j["overrides"]):
+                raise ConfigError("hydra.sweeper.params", f"two jobs of the grid are the same run ({j['run_id']}): "
+                                                          "the grid repeats a point")
+            first.setdefault("same_as", []).append(j["overrides"])
+    return list(unique.values())
+
+
+def varying(jobs: list[dict]) -> list[str]:
+    """The override keys whose value differs between the jobs of a grid (what a progress line shows)."""
+    values: dict[str, set] = {}
+    for j in jobs:
+        for o in j["overrides"]:
+            k, _, v = o.lstrip("+~").partition("=")
+            values.setdefault(k, set()).add(v)
+    return [k for k, vs in values.items() if len(vs) > 1 or any(k not in _keys(j) for j in jobs)]
+
+
+def _keys(job: dict) -> set[str]:
+    return {o.lstrip("+~").partition("=")[0] for o in job["overrides"]}
+
+
+def label(job: dict, keys: list[str]) -> str:
+    """``kd tau=4 seed 0``: the variant, then the values of the grid's varying keys (short names)."""
+    cfg, conf, shown = job["cfg"], job.get("conf") or {}, []
+    for o in job["overrides"]:
+        k, _, v = o.lstrip("+~").partition("=")
+        unread = k.startswith("distill.") and k.split(".")[1] not in (conf.get("distill") or {k.split(".")[1]: 0})
+        if k in keys and k not in ("distill", "seed", "experiment") and not unread:
+            shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
+    return " ".join([str(cfg.distill.variant), *shown, f"seed {cfg.seed}"])
+
+
+def _records_dir(cfg) -> Path:
+    return Path(cfg.paths.runs_dir).absolute() / cfg.experiment_name
+
+
+def _status(path: Path) -> dict | None:
+    from kdbench.records import read_record
+
+    try:
+        return read_record(path)
+    except Exception:
+        return None
+
+
+def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = True) -> int:
+    from kdbench.errors import KDBenchError
+
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
+    try:
+        jobs = plan(overrides)
+    except KDBenchError as e:
+        return _err(str(e))
+    except Exception as e:  # Hydra's own composition errors (unknown group option, bad override syntax)
+        return _err(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+    cfg0 = jobs[0]["cfg"]
+    # a grid may span experiments (e.g. pair=glob(*) gives one per pair): each job has its own records folder
+    experiments = list(dict.fromkeys(j["cfg"].experiment_name for j in jobs))
+    exp = experiments[0] if len(experiments) == 1 else f"{experiments[0]} (+{len(experiments) - 1} more)"
+    before = {j["run_id"]: (_status(j["record"]) or {}).get("status") for j in jobs}
+    force = any(o.startswith("force=true") for o in overrides)
+    skipped = [r for r, s in before.items() if s == "complete" and not force]
+    shared = sum(len(j.get("same_as", [])) for j in jobs)
+    print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)"
+          + (f"; {shared} more grid point(s) are one of these runs (keys their method does not read): "
+             "each runs once" if shared else ""), flush=True)
+
+    log_dir = Path("multirun") / experiments[0]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # one log per sweep (two sweeps of one experiment at once must not write into one file)
+    log_path = log_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
+    cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
+    t0 = time.time()
+    seen: dict[str, str] = {r: "complete" for r in skipped}
+    # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
+    stale = {j["run_id"]: _mtime(j["record"]) for j in jobs if j["run_id"] not in seen}
+    keys = varying(jobs)
+    stopped: list[int] = []
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+        def forward(signum, frame):  # SIGTERM to the sweep stops its jobs (they record `interrupted`)
+            stopped.append(signum)
+            proc.send_signal(signum)
+
+        old_term = signal.signal(signal.SIGTERM, forward)
+        try:
+            while True:
+                try:
+                    done = proc.poll() is not None
+                    _progress(jobs, seen, t0, len(jobs), stale, keys)
+                    if done:
+                        break
+                    time.sleep(1.0)
+                except KeyboardInterrupt:  # Ctrl-C reached the job too (same process group): let it stop cleanly
+                    if not stopped:
+                        stopped.append(signal.SIGINT)
+                        proc.send_signal(signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+    rc = proc.returncode
+    final = {j["run_id"]: (_status(j["record"]) or {}) for j in jobs}
+    complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
+    failed = [(r, rec) for r, rec in final.items()
+              if rec.get("status") in ("failed", "diverged", "running", "interrupted")]
+    missing = [r for r, rec in final.items() if not rec]
+    mins = (time.time() - t0) / 60
+    print(f"\nsweep '{exp}' {'stopped' if stopped else 'finished'} after {mins:.1f} min: {len(complete)} complete, "
+          f"{len(failed)} failed or interrupted, {len(missing)} without a record; log: {log_path}")
+    for r, rec in failed:
+        first = (rec.get("error") or rec.get("status") or "").splitlines()[0][:200] if rec else ""
+        print(f"  {rec.get('status', 'failed').upper()} {r}: {first}")
+    if missing and not stopped:
+        print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
+        tail = log_path.read_text().strip().splitlines()[-8:]
+        print("  " + "\n  ".join(tail))
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        print(f"kdbench sweep: stopped by {name}; the same command resumes it (complete runs are skipped, "
+              "interrupted ones resume from their last checkpoint)")
+        return 128 + stopped[0]
+    lg = cfg0.get("logger") or {}
+    to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
+    for name in experiments if report else []:
+        cfg = next(j["cfg"] for j in jobs if j["cfg"].experiment_name == name)
+        if not any(j["run_id"] in complete for j in jobs if j["cfg"].experiment_name == name):
+            continue
+        from kdbench.report import make_report
+
+        # a report run in W&B only when this sweep completed runs of the experiment (not on every re-run),
+        # in the project / entity / mode of the sweep's own runs
+        fresh = any(j["run_id"] in complete and j["run_id"] not in skipped for j in jobs
+                    if j["cfg"].experiment_name == name)
+        wb = {k: lg.wandb.get(k) for k in ("project", "entity", "mode")} if to_wandb and fresh else False
+        out = make_report(Path(cfg.paths.runs_dir).absolute(), name, wandb_log=wb)
+        table = out.get("markdown") or ""
+        if table:
+            print("\n" + table)
+        for w in out.get("warnings") or []:
+            print(f"warning: {w}")
+        print(f"\ntables and plots: {out.get('out_dir')}")
+        print(f"run records:      {_records_dir(cfg)}")
+    if report and complete:
+        if to_wandb:
+            wdir = Path(cfg0.paths.wandb_dir).absolute() / "wandb"
+            mode = lg.wandb.mode
+            print(f"W&B ({mode}):     {wdir}" + ("  (upload: wandb sync <dir>/offline-run-*)" if mode == "offline" else ""))
+    ok = rc == 0 and not failed and not missing
+    return 0 if ok else 1
+
+
+FINAL = ("complete", "failed", "diverged", "interrupted")
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None, keys: list[str] | None = None) -> None:
+    """Print one line per job whose record reached a final status since the last call.
+
+    ``stale`` maps run ids to the modification time their record had when the sweep started: a
+    record that has not been rewritten since (a re-run failed job, or any job with force=true) is
+    the previous attempt's, not news.
+    """
+    for j in jobs:
+        rid, path = j["run_id"], j["record"]
+        if stale and rid in stale and stale[rid] is not None and _mtime(path) == stale[rid]:
+            continue
+        rec = _status(path)
+        if not rec:
+            continue
+        st = rec.get("status")
+        if st in FINAL and seen.get(rid) != st:
+            seen[rid] = st
+            n = sum(1 for s in seen.values() if s in FINAL)
+            acc = ((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc")
+            extra = f"test acc {100 * acc:.2f}%" if acc is not None else (rec.get("error") or "")[:80]
+            what = label(j, keys or []) if "cfg" in j else f"{rec.get('variant')} seed {rec.get('seed')}"
+            print(f"[{n:>3}/{total}] {st:<8} {what}  {extra}  ({time.time() - t0:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("usage: python -m kdbench.sweep [experiment=NAME] [hydra overrides ...]")
+        return 0
+    return run_sweep(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

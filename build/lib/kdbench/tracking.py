@@ -1,0 +1,160 @@
+"""Experiment trackers for a run: W&B (offline unless asked) and CSV, as Lightning loggers.
+
+Online mode without credentials falls back to offline with a warning; a W&B run is always
+finished (even when the run fails), so the next run in the same process gets its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kdbench.records import DIRECTIONS
+
+log = logging.getLogger("kdbench")
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def wandb_settings():
+    import wandb
+
+    return wandb.Settings(init_timeout=30, console="off", silent=True)
+
+
+def wandb_id(experiment: str, run_id: str) -> str:
+    """The W&B run id of a kdbench run: one run, one W&B run (a resumed run continues it). Run ids are
+    unique within an experiment, so the experiment is part of it; W&B ids take letters, digits, - and _."""
+    import hashlib
+    import re
+
+    raw = re.sub(r"[^A-Za-z0-9_-]", "_", f"{experiment}-{run_id}")
+    return raw if len(raw) <= 64 else f"{raw[:53]}-{hashlib.sha256(raw.encode()).hexdigest()[:10]}"
+
+
+#: override keys that never make a W&B run name (where things go, how they are shown; the variant and
+#: seed are shown anyway)
+_NAME_SKIP = {"experiment", "seed", "logger", "resume", "force", "tags", "trainer.progress", "dataset.root",
+              "dataset.cache_dir", "distill"}
+_NAME_SKIP_PREFIX = ("paths.", "hydra.", "logger.")
+
+
+def run_name(variant: str, seed: int, overrides: list[str]) -> str:
+    """``kd tau=4 alpha=0.5 s0``: the variant, then the value of every key the command line set (what
+    varies in a grid), then the seed, so runs of a tau x alpha grid do not share a name."""
+    shown = []
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        if k not in _NAME_SKIP and not k.startswith(_NAME_SKIP_PREFIX) and not k.startswith("hydra/"):
+            shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
+    return " ".join([variant, *shown, f"s{seed}"])
+
+
+def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], config: dict,
+                 wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False) -> list:
+    """Lightning loggers for the ``logger`` config: W&B and/or CSV (none when neither is set).
+
+    The W&B run's id is derived from the kdbench run id (:func:`wandb_id`) and resumed when it exists,
+    so a resumed kdbench run continues its W&B run; ``fresh`` (``force=true``: trained again from
+    scratch) gives it a new id."""
+    loggers: list = []
+    lg = lg or {}
+    if lg.get("wandb") and lg["wandb"].get("mode") != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        w = lg["wandb"]
+        mode = w.get("mode")
+        if mode == "online" and not wandb_has_credentials():
+            warnings.warn("logger.wandb.mode=online but no W&B credentials were found: logging offline instead "
+                          "(run `wandb login`, then `wandb sync` the offline run)", stacklevel=2)
+            mode = "offline"
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        wid = wandb_id(experiment, run_id)
+        if fresh:
+            import time
+
+            wid = f"{wid[:50]}-{int(time.time())}"
+        loggers.append(WandbLogger(
+            project=w.get("project"), entity=w.get("entity"), group=w.get("group"), job_type=w.get("job_type"),
+            name=name, tags=[str(t) for t in (w.get("tags") or [])] + group_tags, save_dir=str(wandb_dir),
+            offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(),
+            id=wid, resume="allow"))
+    if lg.get("csv"):
+        from pytorch_lightning.loggers import CSVLogger
+
+        loggers.append(CSVLogger(save_dir=str(csv_dir or lg["csv"]["save_dir"]), name=experiment, version=run_id))
+    return loggers
+
+
+def define_summaries(loggers: list) -> str | None:
+    """Tell W&B which way is better for each metric (its run summary keeps the best); return its run dir."""
+    for lg in loggers:
+        if lg.__class__.__name__ == "WandbLogger":
+            exp = lg.experiment
+            # one protocol per summary key: val/* keep their last epoch, test/* none (they are logged for
+            # the last and for the best weights): `last/test/*` and `best/test/*` hold the two protocols
+            for metric in DIRECTIONS:
+                exp.define_metric(f"val/{metric}", summary="last")
+                exp.define_metric(f"test/{metric}", summary="none")
+            exp.define_metric("train/loss", summary="last")
+            return getattr(exp, "dir", None)
+    return None
+
+
+def log_final(loggers: list, last: dict, best: dict, teacher_test: dict, record: dict | None = None) -> None:
+    """The two reporting protocols side by side in the W&B summary (``last/*``: final epoch, CRD;
+    ``best/*``: best validation epoch, DKD), each from one epoch, and a reliability diagram."""
+    flat: dict[str, Any] = {}
+    for proto, m in (("last", last), ("best", best)):
+        flat[f"{proto}/epoch"] = m.get("epoch")
+        for split in ("val", "test"):
+            flat.update({f"{proto}/{split}/{k}": v for k, v in (m.get(split) or {}).items()})
+    flat.update({f"teacher/{k}": v for k, v in teacher_test.items()})
+    for lg in loggers:
+        if lg.__class__.__name__ == "WandbLogger":
+            exp = lg.experiment
+            exp.summary.update({k: v for k, v in flat.items() if v is not None})
+            if record is not None and (record.get("reliability") or {}).get("last"):
+                _log_reliability(exp, record)
+        else:
+            lg.log_metrics({k: v for k, v in flat.items() if isinstance(v, (int, float))})
+
+
+def _log_reliability(exp, record: dict) -> None:
+    import tempfile
+
+    import wandb
+
+    from kdbench.report.plots import plot_reliability
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plot_reliability([record], Path(tmp) / "reliability.png")
+            if path is not None:
+                exp.log({"reliability": wandb.Image(str(path))})
+    except Exception as e:  # noqa: BLE001 - a figure must never sink a finished run
+        log.warning("could not log the reliability diagram to W&B: %s: %s", type(e).__name__, e)
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the W&B run, as failed when ``exit_code`` is not 0 (a failed, diverged or interrupted run)."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            # finish it, so that the next run in this process (Hydra's basic launcher runs a whole sweep in
+            # one process) gets its own W&B run instead of logging into this one
+            wandb.finish(exit_code=exit_code)
+    except Exception as e:  # never let tracker shutdown sink a run
+        log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)
