@@ -34,6 +34,10 @@ def resolve_accelerator(accelerator: str) -> str:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> bf16 autocast on GPUs (the loss itself runs in float32), full float32 on CPU."""
+    if precision == "16-mixed" and accelerator not in ("gpu", "cuda"):
+        return "bf16-mixed"  # what Lightning runs on a CPU when asked for 16-mixed: the record says so
+    if precision == "32":
+        return "32-true"  # Lightning's alias: one computation, one run id
     if precision != "auto":
         return precision
     return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"

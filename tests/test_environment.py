@@ -72,3 +72,13 @@ def test_values_far_outside_published_recipes_are_announced(compose):
     assert [w.split("=")[0] for w in warned] == ["distill.tau", "dataset.batch_size", "optim.lr"]
     assert all("running anyway" in w for w in warned)
     assert unusual_values(compose("distill=none", "distill.tau=1e9")) == []  # scratch reads no tau
+
+
+def test_a_run_records_the_precision_that_ran_not_the_one_asked(compose):
+    from kdbench.config import resolve
+    from kdbench.identity import run_id_of
+
+    asked = resolve(compose("trainer.precision=16-mixed", "trainer.accelerator=cpu"))
+    assert asked["trainer"]["precision"] == "bf16-mixed"  # Lightning runs bf16 autocast on a CPU
+    assert run_id_of(asked) == run_id_of(resolve(compose("trainer.precision=bf16-mixed", "trainer.accelerator=cpu")))
+    assert resolve(compose("trainer.precision=32", "trainer.accelerator=cpu"))["trainer"]["precision"] == "32-true"
