@@ -36,7 +36,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto`` -> bf16 autocast on GPUs (the loss itself runs in float32), full float32 on CPU."""
     if precision == "16-mixed" and accelerator not in ("gpu", "cuda"):
         return "bf16-mixed"  # what Lightning runs on a CPU when asked for 16-mixed: the record says so
-    if precision == "32":
+    if str(precision) == "32":
         return "32-true"  # Lightning's alias: one computation, one run id
     if precision != "auto":
         return precision

@@ -81,4 +81,3 @@ def test_a_run_records_the_precision_that_ran_not_the_one_asked(compose):
     asked = resolve(compose("trainer.precision=16-mixed", "trainer.accelerator=cpu"))
     assert asked["trainer"]["precision"] == "bf16-mixed"  # Lightning runs bf16 autocast on a CPU
     assert run_id_of(asked) == run_id_of(resolve(compose("trainer.precision=bf16-mixed", "trainer.accelerator=cpu")))
-    assert resolve(compose("trainer.precision=32", "trainer.accelerator=cpu"))["trainer"]["precision"] == "32-true"
