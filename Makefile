@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint sweep table bench models reproduce-hinton study-topk clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,8 +22,13 @@ install: $(STAMP) ## create .venv and install kdbench with pinned versions (cons
 run: $(STAMP) ## quickstart: teacher + KD ablation on the embedded digits data, offline, CPU (ARGS= for overrides)
 	$(PY) -m kdbench.quickstart $(ARGS)
 
-test: $(STAMP) ## the fast test suite (slow tests excluded)
+test: $(STAMP) browser ## the fast test suite (slow tests excluded)
 	$(PY) -m pytest -q $(ARGS)
+
+browser: ## a headless Chromium (Debian's package) for the HTML report's test; best effort, needs root + apt
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "note: no chromium (apt-get install chromium): the HTML report's browser test will be skipped"
 
 test-slow: $(STAMP) ## only the slow tests (kill/resume, DDP, CIFAR slice, long sweeps)
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -76,6 +76,15 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
             path = fn(out_dir / f"{name}.png")
             if path is not None:
                 plots[name] = path
+    if recs is not None:
+        from kdbench.files import atomic_write_text
+        from kdbench.report.html import render_html
+        from kdbench.report.tables import DELTA_NOTE, PROTOCOL_NOTE
+
+        page = render_html(experiment, display, caption=caption, plots=plots, out_dir=out_dir,
+                           records=list(zip([Path(p) for p in df["path"]], recs)),
+                           failed=display.attrs.get("failed") or [], notes=[PROTOCOL_NOTE, DELTA_NOTE])
+        tables["html"] = atomic_write_text(out_dir / "index.html", page)
     result = {"out_dir": out_dir, "tables": tables, "plots": plots, "markdown": tables["md"].read_text(),
               "display": display, "summary": summary, "wandb_dir": None, "warnings": record_warnings(df)}
     if wandb_log:

@@ -124,6 +124,9 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
     for members in groups.values():
         p = pool_reliability(((rec.get("reliability") or {}).get(which) for _, rec in members))
         if p is not None:
+            eces = [((rec.get("metrics") or {}).get(which) or {}).get("test", {}).get("ece") for _, rec in members]
+            eces = [float(e) for e in eces if isinstance(e, (int, float)) and not math.isnan(e)]
+            p = {**p, "table_ece": sum(eces) / len(eces) if eces else math.nan}
             pooled.append((run_label(members[0][0], gcols), p))
     if not pooled:
         return None
@@ -147,7 +150,12 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
         ax.set_aspect("equal")
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{label} (n={p['runs']})\npooled ECE = {p['ece']:.4f}", fontsize=10)
+        for x, w, a, n in zip(edges[:-1], widths, p["accuracy"], p["count"]):
+            if n:  # how many test predictions each bin holds
+                ax.text(x + w / 2, min(a, 0.97) + 0.01, f"{int(n)}", ha="center", va="bottom", fontsize=5, rotation=90)
+        # the table's ECE (mean over seeds of each run's ECE) first; the pooled bins' own ECE beside it
+        ax.set_title(f"{label} (n={p['runs']})\nECE {p['table_ece']:.4f} (mean of runs); pooled bins {p['ece']:.4f}",
+                     fontsize=9)
     axes.flat[0].legend(loc="upper left", fontsize=7)
     epoch = "final epoch" if which == "last" else "best-validation epoch"
     fig.suptitle(f"Reliability on test, {epoch} (bins pooled over seeds)", fontsize=11)
