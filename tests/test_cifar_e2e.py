@@ -72,3 +72,47 @@ def test_import_refuses_wrong_architecture(tmp_path, capsys):
               "--teachers-dir", str(tmp_path / "t")])
     err = capsys.readouterr().err
     assert rc == 2 and "resnet14" in err and "missing" in err
+
+
+def test_import_takes_the_student_of_an_mdistiller_run_on_request(tmp_path, capsys):
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8", 10), build_model("resnet14", 10)
+    run = {f"module.student.{k}": v for k, v in student.state_dict().items()}
+    run.update({f"module.teacher.{k}": v for k, v in teacher.state_dict().items()})
+    ckpt = tmp_path / "student_best.pth"
+    torch.save({"model": run, "epoch": 240}, ckpt)
+    base = ["teacher", "import", str(ckpt), "--arch", "resnet8", "--dataset", "cifar10", "--no-eval",
+            "--teachers-dir", str(tmp_path / "t")]
+    assert cli(base) == 2
+    err = capsys.readouterr().err
+    assert "--submodule student|teacher" in err and "--arch" not in err.split(":", 2)[1]
+    assert cli([*base, "--submodule", "student"]) == 0
+    out = capsys.readouterr().out
+    assert "not evaluated: --no-eval" in out and "None" not in out
+    assert f"paths.teachers_dir={tmp_path / 't'}" in out  # the hint works with a non-default registry
+    from safetensors.torch import load_file
+
+    (entry,) = (tmp_path / "t").glob("cifar10-resnet8-imported-*")
+    stored = load_file(str(entry / "model.safetensors"))
+    assert all(torch.equal(stored[k], v) for k, v in student.state_dict().items())
+
+
+def test_import_accepts_repdistillers_last_checkpoint_with_its_options_namespace(tmp_path, capsys):
+    import argparse
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10)
+    ckpt = tmp_path / "resnet8_last.pth"
+    torch.save({"opt": argparse.Namespace(model="resnet8", lr=0.05), "model": model.state_dict(), "epoch": 240}, ckpt)
+    assert cli(["teacher", "import", str(ckpt), "--arch", "resnet8", "--dataset", "cifar10", "--no-eval",
+                "--teachers-dir", str(tmp_path / "t")]) == 0, capsys.readouterr().err
+
+
+def test_import_without_data_names_the_commands_own_option_once(tmp_path, capsys):
+    ckpt = tmp_path / "r8.pth"
+    _published_checkpoint(ckpt)
+    assert cli(["teacher", "import", str(ckpt), "--arch", "resnet8", "--dataset", "cifar10", "--root",
+                str(tmp_path / "nowhere"), "--teachers-dir", str(tmp_path / "t")]) == 0
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    assert text.count("not evaluated") == 1 and "--root" in text and "dataset.root" not in text
