@@ -18,7 +18,7 @@ NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
 NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (
     "trainer.progress", "trainer.log_every_n_steps", "trainer.check_finite_every",
     "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size",
-    "teacher.train_if_missing", "teacher_cache.max_gb",
+    "teacher.train_if_missing", "teacher_cache.max_gb", "teacher_cache.on_device",
 )
 
 

@@ -69,6 +69,7 @@ SCHEMA: dict[str, Spec] = {
     "seed": SEED, "data_seed": SEED, "experiment_name": S, "tags": Spec("list", item="str"),
     "teacher_signal": S, "resume": B, "teacher_only": B, "force": B,
     "teacher_cache.dtype": C("auto", "float32", "bfloat16", "float16"), "teacher_cache.max_gb": N(0),
+    "teacher_cache.on_device": C("auto", True, False),
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),
     # dataset (every dataset's keys; each loader reads its own)
     "dataset.name": S, "dataset.root": S0, "dataset.cache_dir": S0, "dataset.download": B,

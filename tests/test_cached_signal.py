@@ -72,3 +72,29 @@ def test_a_cache_that_cannot_fit_is_refused_before_any_work(compose, tmp_path):
     with pytest.raises(ConfigError) as e:
         run(compose(*CNN, "teacher_signal=cached", "distill=kd_teacher_grad"))
     assert e.value.key == "teacher_signal"
+
+
+def test_a_resident_cache_gives_the_memory_mapped_lookups_and_the_same_run(compose):
+    """teacher_cache.on_device=true: the tables are copied into the device's memory (on a GPU: its
+    memory; here the host's), looked up there, and the run is the one read from the memory map."""
+    from kdbench.data import Batch
+    from kdbench.signals.cached import CachedSignal
+    from kdbench.train import run
+
+    mapped = run(compose(*CNN, "teacher_signal=cached", "experiment_name=mm", "+teacher_cache.on_device=false"))
+    resident = run(compose(*CNN, "teacher_signal=cached", "experiment_name=rs", "+teacher_cache.on_device=true"))
+    assert resident["run_id"] == mapped["run_id"]  # where the table lives changes nothing computed
+    assert resident["history"] == mapped["history"] and resident["metrics"] == mapped["metrics"]
+    (folder,) = [p.parent for p in Path(mapped["teacher"]["path"]).glob("cache/*/meta.json")]
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    a, b = CachedSignal(folder, meta, on_device=False).to("cpu"), CachedSignal(folder, meta, on_device=True).to("cpu")
+    assert not a.resident and b.resident
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, a.tables["train"].shape[0], (64,), generator=g)
+    view = torch.randint(0, a.tables["train"].shape[1], (64,), generator=g)
+    batch = Batch(torch.zeros(64, 1), torch.zeros(64, dtype=torch.long), idx, view)
+    assert torch.equal(a(batch, "train"), b(batch, "train"))
+    first = Batch(batch.x[:8], batch.y[:8], torch.arange(8), torch.zeros(8, dtype=torch.long))
+    assert torch.equal(a(first, "test"), b(first, "test"))
