@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("migrate", help="re-key records written before run ids hashed resolved configs",
                     add_help=False)
     sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
+    sub.add_parser("eval", help="test a student checkpoint: kdbench eval ckpt=PATH [overrides]", add_help=False)
     for name in ("train", "sweep", "report"):
         sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
     return p
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdbench.capture import main as capture_main
 
         return capture_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from kdbench.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     if argv[:2] == ["records", "migrate"]:
         from kdbench.migrate import main as migrate_main
 

@@ -25,7 +25,7 @@ from typing import Any
 from kdbench.files import atomic_write_text
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "failed", "diverged", "interrupted")
+STATUSES = ("running", "complete", "failed", "diverged", "interrupted", "debug")
 TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
 #: which way is better for every metric a record holds (tables bold it, W&B summaries keep it)
 DIRECTIONS: dict[str, str] = {

@@ -99,6 +99,10 @@ SCHEMA: dict[str, Spec] = {
     "logger.csv.save_dir": S, "logger.wandb.project": S, "logger.wandb.entity": S0, "logger.wandb.mode": S,
     "logger.wandb.group": S0, "logger.wandb.job_type": S, "logger.wandb.tags": Spec("list", item="str"),
     "logger.wandb.name": S0, "logger.wandb.notes": S0,
+    # debug=fast|limit|overfit (conf/debug/): Lightning's own debugging switches; such runs are recorded
+    # with status "debug", never as results
+    "debug.fast_dev_run": B, "debug.limit_batches": I(1), "debug.limit_eval_batches": I(1),
+    "debug.overfit_batches": I(1),
     # a CIFAR pair: descriptive (published numbers shown beside the results)
     "pair.*": ANY,
 }

@@ -1,0 +1,83 @@
+"""lightning-hydra-template conventions (issue 14 part 8): debug configs, trainer presets, evaluating
+a checkpoint, the config tree at start, machine-local overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_debug_fast_runs_one_batch_and_is_never_recorded_as_a_result(compose):
+    from kdbench.train import run
+
+    rec = run(compose("debug=fast", "logger=none"))
+    assert rec["status"] == "debug" and rec["experiment"] == "debug" and len(rec["history"]) == 1
+
+
+def test_debug_overfit_drives_the_training_loss_down_on_a_few_batches(compose):
+    from kdbench.train import run
+
+    rec = run(compose("debug=overfit", "logger=none", "distill=none", "trainer.max_epochs=15"))
+    losses = [h["train_loss"] for h in rec["history"]]
+    assert rec["status"] == "debug" and len(losses) == 15 and losses[-1] < 0.25 * losses[0]
+
+
+@pytest.mark.parametrize("preset, acc, devices, strategy", [("gpu", "gpu", 1, "auto"), ("ddp", "gpu", 2, "ddp_spawn")])
+def test_trainer_presets_compose_and_validate(compose, preset, acc, devices, strategy):
+    from kdbench.config import validate
+
+    cfg = compose(f"trainer={preset}")
+    validate(cfg)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy) == (acc, devices, strategy)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 20  # the rest from default
+
+
+def test_eval_tests_a_runs_best_checkpoint_to_its_recorded_metrics(compose, tmp_path, capsys):
+    from kdbench.cli import main
+    from kdbench.train import run
+
+    res = tmp_path / "results"
+    rec = run(compose("distill=none", "trainer.max_epochs=2", "logger=none", results=res))
+    ckpt = res / "checkpoints" / rec["experiment"] / rec["run_id"] / "best.ckpt"
+    capsys.readouterr()
+    assert main(["eval", f"ckpt={ckpt}", f"paths.results_dir={res}", "distill=none"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    best = rec["metrics"]["best"]["test"]
+    for k in ("acc", "ece", "nll", "brier", "ece_ts", "nll_ts"):
+        assert out["test"][k] == pytest.approx(best[k], rel=1e-6, abs=1e-7), k
+    assert main(["eval", f"ckpt={tmp_path / 'nope.ckpt'}"]) == 2
+    assert "ckpt: no checkpoint file" in capsys.readouterr().err
+
+
+def test_a_single_run_prints_its_config_tree_without_secrets(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
+    res = subprocess.run([sys.executable, "-m", "kdbench.train", "debug=fast", f"paths.results_dir={tmp_path}/r",
+                          f"hydra.run.dir={tmp_path}/h", "trainer.progress=true"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "config: debug" in res.stdout and "├── distill" in res.stdout and "fast_dev_run: true" in res.stdout
+
+
+def test_machine_local_overrides_come_from_conf_local_and_git_ignores_them(tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths: {data_dir: /scratch/data}\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=quickstart"])
+    GlobalHydra.instance().clear()
+    assert cfg.paths.data_dir == "/scratch/data" and cfg.experiment_name == "quickstart"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "conf/local/default.yaml"], cwd=REPO)
+    assert ignored.returncode == 0  # a machine's file never lands in a commit
