@@ -173,9 +173,10 @@ def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, 
     # fit / test -> record
     wandb_dir, exit_code = None, 0
     try:
+        art = tracking.log_teacher(conf.get("logger"), record["teacher"], _abs(cfg.paths.wandb_dir))
         loggers = tracking.make_loggers(
             conf.get("logger"), run_id=run_id, name=tracking.run_name(d["variant"], conf["seed"], record["overrides"]),
-            config=conf, fresh=bool(cfg.force),
+            config={**conf, **({"teacher_artifact": art} if art else {})}, fresh=bool(cfg.force),
             group_tags=[d["variant"], conf["dataset"]["name"]], wandb_dir=_abs(cfg.paths.wandb_dir),
             experiment=cfg.experiment_name,
             csv_dir=_abs(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None)

@@ -23,3 +23,34 @@ def test_run_names_carry_what_the_command_line_varied():
     assert run_name("kd", 2, ov) == "kd tau=4 alpha=0.5 pair=resnet56_resnet20 s2"
     assert run_name("kd", 2, [o.replace("tau=4", "tau=1") for o in ov]) != run_name("kd", 2, ov)
     assert run_name("scratch", 0, []) == "scratch s0"
+
+
+def test_the_teacher_is_its_own_wandb_run_once_with_its_weights_as_an_artifact(compose, tmp_path):
+    import json
+
+    from kdbench.train import run
+
+    res = tmp_path / "results"
+    a = run(compose("trainer.max_epochs=1", "teacher.recipe.epochs=1", "logger=wandb", "logger.wandb.mode=offline",
+                    results=res))
+    b = run(compose("trainer.max_epochs=1", "teacher.recipe.epochs=1", "logger=wandb", "logger.wandb.mode=offline",
+                    "seed=1", results=res))
+    wdir = res / "wandb"
+    (marker,) = (wdir / ".kdbench-teachers").glob("*.json")
+    ref = json.loads(marker.read_text())["artifact"]
+    runs = sorted(wdir.glob("offline-run-*"))
+    assert len(runs) == 3  # one teacher run, logged once, and two student runs
+    from tests.test_interrupts import wandb_records
+
+    kinds = {}
+    for r in runs:
+        recs = wandb_records(next(r.glob("run-*.wandb")))
+        job = [x.run.job_type for x in recs if x.WhichOneof("record_type") == "run"][0]
+        kinds[job] = kinds.get(job, 0) + 1
+        config = {u.key: json.loads(u.value_json) for x in recs if x.WhichOneof("record_type") == "run"
+                  for u in x.run.config.update}
+        if job == "distill":
+            assert config["teacher_artifact"] == ref and config["kdbench_run_id"] in (a["run_id"], b["run_id"])
+        else:
+            assert any(x.WhichOneof("record_type") == "artifact" for x in recs)
+    assert kinds == {"teacher": 1, "distill": 2}
