@@ -7,9 +7,11 @@ same loaders, precision policy, checkpoints and resumption.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -155,6 +157,39 @@ class FitResult:
     deterministic: bool
 
 
+class _Eta(Callback):
+    """After every training epoch: ``progress.json`` in the run's checkpoint folder (epoch, epochs,
+    seconds per epoch, ETA; what a sweep shows for its running jobs) and, when Lightning's progress
+    bar is off, one line ``<label>: epoch 3/20, 12.1 s/epoch, about 3.4 min left``."""
+
+    def __init__(self, label: str, ckpt_dir: Path | None, echo: bool):
+        self.label, self.ckpt_dir, self.echo = label, ckpt_dir, echo
+        self.t0: float | None = None
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0, self.first_epoch = time.time(), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.t0 is None or not trainer.is_global_zero:
+            return
+        done = trainer.current_epoch + 1
+        per = (time.time() - self.t0) / max(1, done - self.first_epoch)
+        total = trainer.max_epochs or done
+        left = max(0, total - done) * per
+        info = {"epoch": done, "epochs": total, "s_per_epoch": round(per, 2), "eta_s": round(left, 1),
+                "updated": time.time()}
+        if self.ckpt_dir is not None:
+            try:
+                from kdbench.files import atomic_write_text
+
+                atomic_write_text(self.ckpt_dir / "progress.json", json.dumps(info) + "\n")
+            except OSError:
+                pass
+        if self.echo:
+            print(f"{self.label}: epoch {done}/{total}, {per:.1f} s/epoch, about {left / 60:.1f} min left", flush=True)
+
+
 def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_dir: Path | None = None,
                  logger=None, resume: bool = True, extra_callbacks: list | None = None) -> FitResult:
     """Train ``module`` for ``spec.max_epochs``, then test the last and the best (by val accuracy) weights.
@@ -172,7 +207,9 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         if hasattr(module.signal, "to_memory_format"):
             module.signal.to_memory_format(torch.channels_last)
     train, val, test = make_loaders(data, spec, channels_last)
-    callbacks = [_EpochSync([train, val, test], train)] + list(extra_callbacks or [])
+    label = f"kdbench {ckpt_dir.parent.name}/{ckpt_dir.name}" if ckpt_dir is not None else "kdbench"
+    callbacks = [_EpochSync([train, val, test], train), _Eta(label, ckpt_dir, echo=not spec.progress)]
+    callbacks += list(extra_callbacks or [])
     ckpt_cb = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

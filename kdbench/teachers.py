@@ -108,7 +108,8 @@ def get_or_train(entry: Path, build: Callable[[], nn.Module], arch: str, num_cla
         if entry_complete(entry):  # another job trained it while we waited
             log(f"teacher {entry.name}: trained by another job, reusing it")
             return freeze(model), load_into(model, entry, arch, num_classes), False
-        log(f"teacher {entry.name}: not found, training it first")
+        log(f"teacher {entry.name}: not found, training it first ({meta_fields.get('recipe', {}).get('epochs', '?')} "
+            "epochs; an epoch/ETA line follows each epoch, or Lightning's progress bar)")
         metrics = train(model)
         meta = {**meta_fields, "arch": arch, "num_classes": num_classes, "test": metrics,
                 "versions": versions()}

@@ -81,3 +81,25 @@ def test_machine_local_overrides_come_from_conf_local_and_git_ignores_them(tmp_p
     assert cfg.paths.data_dir == "/scratch/data" and cfg.experiment_name == "quickstart"
     ignored = subprocess.run(["git", "check-ignore", "-q", "conf/local/default.yaml"], cwd=REPO)
     assert ignored.returncode == 0  # a machine's file never lands in a commit
+
+
+def test_epochs_report_progress_and_a_sweep_shows_its_running_jobs(compose, tmp_path, capsys):
+    from kdbench.sweep import _running, plan
+    from kdbench.train import run
+
+    res = tmp_path / "results"
+    rec = run(compose("distill=none", "trainer.max_epochs=2", "trainer.progress=false", results=res))
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "min left" in out
+    prog = json.loads((res / "checkpoints" / rec["experiment"] / rec["run_id"] / "progress.json").read_text())
+    assert prog["epoch"] == 2 and prog["epochs"] == 2 and prog["eta_s"] == 0
+    jobs = plan(["experiment=quickstart", f"paths.results_dir={res}", "distill=kd", "distill.tau=2,8", "seed=0"])
+    (first, _) = jobs
+    folder = res / "checkpoints" / "quickstart" / first["run_id"]
+    folder.mkdir(parents=True)
+    import time
+
+    (folder / "progress.json").write_text(json.dumps({"epoch": 3, "epochs": 20, "s_per_epoch": 1.5, "eta_s": 25.5,
+                                                      "updated": time.time()}))
+    _running(jobs, {}, ["distill.tau"])
+    assert "running kd tau=2 seed 0: epoch 3/20, 1.5 s/epoch, about 0.4 min left" in capsys.readouterr().out
