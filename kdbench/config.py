@@ -162,8 +162,8 @@ def validate(cfg) -> None:
     if not is_scratch(cfg) and _get(cfg, "teacher.arch") not in models + ["oracle"]:
         raise ConfigError("teacher.arch", f"unknown model {_get(cfg, 'teacher.arch')!r}; valid: oracle, "
                                           f"{', '.join(models)}")
-    if _get(cfg, "teacher.arch") == "oracle" and not is_scratch(cfg) and ds != "synthetic":
-        raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic")
+    if _get(cfg, "teacher.arch") == "oracle" and not is_scratch(cfg) and ds not in ("synthetic", "markov"):
+        raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic and dataset=markov")
     _positive_int(cfg, "trainer.max_epochs")
     _positive_int(cfg, "dataset.batch_size")
     _positive_int(cfg, "dataset.eval_batch_size")

@@ -17,11 +17,10 @@ def evaluate(cfg, ckpt_path: str | Path) -> dict:
     import torch
 
     from kdbench.config import resolve, validate
-    from kdbench.data import TensorLoader
+    from kdbench.data import TensorLoader, load_dataset, split_train_val
     from kdbench.errors import ConfigError
     from kdbench.metrics import ClassificationMetrics
     from kdbench.models import build_model
-    from kdbench.train import load_data
 
     validate(cfg)
     conf = resolve(cfg)
@@ -35,7 +34,9 @@ def evaluate(cfg, ckpt_path: str | Path) -> dict:
     state = {k[len("student."):]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith("student.")}
     if not state:
         raise ConfigError("ckpt", f"{path} holds no student weights (expected a kdbench run's best.ckpt or last.ckpt)")
-    data = load_data(conf["dataset"])
+    ds = {**conf["dataset"], **{k: str(Path(conf["dataset"][k]).absolute())
+                                for k in ("root", "cache_dir") if conf["dataset"].get(k)}}
+    data = split_train_val(load_dataset(ds), ds["val_size"], seed=ds["split_seed"])
     student = build_model(conf["student"]["arch"], data.num_classes, data.input_shape,
                           **(conf["student"].get("kwargs") or {}))
     missing, unexpected = student.load_state_dict(state, strict=False)

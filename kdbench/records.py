@@ -30,7 +30,7 @@ TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
 #: which way is better for every metric a record holds (tables bold it, W&B summaries keep it)
 DIRECTIONS: dict[str, str] = {
     "acc": "max", "agreement": "max",
-    "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min",
+    "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min", "ppl": "min",
     "ece_ts": "min", "nll_ts": "min",
 }
 

@@ -78,11 +78,13 @@ SCHEMA: dict[str, Spec] = {
     "dataset.test_subset": I(1, optional=True), "dataset.test_fraction": N(0, 1, hi_open=True),
     "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1), "dataset.n_test": I(1),
     "dataset.num_classes": I(2), "dataset.seed": SEED,
+    # sequence data (markov, bytes_text)
+    "dataset.seq_len": I(2), "dataset.vocab": I(2), "dataset.branching": I(1), "dataset.prompt_len": I(0),
     # models
     "student.arch": S, "student.num_classes": I(2, optional=True), "student.kwargs.*": ANY,
     "teacher.arch": S, "teacher.num_classes": I(2, optional=True), "teacher.kwargs.*": ANY,
     "teacher.checkpoint": S0, "teacher.seed": SEED, "teacher.train_if_missing": B,
-    "teacher.recipe.epochs": I(1), "teacher.recipe.batch_size": I(1), "teacher.recipe.augment": S,
+    "teacher.recipe.epochs": I(0), "teacher.recipe.batch_size": I(1), "teacher.recipe.augment": S,  # epochs 0: oracle
     **{f"teacher.recipe.optim.{k}": v for k, v in _OPTIM.items()},
     **{f"teacher.recipe.sched.{k}": v for k, v in _SCHED.items()},
     **{f"optim.{k}": v for k, v in _OPTIM.items()},

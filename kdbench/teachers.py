@@ -155,6 +155,10 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
     from kdbench.models import build_model
 
     tc = teacher_cfg
+    if tc["arch"] == "oracle" and data.is_tokens:
+        from kdbench.data.text import markov_oracle
+
+        return freeze(markov_oracle(data)), {"arch": "oracle", "key": "oracle-markov", "name": "oracle (true law)"}
     if tc["arch"] == "oracle":
         from kdbench.data.sources import oracle_teacher
 
