@@ -199,6 +199,7 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
         log.warning("could not log the teacher to W&B: %s: %s", type(e).__name__, e)
         return None
     ref = f"{name}:latest"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"artifact": ref, "teacher": str(path)}) + "\n")
+    from kdbench.files import atomic_write_text
+
+    atomic_write_text(marker, json.dumps({"artifact": ref, "teacher": str(path)}) + "\n")
     return ref

@@ -164,6 +164,9 @@ def test_deltas_and_teacher_quality_kept(results):
     assert list(out["teacher_kept"]) == pytest.approx([0.0, 62.5, 37.5])
     assert list(out["delta_vs_kd"]) == pytest.approx([-5.0, 0.0, -2.0])
     assert list(out["delta_vs_scratch"]) == pytest.approx([0.0, 5.0, 3.0])
+    # the seed's question in NLL: scratch 0.40, kd 0.30, teacher 0.20 -> kd keeps 50 % of the NLL gap
+    hand_nll = hand.assign(last_test_nll_mean=[0.40, 0.30, 0.35], teacher_test_nll_mean=[math.nan, 0.20, 0.20])
+    assert list(report.add_deltas(hand_nll)["teacher_kept_nll"]) == pytest.approx([0.0, 50.0, 25.0])
     # an explicit teacher accuracy, given in % (published numbers) or as a fraction
     assert report.add_deltas(hand, teacher_acc=100.0)["teacher_kept"][1] == pytest.approx(50.0)
     assert report.add_deltas(hand, teacher_acc=1.0)["teacher_kept"][1] == pytest.approx(50.0)
@@ -628,8 +631,9 @@ def test_concurrent_reports_of_one_experiment_all_succeed(results):
     assert (out_dir / "table.tex").read_text().rstrip().endswith("\\end{table}")
     for name in ("reliability.png", "learning_curves.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["learning_curves.png", "reliability.png", "table.csv",
-                                                         "table.md", "table.tex", "table_paper.tex"]  # no temp file
+    assert sorted(p.name for p in out_dir.iterdir()) == ["index.html", "learning_curves.png", "reliability.png",
+                                                         "table.csv", "table.md", "table.tex",
+                                                         "table_paper.tex"]  # no temporary file left
 
 
 def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp_path):
