@@ -56,6 +56,7 @@ def test_eval_tests_a_runs_best_checkpoint_to_its_recorded_metrics(compose, tmp_
     assert "ckpt: no checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_single_run_prints_its_config_tree_without_secrets(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
     res = subprocess.run([sys.executable, "-m", "kdbench.train", "debug=fast", f"paths.results_dir={tmp_path}/r",

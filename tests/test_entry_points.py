@@ -36,7 +36,7 @@ def test_the_installed_package_holds_its_configs(installed):
     assert (installed / "kdbench" / "conf" / "experiment" / "fashion_methods.yaml").is_file()
 
 
-@pytest.mark.parametrize("how", ["kdbench train", "kdbench-train"])
+@pytest.mark.parametrize("how", ["kdbench train", pytest.param("kdbench-train", marks=pytest.mark.slow)])
 def test_train_entry_points_run_from_another_directory(installed, tmp_path, how):
     args = ["distill=none", "trainer.max_epochs=1", "logger=none", f"paths.results_dir={tmp_path}/r",
             "experiment_name=ep", f"hydra.run.dir={tmp_path}/h"]

@@ -74,7 +74,8 @@ def _summary_keys(stream: Path) -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143),
+                                       pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_a_signal_mid_training_exits_128_plus_n_records_interrupted_and_the_next_run_resumes(tmp_path, sig, code):
     results = tmp_path / "r"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
@@ -108,6 +109,7 @@ def test_a_signal_mid_training_exits_128_plus_n_records_interrupted_and_the_next
         assert {"last/test/acc", "best/test/acc", "last/epoch", "best/epoch", "best/val/acc"} <= keys, keys
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_job_which_records_interrupted(tmp_path):
     results = tmp_path / "r"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
