@@ -245,7 +245,7 @@ def test_failed_runs_listed_and_excluded(results, tmp_path):
 def test_make_report_writes_plots_without_tau_curve(results):
     out = report.make_report(results / "runs", EXP)
     assert out["out_dir"] == results / EXP
-    assert set(out["plots"]) == {"reliability", "learning_curves"}  # tau is fixed: no tau curve
+    assert set(out["plots"]) == {"reliability", "learning_curves", "seed_bars", "acc_vs_ece"}  # tau fixed: no tau curve
     assert not (results / EXP / "tau_curves.png").exists()
     for p in out["plots"].values():
         data = Path(p).read_bytes()
@@ -327,7 +327,7 @@ def test_wandb_logging_uses_report_job_and_finishes(results, monkeypatch):
     monkeypatch.setattr(wandb, "init", spy)
     out = report.make_report(results / "runs", EXP, out_dir=results / "wb", wandb_log=True)
     assert seen["job_type"] == "report" and seen["group"] == EXP and seen["mode"] == "disabled"
-    assert (results / "wb" / "table.md").exists() and set(out["plots"]) == {"reliability", "learning_curves"}
+    assert (results / "wb" / "table.md").exists() and set(out["plots"]) == {"reliability", "learning_curves", "seed_bars", "acc_vs_ece"}
 
 
 def test_only_failed_runs_still_make_a_table(tmp_path):
@@ -631,9 +631,9 @@ def test_concurrent_reports_of_one_experiment_all_succeed(results):
     assert (out_dir / "table.tex").read_text().rstrip().endswith("\\end{table}")
     for name in ("reliability.png", "learning_curves.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["index.html", "learning_curves.png", "reliability.png",
-                                                         "table.csv", "table.md", "table.tex",
-                                                         "table_paper.tex"]  # no temporary file left
+    assert sorted(p.name for p in out_dir.iterdir()) == ["acc_vs_ece.png", "index.html", "learning_curves.png",
+                                                         "reliability.png", "seed_bars.png", "table.csv", "table.md",
+                                                         "table.tex", "table_paper.tex"]  # no temporary file left
 
 
 def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp_path):
@@ -648,7 +648,7 @@ def test_symlinks_planted_at_old_temporary_names_are_never_followed(results, tmp
     for n in names:
         (out_dir / n).symlink_to(victim)
     out = report.make_report(results / "runs", EXP)
-    assert set(out["plots"]) == {"reliability", "learning_curves"}
+    assert set(out["plots"]) == {"reliability", "learning_curves", "seed_bars", "acc_vs_ece"}
     assert victim.read_text() == "precious"
     for n in names:
         assert (out_dir / n).is_symlink() and os.readlink(out_dir / n) == str(victim)

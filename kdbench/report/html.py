@@ -116,7 +116,8 @@ def render_html(experiment: str, display_df, *, caption: str, plots: Mapping[str
     parts.append(f'<h2>Results</h2><div class="scroll"><table id="results"><thead><tr>{head}</tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table></div>')
     titles = {"reliability": "Reliability diagrams per variant (last epoch, bins pooled over seeds; the ECE is the table's)",
-              "learning_curves": "Learning curves", "tau_curves": "Accuracy against the temperature"}
+              "learning_curves": "Learning curves", "tau_curves": "Accuracy against the temperature",
+              "seed_bars": "Top-1 per variant, one dot per seed", "acc_vs_ece": "Accuracy against ECE"}
     figs = [f'<figure><img alt="{e(name)}" src="{_img(p)}"><figcaption>{e(titles.get(name, name))}</figcaption></figure>'
             for name, p in plots.items() if p is not None and Path(p).is_file()]
     if figs:
