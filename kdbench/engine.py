@@ -50,6 +50,8 @@ class FitSpec:
     gradient_clip_val: float | None = None
     log_every_n_steps: int = 50
     extra: dict = field(default_factory=dict)
+    #: ``callbacks=`` named dicts (conf/callbacks/): lr_monitor, model_summary, early_stopping
+    callbacks: dict = field(default_factory=dict)
 
     @classmethod
     def from_trainer(cls, trainer: Mapping[str, Any], **fields: Any) -> FitSpec:
@@ -134,7 +136,9 @@ def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: 
     kw = dict(
         max_epochs=spec.max_epochs, accelerator=acc, devices=spec.devices, strategy=spec.strategy,
         precision=resolve_precision(spec.precision, acc), deterministic=spec.deterministic,
-        enable_progress_bar=spec.progress, enable_model_summary=False, logger=logger if logger else False,
+        enable_progress_bar=spec.progress,
+        enable_model_summary=any(type(c).__name__ == "ModelSummary" for c in callbacks or []),
+        logger=logger if logger else False,
         num_sanity_val_steps=0, log_every_n_steps=spec.log_every_n_steps, callbacks=callbacks or [],
         gradient_clip_val=spec.gradient_clip_val, default_root_dir=str(ckpt_dir) if ckpt_dir else None,
         enable_checkpointing=ckpt_dir is not None, use_distributed_sampler=False,
@@ -155,6 +159,22 @@ class FitResult:
     reliability: dict
     resumed_from: str | None
     deterministic: bool
+
+
+def configured_callbacks(cfg: Mapping[str, Any], has_logger: bool) -> list[Callback]:
+    """Lightning's own callbacks from the ``callbacks`` config (named dicts of their arguments). The
+    learning rate goes to the loggers whenever there are any (``lr_monitor`` sets its interval)."""
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelSummary
+
+    out: list[Callback] = []
+    if has_logger:
+        out.append(LearningRateMonitor(**{"logging_interval": "epoch", **dict(cfg.get("lr_monitor") or {})}))
+    if cfg.get("model_summary") is not None:
+        out.append(ModelSummary(**dict(cfg["model_summary"])))
+    if cfg.get("early_stopping") is not None:
+        # stops the fit early: the run records the epochs it did (last = the epoch it stopped at)
+        out.append(EarlyStopping(**{"mode": "max", "monitor": "val/acc", **dict(cfg["early_stopping"])}))
+    return out
 
 
 class _Eta(Callback):
@@ -220,10 +240,7 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
                                   enable_version_counter=False)
         callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
-    if logger:
-        from pytorch_lightning.callbacks import LearningRateMonitor
-
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # the schedule, in W&B / CSV
+    callbacks += configured_callbacks(spec.callbacks, has_logger=bool(logger))
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     done = _usable_checkpoint(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None

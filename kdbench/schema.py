@@ -105,6 +105,11 @@ SCHEMA: dict[str, Spec] = {
     # with status "debug", never as results
     "debug.fast_dev_run": B, "debug.limit_batches": I(1), "debug.limit_eval_batches": I(1),
     "debug.overfit_batches": I(1),
+    # callbacks=default|early_stopping (conf/callbacks/): Lightning's own callbacks, as named dicts
+    "callbacks.lr_monitor.logging_interval": C("step", "epoch"), "callbacks.model_summary.max_depth": I(-1),
+    "callbacks.early_stopping.monitor": C("val/acc", "val/nll", "val/ece", "val/loss"),
+    "callbacks.early_stopping.mode": C("min", "max"), "callbacks.early_stopping.patience": I(1),
+    "callbacks.early_stopping.min_delta": N(0),
     # a CIFAR pair: descriptive (published numbers shown beside the results)
     "pair.*": ANY,
 }

@@ -115,6 +115,7 @@ def _run(cfg: DictConfig, trap) -> dict:
     method = None if scratch else build_method(d["method"], d)
     dbg = conf.get("debug") or {}
     spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]), extra=debug_trainer_args(dbg),
+                                callbacks=dict(conf.get("callbacks") or {}),
                                 batch_size=int(conf["dataset"]["batch_size"]),
                                 eval_batch_size=int(conf["dataset"]["eval_batch_size"]),
                                 augment=conf["dataset"]["augment"], data_seed=int(conf["data_seed"]))

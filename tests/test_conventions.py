@@ -104,3 +104,19 @@ def test_epochs_report_progress_and_a_sweep_shows_its_running_jobs(compose, tmp_
                                                       "updated": time.time()}))
     _running(jobs, {}, ["distill.tau"])
     assert "running kd tau=2 seed 0: epoch 3/20, 1.5 s/epoch, about 0.4 min left" in capsys.readouterr().out
+
+
+def test_callbacks_are_named_dicts_and_only_early_stopping_changes_the_run(compose):
+    from kdbench.config import resolve, validate
+    from kdbench.identity import run_id_of
+    from kdbench.train import run
+
+    plain, stop = compose(), compose("callbacks=early_stopping", "callbacks.early_stopping.patience=1")
+    validate(stop)
+    assert plain.callbacks.lr_monitor.logging_interval == "epoch"
+    assert run_id_of(resolve(compose("callbacks=model_summary"))) == run_id_of(resolve(plain))  # it only prints
+    assert run_id_of(resolve(stop)) != run_id_of(resolve(plain))
+    rec = run(compose("distill=none", "trainer.max_epochs=40", "optim.lr=0.5", "callbacks=early_stopping",
+                      "callbacks.early_stopping.patience=1", "logger=none"))
+    assert rec["status"] == "complete" and len(rec["history"]) < 40  # it stopped, and says how far it went
+    assert rec["metrics"]["last"]["epoch"] == rec["history"][-1]["epoch"]

@@ -111,3 +111,23 @@ def test_the_page_in_a_headless_chromium_sorts_and_renders(page, tmp_path):
     img = Image.open(shot).convert("L")
     lo, hi = img.getextrema()
     assert img.size == (1200, 1600) and hi - lo > 100  # something was drawn, not a blank page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (make test installs it as root)")
+def test_the_committed_mnist_ablation_page_renders_and_sorts_in_chromium(tmp_path):
+    page = Path(__file__).resolve().parent.parent / "results" / "mnist_ablation" / "index.html"
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri() + "#sort=2&dir=desc"], capture_output=True, text=True,
+                         timeout=120)
+    p = _Page()
+    p.feed(dom.stdout)
+    accs = [float(r[2].split()[0]) for r in p.rows]
+    assert len(p.rows) == 8 and accs == sorted(accs, reverse=True)  # 8 variants, sorted by top-1 last
+    assert all(not (page.parent / h).is_absolute() and (page.parent / h).is_file() for h in p.hrefs)
+    shot = tmp_path / "ablation.png"
+    subprocess.run([*base, "--window-size=1400,1800", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    from PIL import Image
+
+    lo, hi = Image.open(shot).convert("L").getextrema()
+    assert hi - lo > 100
