@@ -208,7 +208,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
           f"{len(failed)} failed or interrupted, {len(missing)} without a record; log: {log_path}")
     for r, rec in failed:
         first = (rec.get("error") or rec.get("status") or "").splitlines()[0][:200] if rec else ""
-        print(f"  {rec.get('status', 'failed').upper()} {r}: {first}")
+        st = rec.get("status", "failed")
+        tag = "INTERRUPTED" if st == "interrupted" else "FAILED" if st == "failed" else f"FAILED ({st})"
+        print(f"  {tag} {r}: {first}")
     if missing and not stopped:
         print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
         tail = log_path.read_text().strip().splitlines()[-8:]

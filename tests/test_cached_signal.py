@@ -81,8 +81,8 @@ def test_a_resident_cache_gives_the_memory_mapped_lookups_and_the_same_run(compo
     from kdbench.signals.cached import CachedSignal
     from kdbench.train import run
 
-    mapped = run(compose(*CNN, "teacher_signal=cached", "experiment_name=mm", "+teacher_cache.on_device=false"))
-    resident = run(compose(*CNN, "teacher_signal=cached", "experiment_name=rs", "+teacher_cache.on_device=true"))
+    mapped = run(compose(*CNN, "teacher_signal=cached", "experiment_name=mm", "teacher_cache.on_device=false"))
+    resident = run(compose(*CNN, "teacher_signal=cached", "experiment_name=rs", "teacher_cache.on_device=true"))
     assert resident["run_id"] == mapped["run_id"]  # where the table lives changes nothing computed
     assert resident["history"] == mapped["history"] and resident["metrics"] == mapped["metrics"]
     (folder,) = [p.parent for p in Path(mapped["teacher"]["path"]).glob("cache/*/meta.json")]

@@ -123,7 +123,7 @@ def test_the_committed_mnist_ablation_page_renders_and_sorts_in_chromium(tmp_pat
     p.feed(dom.stdout)
     accs = [float(r[2].split()[0]) for r in p.rows]
     assert len(p.rows) == 8 and accs == sorted(accs, reverse=True)  # 8 variants, sorted by top-1 last
-    assert all(not (page.parent / h).is_absolute() and (page.parent / h).is_file() for h in p.hrefs)
+    assert p.hrefs and all(not Path(h).is_absolute() and (page.parent / h).is_file() for h in p.hrefs)
     shot = tmp_path / "ablation.png"
     subprocess.run([*base, "--window-size=1400,1800", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120, check=True)

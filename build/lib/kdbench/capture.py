@@ -74,10 +74,15 @@ def export_jsonl(store: Path, out: Path) -> Path:
                 if not (store / f"{split}.indices.npy").exists():
                     continue
                 idx, logp = read_split(store, split)
+                tok_path = store / f"{split}.tokens.npy"
+                tokens = np.load(tok_path) if tok_path.exists() else None
                 for i in range(idx.shape[0]):
                     for v in range(idx.shape[1]):
-                        f.write(json.dumps({"split": split, "idx": i, "view": v, "indices": idx[i, v].tolist(),
-                                            "log_probs": [round(x, 7) for x in logp[i, v].tolist()]}) + "\n")
+                        row = {"split": split, "idx": i, "view": v, "indices": idx[i, v].tolist(),
+                               "log_probs": np.round(logp[i, v].numpy().astype(np.float64), 7).tolist()}
+                        if tokens is not None:  # a sequence: its token ids, then a top-k per position
+                            row["tokens"] = tokens[i].tolist()
+                        f.write(json.dumps(row) + "\n")
 
     return atomic_write(out, write)
 
@@ -101,20 +106,30 @@ def import_jsonl(src: Path, out: Path) -> Path:
                 raise ConfigError("--from-jsonl", f"{src}: the first line must be {{\"header\": {{...}}}}")
             header = first["header"]
             k, n_cls = int(header["k"]), int(header["num_classes"])
+            positions = int(header["positions"]) if header.get("positions") is not None else None
+            tokens: dict[str, dict[int, list]] = {}
             rows: dict[str, dict[tuple[int, int], tuple[list, list]]] = {s: {} for s in SPLITS}
             for n, line in enumerate(f, start=2):
                 where = f"{src}:{n}"
                 o = json.loads(line)
                 ids, lps = o["indices"], o["log_probs"]
-                if len(ids) != k or len(lps) != k:
-                    raise ConfigError("--from-jsonl", f"{where}: {len(ids)} entries where the header says k={k}")
-                if not all(isinstance(i, int) and 0 <= i < n_cls for i in ids):
-                    raise ConfigError("--from-jsonl", f"{where}: class ids must be integers in [0, {n_cls}), got {ids}")
-                if not all(isinstance(v, (int, float)) and -math.inf < v <= 0 for v in lps):
-                    raise ConfigError("--from-jsonl", f"{where}: log_probs must be finite and <= 0, got {lps}")
+                per_pos = positions is not None
+                if per_pos and (len(ids) != positions or len(lps) != positions):
+                    raise ConfigError("--from-jsonl", f"{where}: {len(ids)} positions where the header says "
+                                                      f"{positions}")
+                for pos_ids, pos_lps in zip(ids, lps) if per_pos else [(ids, lps)]:
+                    if len(pos_ids) != k or len(pos_lps) != k:
+                        raise ConfigError("--from-jsonl", f"{where}: {len(pos_ids)} entries where the header says k={k}")
+                    if not all(isinstance(i, int) and 0 <= i < n_cls for i in pos_ids):
+                        raise ConfigError("--from-jsonl", f"{where}: class ids must be integers in [0, {n_cls}), "
+                                                          f"got {pos_ids}")
+                    if not all(isinstance(v, (int, float)) and -math.inf < v <= 0 for v in pos_lps):
+                        raise ConfigError("--from-jsonl", f"{where}: log_probs must be finite and <= 0, got {pos_lps}")
                 if o["split"] not in rows:
                     raise ConfigError("--from-jsonl", f"{where}: split {o['split']!r} is not one of {', '.join(SPLITS)}")
                 rows[o["split"]][(int(o["idx"]), int(o.get("view", 0)))] = (ids, lps)
+                if per_pos and "tokens" in o:
+                    tokens.setdefault(o["split"], {})[int(o["idx"])] = o["tokens"]
     except json.JSONDecodeError as e:
         raise ConfigError("--from-jsonl", f"{where}: not one JSON object per line ({e.msg}); a truncated file?") from None
     except (KeyError, TypeError, ValueError) as e:
@@ -129,12 +144,16 @@ def import_jsonl(src: Path, out: Path) -> Path:
         n_v = max(v for _, v in r) + 1
         if len(r) != n_ex * n_v:
             raise ConfigError("--from-jsonl", f"{src}: split {split} has {len(r)} rows, not {n_ex} examples x {n_v} views")
-        idx = np.zeros((n_ex, n_v, k), np.int64)
-        logp = np.zeros((n_ex, n_v, k), np.float32)
+        shape = (n_ex, n_v, *((positions,) if positions is not None else ()), k)
+        idx = np.zeros(shape, np.int64)
+        logp = np.zeros(shape, np.float32)
         for (i, v), (a, b) in r.items():
             idx[i, v], logp[i, v] = a, b
         arrays[split] = (idx, logp)
-    return write_store(out, header, arrays)
+    out = write_store(out, header, arrays)
+    for split, toks in tokens.items():
+        np.save(out / f"{split}.tokens.npy", np.array([toks[i] for i in sorted(toks)], np.int64))
+    return out
 
 
 def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Path:
@@ -173,13 +192,25 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     with torch.inference_mode():
         for split, x, y, fam, nv in splits:
             arrays[split] = top_k(teacher, x, y, fam, nv, data, bs, k, tau)
-    header = {"format": "kdbench-capture-1", "values": "log_probs", "k": k, "capture_tau": tau,
+    positions = {"positions": int(data.train_x.shape[1]),
+                 "alignment": "position t holds the distribution of token t + 1 (the label at t)"} \
+        if data.is_tokens else {}
+    header = {"format": "kdbench-capture-1", "values": "log_probs", "k": k, "capture_tau": tau, **positions,
               "num_classes": data.num_classes, "family": family if views == "all" else "none",
               "views": {s: int(arrays[s][0].shape[1]) for s in arrays},
               "n": {s: int(arrays[s][0].shape[0]) for s in arrays},
               "dataset": teachers.dataset_identity(conf["dataset"], data),
               "teacher": {key: tmeta.get(key) for key in ("name", "key", "arch", "test")}}
-    return write_store(out, header, arrays)
+    out = write_store(out, header, arrays)
+    if data.is_tokens:  # the sequences themselves, for the JSONL form (one line per sequence)
+        for split, x in (("train", data.train_x), ("val", data.val_x), ("test", data.test_x)):
+            if x is not None:
+                def save(tmp: Path, x=x) -> None:
+                    with open(tmp, "wb") as f:
+                        np.save(f, x.numpy().astype(np.int64))
+
+                atomic_write(out / f"{split}.tokens.npy", save)
+    return out
 
 
 def _existing(out: Path, want: dict) -> bool:
@@ -209,10 +240,12 @@ def top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: 
     """``[N, V, k]`` indices and log-probabilities (at ``tau``) of the teacher on every view of every row."""
     from kdbench.data import TensorLoader
 
-    device = next(iter(teacher.parameters()), torch.empty(0)).device  # run where the teacher is
+    device = next(iter(teacher.parameters()), next(iter(teacher.buffers()), torch.empty(0))).device
     loader = TensorLoader(x, y, bs, augment=family, mean=data.mean, std=data.std).to(device)
-    idx_out = np.zeros((x.shape[0], n_views, k), np.int64)
-    lp_out = np.zeros((x.shape[0], n_views, k), np.float32)
+    # tokens: one top-k per position, [N, V, T, k] (position t: the distribution of token t + 1)
+    positions = tuple(x.shape[1:2]) if x.dtype == torch.int64 else ()
+    idx_out = np.zeros((x.shape[0], n_views, *positions, k), np.int64)
+    lp_out = np.zeros((x.shape[0], n_views, *positions, k), np.float32)
     for v in range(n_views):
         for start in range(0, x.shape[0], bs):
             rows = torch.arange(start, min(start + bs, x.shape[0]), device=device)

@@ -36,6 +36,9 @@ def _models(args) -> int:
     return 0
 
 
+DEFAULT_TEACHERS_DIR = "results/teachers"
+
+
 def _teacher_import(args) -> int:
     from kdbench.config import DATASET_CLASSES
     from kdbench.data import dataset_names
@@ -48,13 +51,15 @@ def _teacher_import(args) -> int:
     ds = {"name": args.dataset, "root": args.root, "download": False, "test_subset": args.test_subset}
     if args.dataset in DATASET_CLASSES and args.root is None:
         ds["root"] = "data"
-    entry = import_published(args.path, args.arch, ds, args.teachers_dir, evaluate=not args.no_eval)
+    entry = import_published(args.path, args.arch, ds, args.teachers_dir, evaluate=not args.no_eval,
+                             submodule=args.submodule)
     meta = read_meta(entry)
     acc = (meta.get("test") or {}).get("acc")
     print(f"imported {args.path} as {entry}")
     print(f"  arch {meta['arch']}, {meta['num_classes']} classes, test acc "
-          f"{'%.2f%%' % (100 * acc) if acc is not None else 'not measured (' + str(meta.get('note')) + ')'}")
-    print(f"  use it with: teacher.arch={args.arch} teacher.checkpoint={entry.name}")
+          + (f"{100 * acc:.2f}%" if acc is not None else str(meta.get("note") or "not measured")))
+    where = "" if Path(args.teachers_dir) == Path(DEFAULT_TEACHERS_DIR) else f" paths.teachers_dir={args.teachers_dir}"
+    print(f"  use it with: teacher.arch={args.arch} teacher.checkpoint={entry.name}{where}")
     return 0
 
 
@@ -87,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--arch", required=True)
     ti.add_argument("--dataset", required=True)
     ti.add_argument("--root", default=None, help="dataset root for measuring test accuracy")
-    ti.add_argument("--teachers-dir", default="results/teachers")
+    ti.add_argument("--teachers-dir", default=DEFAULT_TEACHERS_DIR)
+    ti.add_argument("--submodule", choices=("student", "teacher"), default=None,
+                    help="from a distillation run's checkpoint (mdistiller: module.student.*), take this model")
     ti.add_argument("--no-eval", action="store_true", help="skip measuring test accuracy")
     ti.add_argument("--test-subset", type=int, default=None, help="measure on the first N test images only")
     tl = tsub.add_parser("list", help="registered teachers")
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("migrate", help="re-key records written before run ids hashed resolved configs",
                     add_help=False)
     sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
+    sub.add_parser("eval", help="test a student checkpoint: kdbench eval ckpt=PATH [overrides]", add_help=False)
     for name in ("train", "sweep", "report"):
         sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
     return p
@@ -108,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdbench.capture import main as capture_main
 
         return capture_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from kdbench.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     if argv[:2] == ["records", "migrate"]:
         from kdbench.migrate import main as migrate_main
 

@@ -196,8 +196,12 @@ class DistillModule(pl.LightningModule):
         s, t = self.student(batch.x), self.signal(batch, "val")
         self.val_metrics.update(s, batch.y, t)  # a top-k teacher: agreement with its top-1 only
         dense = t if isinstance(t, torch.Tensor) else None
+        y = batch.y
+        if s.dim() > 2:  # tokens: the temperature is fitted on the kept positions
+            keep = y != -100
+            s, y, dense = s[keep], y[keep], dense[keep] if dense is not None else None
         if not self.trainer.sanity_checking:
-            self._val_logits.append((s.detach().float(), batch.y, dense.detach().float() if dense is not None else None))
+            self._val_logits.append((s.detach().float(), y, dense.detach().float() if dense is not None else None))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

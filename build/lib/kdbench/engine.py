@@ -7,9 +7,11 @@ same loaders, precision policy, checkpoints and resumption.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +50,8 @@ class FitSpec:
     gradient_clip_val: float | None = None
     log_every_n_steps: int = 50
     extra: dict = field(default_factory=dict)
+    #: ``callbacks=`` named dicts (conf/callbacks/): lr_monitor, model_summary, early_stopping
+    callbacks: dict = field(default_factory=dict)
 
     @classmethod
     def from_trainer(cls, trainer: Mapping[str, Any], **fields: Any) -> FitSpec:
@@ -132,7 +136,9 @@ def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: 
     kw = dict(
         max_epochs=spec.max_epochs, accelerator=acc, devices=spec.devices, strategy=spec.strategy,
         precision=resolve_precision(spec.precision, acc), deterministic=spec.deterministic,
-        enable_progress_bar=spec.progress, enable_model_summary=False, logger=logger if logger else False,
+        enable_progress_bar=spec.progress,
+        enable_model_summary=any(type(c).__name__ == "ModelSummary" for c in callbacks or []),
+        logger=logger if logger else False,
         num_sanity_val_steps=0, log_every_n_steps=spec.log_every_n_steps, callbacks=callbacks or [],
         gradient_clip_val=spec.gradient_clip_val, default_root_dir=str(ckpt_dir) if ckpt_dir else None,
         enable_checkpointing=ckpt_dir is not None, use_distributed_sampler=False,
@@ -155,6 +161,55 @@ class FitResult:
     deterministic: bool
 
 
+def configured_callbacks(cfg: Mapping[str, Any], has_logger: bool) -> list[Callback]:
+    """Lightning's own callbacks from the ``callbacks`` config (named dicts of their arguments). The
+    learning rate goes to the loggers whenever there are any (``lr_monitor`` sets its interval)."""
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelSummary
+
+    out: list[Callback] = []
+    if has_logger:
+        out.append(LearningRateMonitor(**{"logging_interval": "epoch", **dict(cfg.get("lr_monitor") or {})}))
+    if cfg.get("model_summary") is not None:
+        out.append(ModelSummary(**dict(cfg["model_summary"])))
+    if cfg.get("early_stopping") is not None:
+        # stops the fit early: the run records the epochs it did (last = the epoch it stopped at)
+        out.append(EarlyStopping(**{"mode": "max", "monitor": "val/acc", **dict(cfg["early_stopping"])}))
+    return out
+
+
+class _Eta(Callback):
+    """After every training epoch: ``progress.json`` in the run's checkpoint folder (epoch, epochs,
+    seconds per epoch, ETA; what a sweep shows for its running jobs) and, when Lightning's progress
+    bar is off, one line ``<label>: epoch 3/20, 12.1 s/epoch, about 3.4 min left``."""
+
+    def __init__(self, label: str, ckpt_dir: Path | None, echo: bool):
+        self.label, self.ckpt_dir, self.echo = label, ckpt_dir, echo
+        self.t0: float | None = None
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0, self.first_epoch = time.time(), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.t0 is None or not trainer.is_global_zero:
+            return
+        done = trainer.current_epoch + 1
+        per = (time.time() - self.t0) / max(1, done - self.first_epoch)
+        total = trainer.max_epochs or done
+        left = max(0, total - done) * per
+        info = {"epoch": done, "epochs": total, "s_per_epoch": round(per, 2), "eta_s": round(left, 1),
+                "updated": time.time()}
+        if self.ckpt_dir is not None:
+            try:
+                from kdbench.files import atomic_write_text
+
+                atomic_write_text(self.ckpt_dir / "progress.json", json.dumps(info) + "\n")
+            except OSError:
+                pass
+        if self.echo:
+            print(f"{self.label}: epoch {done}/{total}, {per:.1f} s/epoch, about {left / 60:.1f} min left", flush=True)
+
+
 def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_dir: Path | None = None,
                  logger=None, resume: bool = True, extra_callbacks: list | None = None) -> FitResult:
     """Train ``module`` for ``spec.max_epochs``, then test the last and the best (by val accuracy) weights.
@@ -172,7 +227,9 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         if hasattr(module.signal, "to_memory_format"):
             module.signal.to_memory_format(torch.channels_last)
     train, val, test = make_loaders(data, spec, channels_last)
-    callbacks = [_EpochSync([train, val, test], train)] + list(extra_callbacks or [])
+    label = f"kdbench {ckpt_dir.parent.name}/{ckpt_dir.name}" if ckpt_dir is not None else "kdbench"
+    callbacks = [_EpochSync([train, val, test], train), _Eta(label, ckpt_dir, echo=not spec.progress)]
+    callbacks += list(extra_callbacks or [])
     ckpt_cb = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -183,10 +240,7 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
                                   enable_version_counter=False)
         callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
-    if logger:
-        from pytorch_lightning.callbacks import LearningRateMonitor
-
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # the schedule, in W&B / CSV
+    callbacks += configured_callbacks(spec.callbacks, has_logger=bool(logger))
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
     done = _usable_checkpoint(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None

@@ -18,7 +18,9 @@ NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
 NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (
     "trainer.progress", "trainer.log_every_n_steps", "trainer.check_finite_every",
     "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size",
-    "teacher.train_if_missing", "teacher_cache.max_gb",
+    "teacher.train_if_missing", "teacher_cache.max_gb", "teacher_cache.on_device",
+    # callbacks that only watch (early stopping changes the run: it stays computational)
+    "callbacks.lr_monitor", "callbacks.model_summary",
 )
 
 
@@ -41,6 +43,8 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if is_computational(f"{prefix}{k}")}
 
     out = strip(cfg, "")
+    if not out.get("callbacks"):
+        out.pop("callbacks", None)  # none that changes a number: the ids of runs from before the group
     d = out.get("distill") or {}
     if d.get("method") == "none" or d.get("enabled") is False:
         # trained on labels only: no teacher is built, so which one the config names changes nothing

@@ -70,6 +70,8 @@ class ClassificationMetrics(nn.Module):
         self.brier = MeanMetric(nan_strategy="disable")
         #: a temperature fitted on the validation set: when set, ECE and NLL after temperature scaling too
         self.temperature: float | None = None
+        #: set by the first update with ``[B, T, V]`` logits: metrics over kept tokens, plus perplexity
+        self.tokens = False
         self.ece_ts = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
         self.nll_ts = MeanMetric(nan_strategy="disable")
         if with_teacher:
@@ -81,6 +83,15 @@ class ClassificationMetrics(nn.Module):
         """``teacher_logits``: dense teacher logits (agreement and KL to the teacher), or a sparse
         top-k teacher (anything with ``indices`` sorted from the largest, as a captured signal gives:
         agreement with its top-1 class only; the KL needs the full distribution)."""
+        if logits.dim() > 2:  # tokens [B, T, V]: the positions whose label is kept, nothing else
+            keep = target != -100
+            logits, target = logits[keep], target[keep]
+            if isinstance(teacher_logits, torch.Tensor):
+                teacher_logits = teacher_logits[keep]
+            elif teacher_logits is not None:
+                teacher_logits = type(teacher_logits)(teacher_logits.indices[keep], teacher_logits.log_probs[keep],
+                                                      teacher_logits.tau)
+            self.tokens = True
         logits = logits.float()
         probs = logits.softmax(-1)
         self.acc.update(logits, target)
@@ -105,6 +116,8 @@ class ClassificationMetrics(nn.Module):
             "acc": self.acc.compute(), "ece": self.ece.compute(), "mce": self.mce.compute(),
             "nll": self.nll.compute(), "brier": self.brier.compute(),
         }
+        if self.tokens:
+            out["ppl"] = torch.exp(out["nll"])
         if self.temperature is not None and self.nll_ts.update_count > 0:
             out.update(ece_ts=self.ece_ts.compute(), nll_ts=self.nll_ts.compute(),
                        temperature=torch.tensor(self.temperature))

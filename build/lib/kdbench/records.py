@@ -25,12 +25,12 @@ from typing import Any
 from kdbench.files import atomic_write_text
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "failed", "diverged", "interrupted")
+STATUSES = ("running", "complete", "failed", "diverged", "interrupted", "debug")
 TEST_METRICS = ("acc", "ece", "mce", "nll", "brier", "agreement", "kl_teacher")
 #: which way is better for every metric a record holds (tables bold it, W&B summaries keep it)
 DIRECTIONS: dict[str, str] = {
     "acc": "max", "agreement": "max",
-    "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min",
+    "ece": "min", "mce": "min", "nll": "min", "brier": "min", "kl_teacher": "min", "loss": "min", "ppl": "min",
     "ece_ts": "min", "nll_ts": "min",
 }
 

@@ -69,6 +69,7 @@ SCHEMA: dict[str, Spec] = {
     "seed": SEED, "data_seed": SEED, "experiment_name": S, "tags": Spec("list", item="str"),
     "teacher_signal": S, "resume": B, "teacher_only": B, "force": B,
     "teacher_cache.dtype": C("auto", "float32", "bfloat16", "float16"), "teacher_cache.max_gb": N(0),
+    "teacher_cache.on_device": C("auto", True, False),
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),
     # dataset (every dataset's keys; each loader reads its own)
     "dataset.name": S, "dataset.root": S0, "dataset.cache_dir": S0, "dataset.download": B,
@@ -77,11 +78,13 @@ SCHEMA: dict[str, Spec] = {
     "dataset.test_subset": I(1, optional=True), "dataset.test_fraction": N(0, 1, hi_open=True),
     "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1), "dataset.n_test": I(1),
     "dataset.num_classes": I(2), "dataset.seed": SEED,
+    # sequence data (markov, bytes_text)
+    "dataset.seq_len": I(2), "dataset.vocab": I(2), "dataset.branching": I(1), "dataset.prompt_len": I(0),
     # models
     "student.arch": S, "student.num_classes": I(2, optional=True), "student.kwargs.*": ANY,
     "teacher.arch": S, "teacher.num_classes": I(2, optional=True), "teacher.kwargs.*": ANY,
     "teacher.checkpoint": S0, "teacher.seed": SEED, "teacher.train_if_missing": B,
-    "teacher.recipe.epochs": I(1), "teacher.recipe.batch_size": I(1), "teacher.recipe.augment": S,
+    "teacher.recipe.epochs": I(0), "teacher.recipe.batch_size": I(1), "teacher.recipe.augment": S,  # epochs 0: oracle
     **{f"teacher.recipe.optim.{k}": v for k, v in _OPTIM.items()},
     **{f"teacher.recipe.sched.{k}": v for k, v in _SCHED.items()},
     **{f"optim.{k}": v for k, v in _OPTIM.items()},
@@ -98,6 +101,15 @@ SCHEMA: dict[str, Spec] = {
     "logger.csv.save_dir": S, "logger.wandb.project": S, "logger.wandb.entity": S0, "logger.wandb.mode": S,
     "logger.wandb.group": S0, "logger.wandb.job_type": S, "logger.wandb.tags": Spec("list", item="str"),
     "logger.wandb.name": S0, "logger.wandb.notes": S0,
+    # debug=fast|limit|overfit (conf/debug/): Lightning's own debugging switches; such runs are recorded
+    # with status "debug", never as results
+    "debug.fast_dev_run": B, "debug.limit_batches": I(1), "debug.limit_eval_batches": I(1),
+    "debug.overfit_batches": I(1),
+    # callbacks=default|early_stopping (conf/callbacks/): Lightning's own callbacks, as named dicts
+    "callbacks.lr_monitor.logging_interval": C("step", "epoch"), "callbacks.model_summary.max_depth": I(-1),
+    "callbacks.early_stopping.monitor": C("val/acc", "val/nll", "val/ece", "val/loss"),
+    "callbacks.early_stopping.mode": C("min", "max"), "callbacks.early_stopping.patience": I(1),
+    "callbacks.early_stopping.min_delta": N(0),
     # a CIFAR pair: descriptive (published numbers shown beside the results)
     "pair.*": ANY,
 }

@@ -179,6 +179,7 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
             proc.send_signal(signum)
 
         old_term = signal.signal(signal.SIGTERM, forward)
+        last_running = time.time()
         try:
             while True:
                 try:
@@ -186,6 +187,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
                     _progress(jobs, seen, t0, len(jobs), stale, keys)
                     if done:
                         break
+                    if time.time() - last_running >= RUNNING_EVERY_S:
+                        last_running = time.time()
+                        _running(jobs, seen, keys)
                     time.sleep(1.0)
                 except KeyboardInterrupt:  # Ctrl-C reached the job too (same process group): let it stop cleanly
                     if not stopped:
@@ -245,6 +249,25 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
 
 
 FINAL = ("complete", "failed", "diverged", "interrupted")
+#: how often the sweep shows its running jobs' epoch and ETA (from their checkpoint folder's progress.json)
+RUNNING_EVERY_S = 30.0
+
+
+def _running(jobs, seen: dict, keys: list[str]) -> None:
+    import json
+
+    for j in jobs:
+        if j["run_id"] in seen:
+            continue
+        prog = Path(j["cfg"].paths.checkpoints_dir).absolute() / j["cfg"].experiment_name / j["run_id"] / "progress.json"
+        try:
+            p = json.loads(prog.read_text())
+        except (OSError, ValueError):
+            continue
+        if time.time() - float(p.get("updated", 0)) > 3600:
+            continue  # an earlier, abandoned attempt
+        print(f"      running {label(j, keys)}: epoch {p['epoch']}/{p['epochs']}, {p['s_per_epoch']:.1f} s/epoch, "
+              f"about {p['eta_s'] / 60:.1f} min left", flush=True)
 
 
 def _mtime(path: Path) -> int | None:

@@ -108,7 +108,8 @@ def get_or_train(entry: Path, build: Callable[[], nn.Module], arch: str, num_cla
         if entry_complete(entry):  # another job trained it while we waited
             log(f"teacher {entry.name}: trained by another job, reusing it")
             return freeze(model), load_into(model, entry, arch, num_classes), False
-        log(f"teacher {entry.name}: not found, training it first")
+        log(f"teacher {entry.name}: not found, training it first ({meta_fields.get('recipe', {}).get('epochs', '?')} "
+            "epochs; an epoch/ETA line follows each epoch, or Lightning's progress bar)")
         metrics = train(model)
         meta = {**meta_fields, "arch": arch, "num_classes": num_classes, "test": metrics,
                 "versions": versions()}
@@ -154,6 +155,10 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
     from kdbench.models import build_model
 
     tc = teacher_cfg
+    if tc["arch"] == "oracle" and data.is_tokens:
+        from kdbench.data.text import markov_oracle
+
+        return freeze(markov_oracle(data)), {"arch": "oracle", "key": "oracle-markov", "name": "oracle (true law)"}
     if tc["arch"] == "oracle":
         from kdbench.data.sources import oracle_teacher
 
@@ -204,7 +209,7 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
 
 
 def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers_dir: str | os.PathLike,
-                     evaluate: bool = True, log: Callable[[str], None] = print) -> Path:
+                     evaluate: bool = True, log: Callable[[str], None] = print, submodule: str | None = None) -> Path:
     """Register a RepDistiller/mdistiller teacher checkpoint (``.pth``) as a registry entry.
 
     The file is read with ``torch.load(weights_only=True)`` only (a checkpoint that needs arbitrary
@@ -222,7 +227,7 @@ def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers
         get_spec(arch)
     except KeyError as e:
         raise TeacherError("--arch", str(e).strip("'\"")) from None
-    state = read_state_dict(src, key="PATH")
+    state = read_state_dict(src, key="PATH", submodule=submodule)
     n_ckpt = infer_num_classes(state)
     name = dataset.get("name")
     n_data = DATASET_CLASSES.get(name, n_ckpt)
@@ -234,13 +239,13 @@ def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers
     check_state_dict(model, state, arch, key="--arch")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     metrics: dict = {}
-    note = None
+    note = None if evaluate else "not evaluated: --no-eval"
     if evaluate:
         try:
             metrics = evaluate_on_test(model, dataset)
-        except DataError as e:
-            note = f"not evaluated: {e}"
-            log(f"teacher import: {note}")
+        except DataError as e:  # named by the command's own option, not the config key
+            msg = e.message.replace("set dataset.root", "pass --root").replace("dataset.download=true", "download it")
+            note = f"not evaluated: --root: {msg}"
     entry = Path(teachers_dir) / f"{name}-{arch}-imported-{digest[:10]}"
     meta = {"arch": arch, "num_classes": num_classes, "dataset": {"name": name}, "key": f"imported-{digest[:10]}",
             "source": str(src.resolve()), "sha256": digest, "test": metrics, "note": note, "imported": True,

@@ -158,3 +158,48 @@ def finish_wandb(exit_code: int = 0) -> None:
             wandb.finish(exit_code=exit_code)
     except Exception as e:  # never let tracker shutdown sink a run
         log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)
+
+
+def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
+    """The teacher as its own W&B run (``job_type=teacher``), once per teacher and W&B folder, with its
+    registry weights as an artifact; returns the artifact's name for the student runs' config
+    (``teacher_artifact``), or None without W&B or without a registry teacher."""
+    lg = lg or {}
+    w = lg.get("wandb") or {}
+    path = Path(str((teacher or {}).get("path") or ""))
+    if not w or w.get("mode") == "disabled" or not (path / "model.safetensors").is_file():
+        return None
+    import hashlib
+    import json
+
+    import wandb
+
+    name = "teacher-" + hashlib.sha256(str(teacher.get("key") or path.name).encode()).hexdigest()[:12]
+    marker = Path(wandb_dir) / "wandb" / ".kdbench-teachers" / f"{name}.json"  # beside the runs it refers to
+    if marker.is_file():
+        return json.loads(marker.read_text())["artifact"]
+    mode = w.get("mode")
+    if mode == "online" and not wandb_has_credentials():
+        mode = "offline"
+    meta = {k: teacher.get(k) for k in ("key", "name", "arch", "test")}
+    try:
+        run = wandb.init(project=w.get("project"), entity=w.get("entity"), job_type="teacher", name=path.name,
+                         group="teachers", mode=mode, dir=str(wandb_dir), config=meta, reinit="create_new",
+                         settings=wandb_settings())
+        try:
+            art = wandb.Artifact(name, type="model", metadata=meta)
+            art.add_file(str(path / "model.safetensors"))
+            if (path / "meta.json").is_file():
+                art.add_file(str(path / "meta.json"))
+            run.log_artifact(art)
+            run.summary.update({f"test/{k}": v for k, v in (teacher.get("test") or {}).items()})
+        finally:
+            run.finish()
+    except Exception as e:  # noqa: BLE001 - tracking must never sink a run
+        log.warning("could not log the teacher to W&B: %s: %s", type(e).__name__, e)
+        return None
+    ref = f"{name}:latest"
+    from kdbench.files import atomic_write_text
+
+    atomic_write_text(marker, json.dumps({"artifact": ref, "teacher": str(path)}) + "\n")
+    return ref

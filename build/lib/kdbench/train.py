@@ -113,7 +113,9 @@ def _run(cfg: DictConfig, trap) -> dict:
     student = build_model(conf["student"]["arch"], data.num_classes, data.input_shape,
                           **(conf["student"].get("kwargs") or {}))
     method = None if scratch else build_method(d["method"], d)
-    spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]),
+    dbg = conf.get("debug") or {}
+    spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]), extra=debug_trainer_args(dbg),
+                                callbacks=dict(conf.get("callbacks") or {}),
                                 batch_size=int(conf["dataset"]["batch_size"]),
                                 eval_batch_size=int(conf["dataset"]["eval_batch_size"]),
                                 augment=conf["dataset"]["augment"], data_seed=int(conf["data_seed"]))
@@ -146,6 +148,20 @@ def _run(cfg: DictConfig, trap) -> dict:
         return _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, t0=t0, trap=trap)
 
 
+def debug_trainer_args(debug: dict) -> dict:
+    """Lightning Trainer arguments of a ``debug=`` config (``conf/debug/``)."""
+    out: dict = {}
+    if debug.get("fast_dev_run"):
+        out["fast_dev_run"] = True
+    if debug.get("limit_batches"):
+        out["limit_train_batches"] = int(debug["limit_batches"])
+    if debug.get("limit_eval_batches"):
+        out["limit_val_batches"] = out["limit_test_batches"] = int(debug["limit_eval_batches"])
+    if debug.get("overfit_batches"):
+        out["overfit_batches"] = int(debug["overfit_batches"])
+    return out
+
+
 def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, *, t0: float, trap) -> dict:
     """Write the ``running`` record, fit and test, then the final record (whatever ended the run) and close W&B."""
     from kdbench import teachers, tracking
@@ -158,16 +174,19 @@ def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, 
     # fit / test -> record
     wandb_dir, exit_code = None, 0
     try:
+        art = tracking.log_teacher(conf.get("logger"), record["teacher"], _abs(cfg.paths.wandb_dir))
         loggers = tracking.make_loggers(
             conf.get("logger"), run_id=run_id, name=tracking.run_name(d["variant"], conf["seed"], record["overrides"]),
-            config=conf, fresh=bool(cfg.force),
+            config={**conf, **({"teacher_artifact": art} if art else {})}, fresh=bool(cfg.force),
             group_tags=[d["variant"], conf["dataset"]["name"]], wandb_dir=_abs(cfg.paths.wandb_dir),
             experiment=cfg.experiment_name,
             csv_dir=_abs(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None)
         wandb_dir = tracking.define_summaries(loggers)
         res = fit_and_test(module, data, spec, ckpt_dir=ckpt_root / cfg.experiment_name / run_id,
                            logger=loggers or None, resume=bool(cfg.resume) and not cfg.force)
-        record.update(status="complete", metrics={"last": res.last, "best": res.best}, history=res.history,
+        # a debug run (debug=fast|limit|overfit) ran, but on a few batches: never a result
+        record.update(status="debug" if conf.get("debug") else "complete",
+                      metrics={"last": res.last, "best": res.best}, history=res.history,
                       reliability=res.reliability, deterministic=res.deterministic, resumed_from=res.resumed_from)
         if record["teacher"] is not None and res.teacher_test:
             warning = teachers.drift(record["teacher"].get("test"), res.teacher_test, int(len(data.test_y)))
@@ -211,6 +230,8 @@ def main(cfg: DictConfig) -> float:
     scrub_hydra_files(cfg)
     from kdbench.interrupts import RunInterrupted
 
+    if not in_multirun() and (cfg.get("trainer") or {}).get("progress", False):
+        print_config(cfg)
     try:
         rec = run(cfg)
     except RunInterrupted as e:
@@ -241,6 +262,28 @@ def main(cfg: DictConfig) -> float:
 #: errors of writing files (disk full, quota, read-only, permissions, a file where a folder should be)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
                 errno.EISDIR, errno.EFBIG}
+
+
+def print_config(cfg) -> None:
+    """The composed config as a tree (rich), before a single interactive run starts."""
+    try:
+        from omegaconf import OmegaConf
+        from rich import print as rprint
+        from rich.tree import Tree
+
+        tree = Tree(f"config: {cfg.get('experiment_name')}", guide_style="dim")
+        from kdbench.credentials import redact
+
+        for key, node in redact(OmegaConf.to_container(cfg, resolve=True)).items():  # never print a secret
+            if isinstance(node, dict):
+                branch = tree.add(f"[bold]{key}[/bold]")
+                for line in OmegaConf.to_yaml(OmegaConf.create(node)).rstrip().splitlines():
+                    branch.add(line)
+            else:
+                tree.add(f"[bold]{key}[/bold]: {node}")
+        rprint(tree)
+    except Exception as e:  # noqa: BLE001 - a display aid must never stop a run (e.g. an unresolvable value)
+        log.debug("config tree not printed: %s", e)
 
 
 _NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",

@@ -44,6 +44,11 @@ class TensorData:
     def is_image(self) -> bool:
         return self.train_x.dtype == torch.uint8
 
+    @property
+    def is_tokens(self) -> bool:
+        """Sequences of token ids ``[N, T]`` with shifted labels ``[N, T]`` (-100: not counted)."""
+        return self.train_x.dtype == torch.int64
+
 
 def split_train_val(data: TensorData, val_size: int | float, seed: int = 0) -> TensorData:
     """Hold out ``val_size`` training examples (an int, or a fraction) as the validation set.
@@ -184,6 +189,8 @@ class TensorLoader:
 
     def _build(self, idx: torch.Tensor, view: torch.Tensor, *, check: bool) -> torch.Tensor:
         xb = self.x[idx]
+        if xb.dtype == torch.int64:  # token ids (sequence data): no scaling, no augmentation
+            return xb
         xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
         if self.augmenting:
             xb = aug.apply_views(self.augment, xb, view, check=check)

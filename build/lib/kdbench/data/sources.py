@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from kdbench.data import text as _text
 from kdbench.data.core import TensorData
 from kdbench.errors import ConfigError, DataError
 
@@ -58,7 +59,7 @@ class DatasetSpec:
     loader: Callable[[Mapping], TensorData]
     #: None where the config decides (synthetic, image folders)
     num_classes: int | None
-    #: "image" (uint8 ``[N, C, H, W]``) or "features" (float32 ``[N, D]``)
+    #: "image" (uint8 ``[N, C, H, W]``), "features" (float32 ``[N, D]``) or "tokens" (int64 ``[N, T]``)
     kind: str
     description: str
     #: default normalisation; None where it is computed from the training data
@@ -814,6 +815,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("cifar10_jpeg", partial(_load_imagefolder, name="cifar10_jpeg"), 10, "image",
                     "imagefolder holding CIFAR-10 re-encoded as JPEG; results must say 'CIFAR-10 (JPEG q75 copy)'",
                     default_augment="crop_flip"),
+        DatasetSpec("markov", _text._load_markov, None, "tokens",
+                    "sequences of a seeded sparse Markov chain (known next-token law: an exact oracle teacher)"),
+        DatasetSpec("bytes_text", _text._load_bytes_text, 256, "tokens",
+                    "byte-level windows of CPython's own documentation (pydoc_data.topics), offline"),
     )
 }
 

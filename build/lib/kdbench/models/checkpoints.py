@@ -8,6 +8,7 @@ custom class, an ``os.system`` payload) is refused *before* it runs. Every failu
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -84,7 +85,10 @@ def _load(path: str, key: str) -> object:
         with warnings.catch_warnings():
             # old (pre-zip) checkpoints use pickle protocol 4; the weights-only unpickler warns about it
             warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # RepDistiller's *_last.pth carries its argparse.Namespace ("opt"): exactly that class is
+            # allowed (a plain record of options; it runs no code), nothing else
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise TeacherError(key, _explain_unpickling(path, exc)) from None
     except (OSError, MemoryError) as exc:
@@ -101,7 +105,25 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[
     return sd
 
 
-def read_state_dict(path: str | os.PathLike, key: str = DEFAULT_KEY) -> dict[str, torch.Tensor]:
+def take_submodule(sd: dict[str, torch.Tensor], submodule: str | None, path: str, key: str) -> dict[str, torch.Tensor]:
+    """The ``student.`` or ``teacher.`` part of a distillation run's checkpoint (mdistiller saves the
+    whole distiller: ``module.student.*`` and ``module.teacher.*``)."""
+    parts = sorted({k.split(".", 1)[0] for k in sd if "." in k} & {"student", "teacher"})
+    if submodule is None:
+        if parts and all(k.split(".", 1)[0] in ("student", "teacher") for k in sd):
+            raise TeacherError(key, f"{path} is a distillation run's checkpoint (it holds {' and '.join(parts)} "
+                                    f"weights): choose one with --submodule {'|'.join(parts)}")
+        return sd
+    prefix = submodule + "."
+    picked = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not picked:
+        raise TeacherError("--submodule", f"{path} has no {submodule!r} weights (it holds: "
+                                          f"{', '.join(parts) or 'one model, no sub-models'})")
+    return picked
+
+
+def read_state_dict(path: str | os.PathLike, key: str = DEFAULT_KEY,
+                    submodule: str | None = None) -> dict[str, torch.Tensor]:
     """Load a checkpoint's weights as ``{name: tensor}`` on the CPU, safely.
 
     Accepts the RepDistiller / mdistiller format (``{"model": state_dict, "epoch": ..., "accuracy":
@@ -124,7 +146,7 @@ def read_state_dict(path: str | os.PathLike, key: str = DEFAULT_KEY) -> dict[str
         keys = ", ".join(map(str, list(obj)[:8])) or "none"
         raise TeacherError(key, f"{path} contains no weights: no state_dict under 'model' or 'state_dict' "
                                 f"and no tensors at the top level (keys: {keys})")
-    return _strip_prefix(sd)
+    return take_submodule(_strip_prefix(sd), submodule, path, key)
 
 
 def infer_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:

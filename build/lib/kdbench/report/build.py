@@ -17,7 +17,13 @@ from kdbench.report.frame import (
     load_experiment,
     summarize,
 )
-from kdbench.report.plots import plot_learning_curves, plot_reliability, plot_tau_curves
+from kdbench.report.plots import (
+    plot_acc_vs_ece,
+    plot_learning_curves,
+    plot_reliability,
+    plot_seed_bars,
+    plot_tau_curves,
+)
 from kdbench.report.tables import format_display, write_tables
 
 __all__ = ["build_table", "make_report"]
@@ -72,10 +78,21 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
     if recs is not None:
         for name, fn in (("reliability", lambda p: plot_reliability(recs, p, group_cols=gcols)),
                          ("learning_curves", lambda p: plot_learning_curves(recs, p, group_cols=gcols)),
-                         ("tau_curves", lambda p: plot_tau_curves(recs, p))):
+                         ("tau_curves", lambda p: plot_tau_curves(recs, p)),
+                         ("seed_bars", lambda p: plot_seed_bars(recs, p, group_cols=gcols)),
+                         ("acc_vs_ece", lambda p: plot_acc_vs_ece(recs, p, group_cols=gcols))):
             path = fn(out_dir / f"{name}.png")
             if path is not None:
                 plots[name] = path
+    if recs is not None:
+        from kdbench.files import atomic_write_text
+        from kdbench.report.html import render_html
+        from kdbench.report.tables import DELTA_NOTE, PROTOCOL_NOTE
+
+        page = render_html(experiment, display, caption=caption, plots=plots, out_dir=out_dir,
+                           records=list(zip([Path(p) for p in df["path"]], recs)),
+                           failed=display.attrs.get("failed") or [], notes=[PROTOCOL_NOTE, DELTA_NOTE])
+        tables["html"] = atomic_write_text(out_dir / "index.html", page)
     result = {"out_dir": out_dir, "tables": tables, "plots": plots, "markdown": tables["md"].read_text(),
               "display": display, "summary": summary, "wandb_dir": None, "warnings": record_warnings(df)}
     if wandb_log:

@@ -286,6 +286,10 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
 # --------------------------------------------------------------------------------------------
 
 
+#: the teacher's test metrics each group carries (mean only): accuracy and NLL, for "teacher kept"
+TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll")
+
+
 def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None):
     """Mean and std (ddof=1) over seeds of each metric, per group; completed runs only.
 
@@ -315,17 +319,17 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
         row: dict[str, Any] = dict(zip(group_cols, key))
         row["n"] = len(g["complete"])
         row["n_failed"] = len(g["other"])
-        for m in [*metrics, "teacher_test_acc"]:
+        for m in [*metrics, *TEACHER_MEANS]:
             pairs = [(group_key(r.get("seed")), x) for r in g["complete"] for x in [to_float(r.get(m))]
                      if not math.isnan(x)]
             vals = [x for _, x in pairs]
             row[f"{m}_mean"] = statistics.mean(vals) if vals else math.nan
-            if m != "teacher_test_acc":
+            if m not in TEACHER_MEANS:
                 row[f"{m}_std"] = statistics.stdev(vals) if len(vals) >= 2 else math.nan
                 samples.setdefault(key, {})[m] = tuple(pairs)
         out.append(row)
     cols = [*group_cols, "n", "n_failed", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
-            "teacher_test_acc_mean"]
+            *[f"{m}_mean" for m in TEACHER_MEANS]]
     summary = pd.DataFrame(out, columns=cols)
     for c in ("n", "n_failed"):
         summary[c] = summary[c].astype(int)
@@ -412,7 +416,8 @@ def _delta_intervals(s, ref: int | None) -> tuple[list[float], list[float], list
 
 def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch: str | Mapping[str, Any] | None = "scratch",
                teacher_acc: float | None = None):
-    """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last) and ``teacher_kept`` (%).
+    """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last), ``teacher_kept`` (%) and
+    ``teacher_kept_nll`` (%, ``(scratch NLL - student NLL) / (scratch NLL - teacher NLL)``).
 
     Each delta comes with ``<delta>_lo``/``<delta>_hi``, its 95 % interval over seeds (pp; paired
     t-interval of the per-seed differences when the row and the reference ran the same seeds, Welch's
@@ -465,6 +470,15 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
         s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(s, ref_pos)
     den = teacher_acc - sc
     s["teacher_kept"] = (acc - sc) / den * 100.0 if not math.isnan(den) and abs(den) > 1e-12 else math.nan
+    # the seed document's question in likelihood terms (the natural one for tokens): how much of the
+    # teacher's NLL advantage over the scratch student the student recovers
+    if "last_test_nll_mean" in s and "teacher_test_nll_mean" in s:
+        nll = s["last_test_nll_mean"].astype(float)
+        sc_nll = reference_acc(s, scratch, col="last_test_nll_mean")
+        t_vals = [v for v in s["teacher_test_nll_mean"].astype(float).tolist() if not math.isnan(v)]
+        t_nll = statistics.mean(t_vals) if t_vals else math.nan
+        gap = sc_nll - t_nll
+        s["teacher_kept_nll"] = (sc_nll - nll) / gap * 100.0 if not math.isnan(gap) and abs(gap) > 1e-12 else math.nan
     s.attrs.update(summary.attrs)
     s.attrs.update(teacher_acc=teacher_acc, baseline_acc=kd, scratch_acc=sc)
     return s

@@ -124,6 +124,9 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
     for members in groups.values():
         p = pool_reliability(((rec.get("reliability") or {}).get(which) for _, rec in members))
         if p is not None:
+            eces = [((rec.get("metrics") or {}).get(which) or {}).get("test", {}).get("ece") for _, rec in members]
+            eces = [float(e) for e in eces if isinstance(e, (int, float)) and not math.isnan(e)]
+            p = {**p, "table_ece": sum(eces) / len(eces) if eces else math.nan}
             pooled.append((run_label(members[0][0], gcols), p))
     if not pooled:
         return None
@@ -147,7 +150,12 @@ def plot_reliability(records_df_or_records, out_path: str | os.PathLike, which: 
         ax.set_aspect("equal")
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{label} (n={p['runs']})\npooled ECE = {p['ece']:.4f}", fontsize=10)
+        for x, w, a, n in zip(edges[:-1], widths, p["accuracy"], p["count"]):
+            if n:  # how many test predictions each bin holds
+                ax.text(x + w / 2, min(a, 0.97) + 0.01, f"{int(n)}", ha="center", va="bottom", fontsize=5, rotation=90)
+        # the table's ECE (mean over seeds of each run's ECE) first; the pooled bins' own ECE beside it
+        ax.set_title(f"{label} (n={p['runs']})\nECE {p['table_ece']:.4f} (mean of runs); pooled bins {p['ece']:.4f}",
+                     fontsize=9)
     axes.flat[0].legend(loc="upper left", fontsize=7)
     epoch = "final epoch" if which == "last" else "best-validation epoch"
     fig.suptitle(f"Reliability on test, {epoch} (bins pooled over seeds)", fontsize=11)
@@ -241,4 +249,65 @@ def plot_learning_curves(records_df_or_records, out_path: str | os.PathLike, met
     ax.set_title("Learning curves (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, out_path)
+
+
+def _per_group(records_df_or_records, group_cols, metric: str) -> list[tuple[str, list[tuple[Any, float]]]]:
+    runs = as_runs(records_df_or_records)
+    groups, gcols = run_groups(runs, group_cols)
+    out = []
+    for members in groups.values():
+        vals = [(row.get("seed"), to_float(row.get(metric))) for row, _ in members]
+        vals = [(s, v) for s, v in vals if not math.isnan(v)]
+        if vals:
+            out.append((run_label(members[0][0], gcols), vals))
+    return out
+
+
+def plot_seed_bars(records_df_or_records, out_path: str | os.PathLike, metric: str = "last_test_acc",
+                   group_cols: Sequence[str] | None = None) -> Path | None:
+    """One bar per variant (mean over seeds, ± std) with every seed's value as a dot on it."""
+    groups = _per_group(records_df_or_records, group_cols, metric)
+    if not groups:
+        return None
+    scale = 100.0 if metric.endswith("acc") else 1.0
+    fig, axes = new_figure(1, 1, (max(4.5, 0.8 * len(groups) + 2), 4.0))
+    ax = axes[0][0]
+    for i, (_label, vals) in enumerate(groups):
+        ys = [v * scale for _, v in vals]
+        mean = statistics.mean(ys)
+        std = statistics.stdev(ys) if len(ys) > 1 else 0.0
+        ax.bar(i, mean, yerr=std, color="tab:blue", alpha=0.35, capsize=4, edgecolor="tab:blue")
+        ax.scatter([i + (j - (len(ys) - 1) / 2) * 0.08 for j in range(len(ys))], ys, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=30, ha="right", fontsize=8)
+    lo = min(v * scale for _, vals in groups for _, v in vals)
+    hi = max(v * scale for _, vals in groups for _, v in vals)
+    pad = max(0.5, 0.15 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel("test top-1, last epoch (%)" if metric == "last_test_acc" else metric)
+    ax.set_title("Per variant: mean ± std over seeds, one dot per seed")
+    ax.grid(True, axis="y", alpha=0.3)
+    return save_figure(fig, out_path)
+
+
+def plot_acc_vs_ece(records_df_or_records, out_path: str | os.PathLike,
+                    group_cols: Sequence[str] | None = None) -> Path | None:
+    """Accuracy against calibration error per variant (mean over seeds, error bars ± std)."""
+    acc = dict(_per_group(records_df_or_records, group_cols, "last_test_acc"))
+    ece = dict(_per_group(records_df_or_records, group_cols, "last_test_ece"))
+    labels = [k for k in acc if k in ece]
+    if not labels:
+        return None
+    fig, axes = new_figure(1, 1, (6.0, 4.5))
+    ax = axes[0][0]
+    for label in labels:
+        a = [v * 100 for _, v in acc[label]]
+        e = [v for _, v in ece[label]]
+        ax.errorbar(statistics.mean(e), statistics.mean(a), xerr=statistics.stdev(e) if len(e) > 1 else 0,
+                    yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3, label=label)
+    ax.set_xlabel("ECE, last epoch (lower is better)")
+    ax.set_ylabel("test top-1, last epoch (%)")
+    ax.set_title("Accuracy vs calibration (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     return save_figure(fig, out_path)

@@ -67,11 +67,12 @@ DERIVED_SPEC: dict[str, tuple[str, str | None, int, bool, str]] = {
     "delta_vs_kd": ("Δ vs KD (pp)", None, 2, True, MISSING),
     "delta_vs_scratch": ("Δ vs scratch (pp)", None, 2, True, MISSING),
     "teacher_kept": ("teacher kept (%)", "max", 1, False, MISSING),
+    "teacher_kept_nll": ("teacher kept, NLL (%)", "max", 1, False, MISSING),
 }
 GROUP_HEADERS = {"variant": "variant", "distill_alpha": "α", "distill_tau": "τ"}
 #: where the accuracy-like columns go, then the derived ones, then the rest
 DISPLAY_ORDER = ("last_test_acc", "best_test_acc", "published_top1_pct", "delta_vs_kd", "delta_vs_scratch",
-                 "teacher_kept")
+                 "teacher_kept", "teacher_kept_nll")
 
 
 @lru_cache(maxsize=1)
@@ -222,7 +223,7 @@ def tex_escape(s: Any) -> str:
 def _sample_metric(src: str) -> str:
     """The per-seed metric whose differences decide a column's bold: the metric of ``<metric>_mean``;
     top-1 last for ``teacher_kept``, a fixed affine map of it within a configuration."""
-    return "last_test_acc" if src == "teacher_kept" else src.removesuffix("_mean")
+    return {"teacher_kept": "last_test_acc", "teacher_kept_nll": "last_test_nll"}.get(src, src.removesuffix("_mean"))
 
 
 def best_mask(display_df, summary=None) -> list[list[bool]]:
@@ -329,7 +330,8 @@ def render_markdown(display_df, caption: str, failed: list[dict] | None = None) 
     if summary is not None and "n" in summary.columns and (summary["n"] == 1).any():
         extra.append(f"{NA}: one seed, so no spread and no interval.")
     if "teacher kept (%)" in cols:
-        extra.append("teacher kept = (student − scratch) / (teacher − scratch), top-1 last.")
+        extra.append("teacher kept = (student − scratch) / (teacher − scratch), top-1 last; teacher kept, NLL = "
+                     "(scratch NLL − student NLL) / (scratch NLL − teacher NLL), last epoch.")
     if "failed" in cols:
         extra.append("failed: runs of the group that did not complete (not in the means).")
     if extra:

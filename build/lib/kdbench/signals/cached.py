@@ -174,20 +174,37 @@ class CachedSignal:
     kind = "cached"
     trainable_parameters: list = []
 
-    def __init__(self, folder: Path, meta: dict):
-        self.folder, self.meta = folder, meta
+    def __init__(self, folder: Path, meta: dict, on_device: bool | str = "auto"):
+        self.folder, self.meta, self.on_device = folder, meta, on_device
         self.tables = {s: _open(folder, s, meta["dtype"]) for s in ("train", "val", "test")
                        if (folder / f"{s}.npy").exists()}
         self.device = torch.device("cpu")
+        self.resident = False  # the tables are in the device's memory (looked up there, no copy per batch)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tables.values())
 
     def to(self, device: torch.device) -> CachedSignal:
+        """Follow the student; on a GPU (or with ``on_device=true``) the tables move into its memory
+        once, so a batch's lookup is one gather there instead of a host gather and a copy."""
         self.device = torch.device(device)
+        if self.resident or self.on_device is False:
+            return self
+        fits = self.on_device is True
+        if self.on_device == "auto" and self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            fits = self.nbytes() < free // 4
+        if fits:
+            self.tables = {s: t.to(self.device) if self.device.type != "cpu" else t.clone()
+                           for s, t in self.tables.items()}
+            self.resident = True
         return self
 
     def __call__(self, batch, split: str) -> Tensor:
         table = self.tables["train" if split == "train" else split]
-        idx = batch.idx.cpu()
-        view = batch.view.cpu() if split == "train" else torch.zeros_like(idx)
+        where = table.device
+        idx = batch.idx.to(where)
+        view = batch.view.to(where) if split == "train" else torch.zeros_like(idx)
         return table[idx, view].to(self.device, non_blocking=True).float()
 
 
@@ -210,4 +227,5 @@ def _cached(*, teacher: nn.Module | None, conf: dict, data, teacher_meta: dict |
                                                     f"{free / 2**30:.2f} GiB free")
             log.info("teacher cache %s: building (%s)", folder, p["formula"])
             build(folder, teacher, conf, data, p)
-    return CachedSignal(folder, json.loads((folder / META).read_text()))
+    return CachedSignal(folder, json.loads((folder / META).read_text()),
+                        on_device=(conf.get("teacher_cache") or {}).get("on_device", "auto"))

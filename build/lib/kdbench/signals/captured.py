@@ -46,12 +46,36 @@ def preflight(conf: dict, data) -> None:
         if int((h.get("n") or {}).get(split, -1)) != int(count):
             raise ConfigError("teacher_capture.path", f"the capture has {(h.get('n') or {}).get(split)} {split} "
                                                       f"examples, the run {count}")
+    if data.is_tokens:
+        check_alignment(Path(_store(conf)), h, data)
     a = conf["dataset"].get("augment", "default")
     family = (data.default_augment if a in ("default", None) else a) if data.is_image else "none"
     views = aug.num_views(family)
     if int(h["views"]["train"]) != views or (views > 1 and h.get("family") != family):
         raise ConfigError("teacher_capture.path", f"the run augments with {family!r} ({views} views per image); the "
                                                   f"capture holds {h['views']['train']} view(s) of {h.get('family')!r}")
+
+
+def check_alignment(path: Path, header: dict, data) -> None:
+    """A token capture must hold one top-k per position, and position t must hold the distribution of
+    token t + 1: a capture whose top-1 matches the current token more often than the next one is
+    off by one (it was taken from logits not shifted the way the labels are), refused before any work."""
+    from kdbench.capture import read_split
+
+    if int(header.get("positions", -1)) != int(data.train_x.shape[1]):
+        raise ConfigError("teacher_capture.path", f"the capture holds {header.get('positions')} positions per "
+                                                  f"sequence, the data {data.train_x.shape[1]}")
+    idx, _ = read_split(path, "test")
+    top1 = idx[:, 0, :, 0]
+    x, y = data.test_x, data.test_y
+    keep = y != -100
+    hits_next = (top1 == y)[keep].float().mean()
+    hits_now = (top1 == x)[keep].float().mean()
+    if hits_now > hits_next:
+        raise ConfigError("teacher_capture.path", f"the capture looks off by one: its top-1 is the current token "
+                                                  f"{100 * hits_now:.1f}% of the time and the next one only "
+                                                  f"{100 * hits_next:.1f}%; position t must hold the distribution "
+                                                  "of token t + 1")
 
 
 class CapturedSignal:
