@@ -1,5 +1,0 @@
-"""Paper reproductions built on kdbench's run records (one module per study).
-
-- :mod:`kdbench.studies.hinton` -- Hinton, Vinyals & Dean (2015), MNIST: teacher, scratch and
-  distilled student as test errors out of 10,000, next to the published numbers.
-"""
