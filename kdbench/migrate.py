@@ -23,21 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kdbench.identity import computational, run_id_of
 from kdbench.records import iter_records, write_record
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
+from kdbench.schema import leaves
 
 
 def _old_value_resolved(key: str, old: Any, device: str) -> Any:
@@ -71,7 +62,7 @@ def _expected_new(key: str, rec: dict, conf: dict) -> Any:
 
 def differences(rec: dict, conf: dict) -> list[str]:
     """Why ``conf`` (today's resolved config of the record's job) is not the computation ``rec`` ran."""
-    old, new = _leaves(computational(rec.get("config") or {})), _leaves(computational(conf))
+    old, new = leaves(computational(rec.get("config") or {})), leaves(computational(conf))
     out = []
     if (conf.get("distill") or {}).get("method") == "none":
         # a scratch run read no distillation key (its loss is CE alone, alpha = 1, whatever was written)

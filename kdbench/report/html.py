@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from kdbench.report.frame import config_leaves
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#222}
@@ -67,15 +68,6 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(node, sort_keys=True) if isinstance(node, (list, dict)) else node}
-
-
 #: keys that always differ between runs and say nothing about a variant
 _NOT_A_DIFFERENCE = ("seed", "data_seed", "paths.", "hydra", "logger.", "tags", "trainer.progress")
 
@@ -86,7 +78,7 @@ def config_differences(records: Sequence[Mapping]) -> tuple[list[str], dict[str,
     per: dict[str, dict[str, set]] = {}
     for r in records:
         v = str(r.get("variant"))
-        for k, val in _leaves(r.get("config") or {}).items():
+        for k, val in config_leaves(r.get("config") or {}).items():
             if not k.startswith(_NOT_A_DIFFERENCE) and k not in _NOT_A_DIFFERENCE:
                 per.setdefault(v, {}).setdefault(k, set()).add(str(val))
     keys = sorted({k for vals in per.values() for k in vals})
