@@ -140,3 +140,13 @@ def test_an_off_by_one_capture_is_refused_before_any_work(capture_store, compose
         run(compose(*MARKOV, "teacher=oracle", "teacher_signal=captured", f"teacher_capture.path={shifted}",
                     results=tmp_path / "r2"))
     assert "off by one" in str(e.value) and not (tmp_path / "r2" / "runs").exists()
+
+
+def test_the_cached_signal_is_refused_for_sequences_before_any_work(compose, tmp_path):
+    from kdbench.errors import ConfigError
+    from kdbench.train import run
+
+    with pytest.raises(ConfigError) as e:
+        run(compose(*MARKOV, "teacher=oracle", "teacher_signal=cached", results=tmp_path / "r"))
+    assert e.value.key == "teacher_signal" and "captured" in str(e.value)
+    assert not (tmp_path / "r" / "runs").exists()

@@ -74,6 +74,9 @@ def plan(conf: dict, data) -> dict:
 
 def preflight(conf: dict, data) -> None:
     """Refuse, before any work, a cache that cannot fit: the configured cap, then the free disk space."""
+    if getattr(data, "is_tokens", False):
+        raise ConfigError("teacher_signal", "cached holds one logit vector per (image, view); for sequence data use "
+                                            "online, or captured (top-k per position, `kdbench capture`)")
     p = plan(conf, data)
     d = conf["distill"]
     for key in ("teacher_train_mode", "teacher_grad"):
