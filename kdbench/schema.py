@@ -229,6 +229,8 @@ def check_model_kwargs(prefix: str, arch: str, kwargs: Mapping) -> None:
 
 
 def _spec_like(default: Any) -> Spec:
+    """What a model argument may be, read from its default: the same kind; an int default is a size
+    (>= 1); a float default in [0, 1) is a rate such as dropout (in [0, 1)); a list keeps its items' kind."""
     if isinstance(default, bool):
         return B
     if isinstance(default, int):
