@@ -108,6 +108,10 @@ def resolve(cfg) -> dict:
 
         for k in unused_keys(c["distill"]["method"], c["distill"]):
             c["distill"].pop(k)
+        if c.get("teacher_signal") != "captured":
+            # the top-k loss mode only exists for a captured (top-k) teacher: a dense teacher's run is the
+            # same run whichever mode the grid names (`teacher_signal=online,captured +distill.topk_mode=...`)
+            c["distill"].pop("topk_mode", None)
     return c
 
 

@@ -93,12 +93,27 @@ def _no_cross_rank_sync(metrics: nn.Module | None) -> None:
             m._to_sync = False
 
 
+def kl_to_reference(true_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over kept positions (``labels != -100``; every row for class labels) of KL(p_true ‖ p_model) in
+    float32, and the number of positions: the exact divergence from the data's true law, not an estimate
+    from sampled labels."""
+    keep = labels != -100
+    p_log = torch.log_softmax(true_logits.float(), -1)[keep]
+    q_log = torch.log_softmax(logits.float(), -1)[keep]
+    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+    return kl.sum(), keep.sum().to(kl.dtype)
+
+
 class DistillModule(pl.LightningModule):
     """Train ``student`` with ``method`` on the outputs of ``signal``; ``method=None`` is plain cross-entropy."""
 
     def __init__(self, student: nn.Module, num_classes: int, optim: OptimSpec, sched: SchedSpec, *,
-                 method=None, signal=None, check_finite_every: int = 1):
+                 method=None, signal=None, check_finite_every: int = 1, reference: nn.Module | None = None):
         super().__init__()
+        # the data's true law (dataset=markov), for the test metric kl_to_true; not a submodule, so it is
+        # neither trained nor written into checkpoints
+        object.__setattr__(self, "_reference", reference)
+        self._kl_true: dict[str, list[torch.Tensor]] = {}
         self.student = student
         self.method = method
         self.signal = signal if signal is not None else NoSignal()
@@ -130,6 +145,8 @@ class DistillModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # the teacher lives outside the module: follow the student onto its device
         self.signal.to(self.device)
+        if self._reference is not None:
+            self._reference.to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -235,19 +252,34 @@ class DistillModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         t = self.signal(batch, "test")
-        self.test_metrics.update(self.student(batch.x), batch.y, t)
+        s = self.student(batch.x)
+        self.test_metrics.update(s, batch.y, t)
         if self.teacher_test_metrics is not None and isinstance(t, torch.Tensor):
             self.teacher_test_metrics.update(t, batch.y)
+        if self._reference is not None:
+            true = self._reference(batch.x)
+            for who, logits in (("student", s), ("teacher", t if isinstance(t, torch.Tensor) else None)):
+                if logits is not None:
+                    total, n = kl_to_reference(true, logits, batch.y)
+                    acc = self._kl_true.setdefault(who, [torch.zeros((), device=s.device), torch.zeros((), device=s.device)])
+                    acc[0] += total
+                    acc[1] += n
 
     def on_test_epoch_end(self) -> None:
         self.last_test = self.test_metrics.compute()
         self.last_reliability = self.test_metrics.reliability()
         self.test_metrics.reset()
+        kl_true = {who: float(v[0] / v[1]) for who, v in self._kl_true.items() if float(v[1]) > 0}
+        self._kl_true = {}
+        if "student" in kl_true:
+            self.last_test["kl_to_true"] = kl_true["student"]
         self.log_dict({f"test/{k}": v for k, v in self.last_test.items()}, sync_dist=True)
         if self.teacher_test_metrics is not None:
             # a sparse (top-k) teacher gives no dense logits to measure: no teacher metrics then
             if self.teacher_test_metrics.nll.update_count > 0:
                 self.last_teacher_test = self.teacher_test_metrics.compute()
+                if "teacher" in kl_true:
+                    self.last_teacher_test["kl_to_true"] = kl_true["teacher"]
             self.teacher_test_metrics.reset()
 
     # ---- checkpoints keep the history and the RNG state (exact resumption) ---------------------

@@ -76,7 +76,7 @@ SCHEMA: dict[str, Spec] = {
     "dataset.batch_size": I(1), "dataset.eval_batch_size": I(1), "dataset.augment": S,
     "dataset.val_size": N(0), "dataset.split_seed": SEED, "dataset.train_subset": I(1, optional=True),
     "dataset.test_subset": I(1, optional=True), "dataset.test_fraction": N(0, 1, hi_open=True),
-    "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1), "dataset.n_test": I(1),
+    "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1, optional=True), "dataset.n_test": I(1, optional=True),
     "dataset.num_classes": I(2), "dataset.seed": SEED,
     # sequence data (markov, bytes_text)
     "dataset.seq_len": I(2), "dataset.vocab": I(2), "dataset.branching": I(1), "dataset.prompt_len": I(0),

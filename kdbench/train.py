@@ -121,7 +121,8 @@ def _run(cfg: DictConfig, trap) -> dict:
                                 augment=conf["dataset"]["augment"], data_seed=int(conf["data_seed"]))
     module = DistillModule(student, data.num_classes, OptimSpec(**conf["optim"]), SchedSpec(**conf["sched"]),
                            method=method, signal=signal,
-                           check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]))
+                           check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]),
+                           reference=_true_law(data))
 
     record: dict[str, Any] = {
         "run_id": run_id, "experiment": cfg.experiment_name, "variant": d["variant"], "seed": int(conf["seed"]),
@@ -160,6 +161,17 @@ def debug_trainer_args(debug: dict) -> dict:
     if debug.get("overfit_batches"):
         out["overfit_batches"] = int(debug["overfit_batches"])
     return out
+
+
+def _true_law(data):
+    """The data's true next-token law when it has one (``dataset=markov``): test records then hold
+    ``kl_to_true`` for the student (and a dense teacher)."""
+    law = ((getattr(data, "info", None) or {}).get("oracle") or {}).get("transition")
+    if law is None:
+        return None
+    from kdbench.data.text import MarkovOracle
+
+    return MarkovOracle(law).eval().requires_grad_(False)  # a metric only: never the run's teacher
 
 
 def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, *, t0: float, trap) -> dict:

@@ -127,3 +127,13 @@ def test_model_arguments_are_checked_against_each_models_signature():
         with pytest.raises(ConfigError) as e:
             validate(_compose("student=mnist_cnn_small", "dataset=mnist", bad))
         assert e.value.key == key, str(e.value)
+
+
+@pytest.mark.parametrize("option", [" ".join(o) for o in _every_option()])
+def test_every_config_option_is_valid_as_shipped(option):
+    """Each group option, composed with the defaults, passes validation (``dataset=bytes_text`` once shipped
+    ``n_train: null``, "every window", which the schema refused)."""
+    from kdbench.config import validate
+
+    extra = ("dataset=synthetic",) if option == "teacher=oracle" else ()
+    validate(_compose(*option.split(), *extra))

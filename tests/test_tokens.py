@@ -122,6 +122,32 @@ def test_captured_equals_online_at_k_equal_v_with_no_teacher_in_memory(capture_s
     assert online["metrics"]["last"]["test"]["ppl"] == pytest.approx(math.exp(online["metrics"]["last"]["test"]["nll"]))
     # the oracle is the true law: its NLL is the data's entropy rate, a lower bound for every student
     assert online["teacher"]["test"]["nll"] < online["metrics"]["last"]["test"]["nll"]
+    # the exact KL to the true law: 0 for the oracle itself, positive for the student, and it accounts
+    # for the student's excess NLL (equal in expectation over the sampled labels)
+    assert online["teacher"]["test"]["kl_to_true"] == pytest.approx(0.0, abs=1e-6)
+    s_test = online["metrics"]["last"]["test"]
+    assert s_test["kl_to_true"] > 0.01
+    assert s_test["kl_to_true"] == pytest.approx(s_test["nll"] - online["teacher"]["test"]["nll"], abs=0.05)
+    assert cap["metrics"]["last"]["test"]["kl_to_true"] == pytest.approx(s_test["kl_to_true"], rel=1e-3)
+
+
+def test_kl_to_the_true_law_has_its_closed_form_over_kept_tokens_only():
+    from kdbench.data import load_dataset
+    from kdbench.data.text import markov_oracle
+    from kdbench.distill import kl_to_reference
+
+    d = load_dataset({"name": "markov", "prompt_len": 8, "n_train": 50, "n_test": 10})
+    x, y = d.train_x[:6], d.train_y[:6]
+    true = markov_oracle(d)(x)
+    uniform = torch.zeros(6, 32, 32)
+    uniform[y == -100] = float("nan")  # garbage at the masked prompt positions is never read
+    total, n = kl_to_reference(true, uniform, y)
+    p = true.softmax(-1)[y != -100]
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    assert int(n) == int((y != -100).sum()) == 6 * 25  # prompt 8: labels 0..6 masked
+    assert float(total / n) == pytest.approx(float((math.log(32) - entropy).mean()), rel=1e-5)  # KL(p || U) = log V - H(p)
+    zero, _ = kl_to_reference(true, true, y)
+    assert abs(float(zero)) < 1e-4
 
 
 def test_an_off_by_one_capture_is_refused_before_any_work(capture_store, compose, tmp_path):
