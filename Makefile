@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: both sweeps, then the ta
 study-topk: $(STAMP) ## top-k captured teachers on Fashion-MNIST: capture k=1,2,5,10 (kept if present), then the sweep
 	for k in 1 2 5 10; do $(PY) -m kdbench.cli capture --k $$k --out results/captures/fashion_topk-k$$k experiment=fashion_topk || exit 1; done
 	$(PY) -m kdbench.sweep experiment=fashion_topk $(ARGS)
+
+study-tokens: $(STAMP) ## token-level KD (markov + bytes_text): capture top-k per position (kept if present), then both sweeps
+	for k in 1 8 32; do $(PY) -m kdbench.cli capture --k $$k --tau 1 --out results/captures/tokens_markov-k$$k experiment=tokens_markov || exit 1; done
+	for k in 1 8 32 256; do $(PY) -m kdbench.cli capture --k $$k --tau 1 --out results/captures/tokens_bytes-k$$k experiment=tokens_bytes || exit 1; done
+	$(PY) -m kdbench.sweep experiment=tokens_markov $(ARGS)
+	$(PY) -m kdbench.sweep experiment=tokens_bytes $(ARGS)
+
+study-cifar10: $(STAMP) ## CIFAR-10 (JPEG copy) methods x 2 pairs x 3 seeds, cached teacher; resumable; on a GPU: ARGS="trainer=gpu"
+	$(PY) -m kdbench.sweep experiment=cifar10_methods $(ARGS)
 
 clean: ## remove the virtualenv, caches and Hydra outputs (keeps results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache wandb

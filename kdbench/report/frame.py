@@ -37,7 +37,7 @@ DEFAULT_METRICS = (
     "last_test_agreement", "last_test_kl_teacher",
 )
 #: shown only when the records hold them (records before temperature scaling do not)
-OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts")
+OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts", "last_test_ppl", "last_test_kl_to_true")
 GRID_COLS = ("variant", "distill_alpha", "distill_tau")
 #: computational config keys that are not grouping columns because the table shows them already
 #: (the seed is what a group averages over; variant, α and τ have their own columns)
@@ -287,7 +287,7 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
 
 
 #: the teacher's test metrics each group carries (mean only): accuracy and NLL, for "teacher kept"
-TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll")
+TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll", "teacher_test_kl_to_true")
 
 
 def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None):

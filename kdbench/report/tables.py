@@ -54,6 +54,8 @@ METRIC_SPEC: dict[str, tuple[str, float, int]] = {
     "last_test_brier": ("Brier last", 1.0, 4),
     "last_test_ece_ts": ("ECE last, T-scaled", 1.0, 4),
     "last_test_nll_ts": ("NLL last, T-scaled", 1.0, 4),
+    "last_test_ppl": ("perplexity last", 1.0, 3),
+    "last_test_kl_to_true": ("KL(true‖S) last", 1.0, 4),
     "best_test_ece": ("ECE best-epoch", 1.0, 4),
     "best_test_nll": ("NLL best-epoch", 1.0, 4),
     "best_test_brier": ("Brier best-epoch", 1.0, 4),
