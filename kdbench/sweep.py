@@ -114,10 +114,16 @@ def _keys(job: dict) -> set[str]:
 
 def label(job: dict, keys: list[str]) -> str:
     """``kd tau=4 seed 0``: the variant, then the values of the grid's varying keys (short names)."""
+    from kdbench.identity import computational
+
     cfg, conf, shown = job["cfg"], job.get("conf") or {}, []
+    used = computational(conf) if conf else {}
     for o in job["overrides"]:
         k, _, v = o.lstrip("+~").partition("=")
         unread = k.startswith("distill.") and k.split(".")[1] not in (conf.get("distill") or {k.split(".")[1]: 0})
+        # a key the run does not compute with (an online run's teacher_capture.k) is not shown either
+        unread = unread or (bool(used) and k.startswith(("teacher_capture.", "teacher_cache.")) and k.split(".")[0] not in used)
+        unread = unread or (k == "teacher_signal" and conf.get("teacher_signal") == "none")  # scratch: no signal
         if k in keys and k not in ("distill", "seed", "experiment") and not unread:
             shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
     return " ".join([str(cfg.distill.variant), *shown, f"seed {cfg.seed}"])

@@ -177,7 +177,7 @@ def test_grid_points_that_are_one_run_run_once_and_progress_names_what_varies():
 def test_a_dense_teacher_run_is_one_run_whatever_top_k_mode_the_grid_names(tmp_path):
     """`teacher_signal=online,captured +distill.topk_mode=renorm,tail`: the online KD run reads no top-k
     mode, so its two grid points are one run; the captured ones stay two; scratch is one per seed."""
-    from kdbench.sweep import plan
+    from kdbench.sweep import label, plan, varying
 
     jobs = plan(["experiment=quickstart", "distill=kd,none", "teacher_signal=online,captured",
                  f"teacher_capture.path={tmp_path}/cap", "+distill.topk_mode=renorm,tail", "seed=0"])
@@ -185,3 +185,7 @@ def test_a_dense_teacher_run_is_one_run_whatever_top_k_mode_the_grid_names(tmp_p
                    for j in jobs)
     assert kinds == [("kd", "captured", "renorm"), ("kd", "captured", "tail"), ("kd", "online", None),
                      ("scratch", "none", None)]
+    keys = varying(jobs)
+    assert sorted(label(j, keys) for j in jobs) == [
+        "kd teacher_signal=captured topk_mode=renorm seed 0", "kd teacher_signal=captured topk_mode=tail seed 0",
+        "kd teacher_signal=online seed 0", "scratch seed 0"]
