@@ -50,11 +50,14 @@ def test_cached_logits_are_the_online_teachers_for_every_batch_and_view(compose)
     assert len(caches) == 1
 
 
-def test_cached_run_trains_exactly_like_online(compose):
+@pytest.mark.parametrize("val_size", [200, 0])
+def test_cached_run_trains_exactly_like_online(compose, val_size):
+    """Also without a validation split (val_size 0, as for CIFAR: validation runs on the test set, and
+    the cache's validation lookups read its test table)."""
     from kdbench.train import run
 
-    online = run(compose(*CNN, "teacher_signal=online", "experiment_name=on"))
-    cached = run(compose(*CNN, "teacher_signal=cached", "experiment_name=ca"))
+    online = run(compose(*CNN, "teacher_signal=online", "experiment_name=on", f"dataset.val_size={val_size}"))
+    cached = run(compose(*CNN, "teacher_signal=cached", "experiment_name=ca", f"dataset.val_size={val_size}"))
     assert online["run_id"] != cached["run_id"]
     assert [h["train_loss"] for h in cached["history"]] == [h["train_loss"] for h in online["history"]]
     assert cached["metrics"] == online["metrics"]

@@ -138,3 +138,19 @@ def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store,
         import_jsonl(bad, tmp_path / "imported")
     assert fragment in str(e.value) and "\n" not in str(e.value) and str(bad) in str(e.value)
     assert not (tmp_path / "imported").exists()
+
+
+def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture(compose, tmp_path):
+    """val_size 0 (as for CIFAR): the validation loop runs on the test set and reads the test capture."""
+    from kdbench.capture import main, read_split
+    from kdbench.train import run
+
+    args = [a for a in CNN if not a.startswith("dataset.val_size")] + ["dataset.val_size=0", "trainer.max_epochs=1"]
+    out = tmp_path / "cap0"
+    assert main(["--k", "3", "--out", str(out), *args, f"paths.results_dir={tmp_path / 'results'}",
+                 f"paths.data_dir={tmp_path / 'data'}"]) == 0
+    rec = run(compose(*args, "teacher_signal=captured", f"teacher_capture.path={out}"))
+    assert rec["status"] == "complete"
+    idx, _ = read_split(out, "test")
+    assert idx.shape[0] == rec["dataset_info"]["sizes"]["test"]
+    assert 0 <= rec["history"][-1]["val_agreement"] <= 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 from kdbench.cli import main as cli
 from kdbench.models import build_model
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 SLICE = ["dataset.train_subset=256", "dataset.test_subset=128"]
@@ -116,3 +119,35 @@ def test_import_without_data_names_the_commands_own_option_once(tmp_path, capsys
     cap = capsys.readouterr()
     text = cap.out + cap.err
     assert text.count("not evaluated") == 1 and "--root" in text and "dataset.root" not in text
+
+
+@pytest.mark.slow
+def test_the_cifar10_methods_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path, monkeypatch, capsys):
+    """Issue 15 part 1 on CPU: `make study-cifar10`'s sweep (8 methods, cached teacher) at one epoch on a
+    slice, with small models standing in for the pair's; a second invocation finds every run complete."""
+    import pandas as pd
+
+    from kdbench.sweep import run_sweep
+
+    monkeypatch.chdir(REPO)  # the dataset root (../shared/data/...) is relative to the checkout
+    results = tmp_path / "results"
+    args = ["experiment=cifar10_methods", "pair=resnet56_resnet20", "teacher.arch=resnet8", "student.arch=resnet8",
+            "dataset.train_subset=128", "dataset.test_subset=64", "dataset.augment=flip", "trainer.max_epochs=1",
+            "teacher.recipe.epochs=1", "seed=0", "logger=none", f"paths.results_dir={results}",
+            f"paths.data_dir={tmp_path / 'data'}", "trainer.progress=false"]
+    assert run_sweep(args) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "8 jobs (0 already complete" in out
+    exp = "cifar10_methods_resnet56_resnet20"
+    table = pd.read_csv(results / exp / "table.csv")
+    assert sorted(table["variant"]) == sorted(["kd", "dkd", "dist", "kd_ls", "reverse_kl", "no_tau2", "kl_mean",
+                                               "scratch"])
+    for col in ("last_test_acc_mean", "best_test_acc_mean", "last_test_ece_mean", "last_test_ece_ts_mean",
+                "last_test_agreement_mean", "teacher_kept"):
+        assert col in table.columns
+    recs = [json.loads(p.read_text()) for p in (results / "runs" / exp).glob("*.json")]
+    assert len(recs) == 8 and all(r["status"] == "complete" for r in recs)
+    assert {r["teacher_signal"] for r in recs if r["variant"] != "scratch"} == {"cached"}
+    assert len({r["teacher"]["key"] for r in recs if r["variant"] != "scratch"}) == 1  # one teacher, trained once
+    assert run_sweep(args) == 0
+    assert "8 jobs (8 already complete, skipped)" in capsys.readouterr().out

@@ -65,6 +65,15 @@ _PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
 _NO_TEACHER: set[str] = {"none"}
 
 
+def table_for(tables: dict, split: str):
+    """The stored table a batch of ``split`` reads. A dataset without a validation split (``val_size: 0``,
+    e.g. CIFAR) is validated on its test set (:func:`kdbench.engine.make_loaders`), so ``val`` reads the
+    test table then."""
+    if split == "val" and "val" not in tables:
+        split = "test"
+    return tables[split]
+
+
 def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True):
     """Decorator for a factory ``(*, teacher, conf, data, teacher_meta) -> TeacherSignal``:
     ``teacher_signal=<name>``. ``preflight(conf, data)`` runs before any work (before the teacher is

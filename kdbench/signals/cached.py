@@ -35,7 +35,7 @@ from torch import Tensor
 from kdbench.data import TensorLoader
 from kdbench.data import augment as aug
 from kdbench.errors import ConfigError
-from kdbench.signals import register_signal
+from kdbench.signals import register_signal, table_for
 
 log = logging.getLogger("kdbench")
 
@@ -204,7 +204,7 @@ class CachedSignal:
         return self
 
     def __call__(self, batch, split: str) -> Tensor:
-        table = self.tables["train" if split == "train" else split]
+        table = table_for(self.tables, split)
         where = table.device
         idx = batch.idx.to(where)
         view = batch.view.to(where) if split == "train" else torch.zeros_like(idx)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kdbench.errors import ConfigError
-from kdbench.signals import TopK, register_signal
+from kdbench.signals import TopK, register_signal, table_for
 
 
 def _store(conf: dict) -> Path:
@@ -95,7 +95,7 @@ class CapturedSignal:
         return self
 
     def __call__(self, batch, split: str) -> TopK:
-        idx_t, logp_t = self.tables["train" if split == "train" else split]
+        idx_t, logp_t = table_for(self.tables, split)
         idx = batch.idx.cpu()
         view = batch.view.cpu() if split == "train" else torch.zeros_like(idx)
         return TopK(idx_t[idx, view].to(self.device), logp_t[idx, view].to(self.device), self.tau)
