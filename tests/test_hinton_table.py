@@ -205,3 +205,38 @@ def test_diagnose_without_weights_keeps_the_diagnostics_already_there(results, c
     assert (out / "diagnostics.md").read_text() == "# Diagnostics: committed\n"
     assert (out / "diagnostics.csv").read_text() == "seed\n0\n"
     assert "kept" in capsys.readouterr().err
+
+
+def test_the_long_teacher_rerun_gets_its_own_table_targets_and_the_short_rows_beside_it(results, capsys):
+    """Issue 15 part 2: one long-trained teacher shared by the three seeds; the gap closed and the targets
+    (teacher <= 75, distilled <= 90 errors, gap >= 80 %) are computed from its records."""
+    long_runs = results / "runs" / hinton.LONG_EXPERIMENT
+    t_acc, kd = 0.9930, {0: 0.9915, 1: 0.9909, 2: 0.9912}   # teacher 70 errors; students 85, 91, 88
+    for s in SEEDS:
+        sc = _record(f"scratch-s{s}", "scratch", s, SCRATCH_ACC[s])
+        k = _record(f"kd-s{s}", "kd", s, kd[s], tau=20.0)
+        k["teacher"] = {"key": "long", "name": "mnist-hinton_teacher-s0-long", "test": {"acc": t_acc}}
+        k["config"]["teacher"] = {**k["config"]["teacher"], "seed": 0, "recipe": {
+            **k["config"]["teacher"]["recipe"], "epochs": 200, "optim": {"lr": 0.05}}}
+        for r in (sc, k):
+            r["experiment"] = hinton.LONG_EXPERIMENT
+            write_record(long_runs / f"{r['run_id']}.json", r)
+    assert hinton.main(["--results", str(results)]) == 0
+    out = results / "hinton_mnist"
+    md = (out / "table.md").read_text()
+    scratch_mean = statistics.mean(round((1 - SCRATCH_ACC[s]) * N_TEST) for s in SEEDS)
+    gap = (scratch_mean - 88) / (scratch_mean - 70)
+    assert f"Gap closed by distillation at the long teacher: {100 * gap:.0f}%" in md
+    assert "- teacher errors: 70.0 (target ≤ 75): MET" in md
+    assert "- distilled student errors: 88.0 (target ≤ 90): MET" in md
+    assert "(long teacher: 200 epochs, lr 0.05)" in md and "(short teacher: 15 epochs, lr 0.02)" in md
+    assert md.index("long teacher") < md.index("## Short teacher")  # the new table comes first
+    long_csv = pd.read_csv(out / "long_teacher.csv").set_index("model")
+    assert long_csv.loc[hinton.ROW_TEACHER, "n_seeds"] == 1 and long_csv.loc[hinton.ROW_KD, "errors_mean"] == 88
+    assert len(list((out / "records_long").glob("*.json"))) == 6
+    # rebuilt from the frozen copies alone (no runs folder): the same page
+    import shutil
+
+    shutil.rmtree(results / "runs")
+    assert hinton.main(["--results", str(results), "--records", str(out / "records")]) == 0
+    assert (out / "table.md").read_text() == md

@@ -48,6 +48,10 @@ from kdbench.report.tables import (
 )
 
 EXPERIMENT = "hinton_mnist"
+#: issue 15 part 2: the same students distilled from one teacher trained to (close to) the paper's quality
+LONG_EXPERIMENT = "hinton_mnist_long"
+#: the targets of that re-run: teacher at most ~75 errors, distilled student at most ~90, gap closed >= 80 %
+LONG_TARGETS = {"teacher_errors": 75, "kd_errors": 90, "gap_closed": 0.80}
 MAIN_TAU = 20.0
 EXPECTED_SEEDS = (0, 1, 2)
 EXPECTED_TAUS = (1.0, 2.0, 4.0, 8.0, 20.0)
@@ -169,8 +173,10 @@ def _row(model: str, errors: list[int], seeds: list[Any], metrics: list[dict]) -
     }
 
 
-def collect(records_dir: str | Path, tau: float = MAIN_TAU, experiment: str | None = EXPERIMENT) -> Study:
-    """Read the records and build both tables. Raises :class:`NoRecordsError` when there are none."""
+def collect(records_dir: str | Path, tau: float = MAIN_TAU, experiment: str | None = EXPERIMENT,
+            taus: Sequence[float] = EXPECTED_TAUS) -> Study:
+    """Read the records and build both tables (``taus``: the τ sweep expected, empty for none).
+    Raises :class:`NoRecordsError` when there are none."""
     import pandas as pd
 
     records = load_hinton_records(records_dir, experiment)
@@ -234,7 +240,7 @@ def collect(records_dir: str | Path, tau: float = MAIN_TAU, experiment: str | No
         if n < len(EXPECTED_SEEDS):
             partial = True
             problems.append(f"{name}: {n} of {len(EXPECTED_SEEDS)} seeds")
-    missing = [t for t in EXPECTED_TAUS if t not in tau_recs]
+    missing = [t for t in taus if t not in tau_recs]
     if missing:
         partial = True
         problems.append(f"τ sweep (seed {TAU_SEED}): no complete run for τ = {', '.join(f'{t:g}' for t in missing)}")
@@ -361,9 +367,55 @@ def gap_closed(table) -> float:
     return (_num(t.get(ROW_SCRATCH)) - _num(t.get(ROW_KD))) / den
 
 
-def render_markdown(study: Study) -> str:
+def _recipe_of(study: Study) -> str:
+    t = next(iter(study.teachers), None)
+    rec = next((r for r in study.complete if (r.get("teacher") or {}).get("key") == (t or {}).get("key")), None)
+    recipe = _cfg(rec, "teacher", "recipe", default={}) if rec else {}
+    o = (recipe or {}).get("optim") or {}
+    return (f"{recipe.get('epochs', '?')} epochs, lr {o.get('lr', '?')}" if recipe else "recipe unknown")
+
+
+def render_long(long: Study, short: Study | None) -> str:
+    """Issue 15 part 2: the table at the long teacher, the targets, and the short-teacher rows beside it."""
+    import pandas as pd
+
+    tab = display_table(long.table)
+    tab["model"] = [f"{m} (long teacher: {_recipe_of(long)})" if m != ROW_SCRATCH else m for m in tab["model"]]
+    if short is not None:
+        old = display_table(short.table)
+        old = old[old["model"] != ROW_SCRATCH].copy()
+        old["model"] = [f"{m} (short teacher: {_recipe_of(short)})" for m in old["model"]]
+        tab = pd.concat([tab, old], ignore_index=True)
+    t = long.table.set_index("model")["errors_mean"]
+    gap = gap_closed(long.table)
+    checks = [("teacher errors", _num(t.get(ROW_TEACHER)), LONG_TARGETS["teacher_errors"], "≤"),
+              ("distilled student errors", _num(t.get(ROW_KD)), LONG_TARGETS["kd_errors"], "≤"),
+              ("gap closed (%)", 100 * gap, 100 * LONG_TARGETS["gap_closed"], "≥")]
+    lines = []
+    for name, v, target, op in checks:
+        met = (v <= target) if op == "≤" else (v >= target)
+        lines.append(f"- {name}: {v:.1f} (target {op} {target:g}): {'MET' if met else 'NOT MET'}"
+                     if not math.isnan(v) else f"- {name}: not measured")
+    parts = [f"## At the paper's teacher quality: one long-trained teacher ({LONG_EXPERIMENT})", ""]
+    if long.partial or long.problems:
+        parts += [f"> {'**PARTIAL**: ' if long.partial else 'note: '}{p}" for p in long.problems] + [""]
+    parts += [markdown(tab), "",
+              f"One teacher (seed {', '.join(str(x.get('seed')) for x in long.teachers) or '?'}, "
+              f"{_recipe_of(long)}, otherwise the recipe below) distils all three student seeds through the "
+              "cached teacher signal; students, data and recipe are those of the short-teacher table below, "
+              "whose teacher and distilled rows are repeated here as the comparison (its scratch row is the "
+              "same computation as this one).", "",
+              f"Gap closed by distillation at the long teacher: {100 * gap:.0f}% (published 91%; short teacher: "
+              f"{100 * gap_closed(short.table):.0f}%)." if short is not None and not math.isnan(gap) else "",
+              "", "Targets (issue 15):", *lines, ""]
+    return "\n".join(parts)
+
+
+def render_markdown(study: Study, long: Study | None = None) -> str:
     parts = ["# Hinton, Vinyals & Dean (2015), MNIST: test errors out of "
              f"{study.n_test:,}", ""]
+    if long is not None:
+        parts += [render_long(long, study), f"## Short teacher ({_recipe_of(study)}, one teacher per seed)", ""]
     if study.partial:
         parts += ["> **PARTIAL**: not every run of the grid was complete when this table was built:", ""]
         parts += [f"> - {p}" for p in study.problems] + [""]
@@ -442,9 +494,9 @@ def _copy(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
 
 
-def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tuple[int, int]:
-    """Copy the records into ``out_dir/records`` and the teachers' ``meta.json`` into ``out_dir/teachers``."""
-    rec_dir = out_dir / "records"
+def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None, records: str = "records") -> tuple[int, int]:
+    """Copy the records into ``out_dir/<records>`` and the teachers' ``meta.json`` into ``out_dir/teachers``."""
+    rec_dir = out_dir / records
     rec_dir.mkdir(parents=True, exist_ok=True)
     names = set()
     n_rec = 0
@@ -474,17 +526,20 @@ def copy_sources(study: Study, out_dir: Path, teachers_dir: Path | None) -> tupl
     return n_rec, n_t
 
 
-def write_outputs(study: Study, out_dir: str | Path) -> dict[str, Path]:
-    """``table.md/.tex/.csv``, ``tau_table.csv`` and ``tau_curve.png`` into ``out_dir`` (atomic writes)."""
+def write_outputs(study: Study, out_dir: str | Path, long: Study | None = None) -> dict[str, Path]:
+    """``table.md/.tex/.csv``, ``tau_table.csv`` and ``tau_curve.png`` into ``out_dir`` (atomic writes);
+    with ``long`` also ``long_teacher.csv`` (and its section at the top of ``table.md``)."""
     from kdbench.report.build import STUDY_MARKER
 
     out = Path(out_dir)
     paths = write_text_files(out, {
         "marker": (STUDY_MARKER, "hinton: these tables are rendered by `python -m kdbench.studies.hinton`; the "
                                  "generic report writes into generic/ instead\n"),
-        "md": ("table.md", render_markdown(study)), "tex": ("table.tex", render_latex(study)),
+        "md": ("table.md", render_markdown(study, long)), "tex": ("table.tex", render_latex(study)),
         "csv": ("table.csv", study.table.to_csv(index=False)), "tau_csv": ("tau_table.csv", study.tau.to_csv(index=False)),
     })
+    if long is not None:
+        paths.update(write_text_files(out, {"long_csv": ("long_teacher.csv", long.table.to_csv(index=False))}))
     paths["png"] = plot_tau_curve(study, out / "tau_curve.png")
     return paths
 
@@ -602,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default=None,
                     help=f"records folder (default: <results>/runs/{EXPERIMENT}); "
                          f"<results>/{EXPERIMENT}/records rebuilds from the frozen copy")
+    ap.add_argument("--long-records", default=None,
+                    help=f"records of the long-teacher re-run (default: <results>/runs/{LONG_EXPERIMENT} if it exists, "
+                         f"else <results>/{EXPERIMENT}/records_long)")
     ap.add_argument("--out", default=None, help=f"output folder (default: <results>/{EXPERIMENT})")
     ap.add_argument("--diagnose", action="store_true",
                     help="also re-evaluate the saved teacher and student weights (train/test errors, error overlap) "
@@ -615,8 +673,19 @@ def main(argv: list[str] | None = None) -> int:
     except NoRecordsError as e:
         print(f"kdbench.studies.hinton: {e} (run `make reproduce-hinton` first)", file=sys.stderr)
         return 2
-    paths = write_outputs(study, out_dir)
+    long_dir = Path(args.long_records) if args.long_records else next(
+        (d for d in (results / "runs" / LONG_EXPERIMENT, out_dir / "records_long") if d.is_dir()), None)
+    long = None
+    if long_dir is not None and long_dir.is_dir():
+        try:
+            long = collect(long_dir, experiment=LONG_EXPERIMENT, taus=())
+        except NoRecordsError:
+            long = None
+    paths = write_outputs(study, out_dir, long)
     n_rec, n_t = copy_sources(study, out_dir, results / "teachers")
+    if long is not None:
+        n2, t2 = copy_sources(long, out_dir, results / "teachers", records="records_long")
+        n_rec, n_t = n_rec + n2, n_t + t2
     if args.diagnose:
         import pandas as pd
 
