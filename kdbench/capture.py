@@ -210,6 +210,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
                         np.save(f, x.numpy().astype(np.int64))
 
                 atomic_write(out / f"{split}.tokens.npy", save)
+    print(f"kdbench: capture written to {out}")
     return out
 
 
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.from_jsonl:
             out = import_jsonl(Path(a.from_jsonl), Path(a.out))
+            print(f"kdbench: capture imported into {out}")
         else:
             from kdbench.sweep import compose_job
 
@@ -279,5 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     except KDBenchError as e:
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 2
-    print(f"kdbench: capture written to {out}")
+    if a.jsonl:
+        print(f"kdbench: exported as JSON lines to {a.jsonl}")
     return 0

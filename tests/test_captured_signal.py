@@ -102,7 +102,8 @@ def test_capture_into_a_folder_that_holds_it_keeps_it_and_refuses_to_overwrite_a
     args = [*CNN, f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}"]
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.iterdir()}
     assert main(["--k", "10", "--tau", "4", "--out", str(store), *args]) == 0
-    assert "already holds this capture" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already holds this capture" in out and "written" not in out  # kept, and it says only that
     assert main(["--k", "3", "--tau", "4", "--out", str(store), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--out" in err and "k 10 (asked 3)" in err
