@@ -707,3 +707,18 @@ def test_the_generic_report_never_overwrites_a_studys_own_tables(results, capsys
     assert report.main(["--all", "--results", str(results), "--no-print"]) == 0
     assert (study / "table.md").read_text() == "the study's own table\n"
     assert (study / "generic" / "table.md").is_file() and "generic" in capsys.readouterr().err
+
+
+def test_a_key_that_does_not_apply_to_a_run_is_not_its_config_column_value():
+    """An online run's config still holds teacher_capture.* (the composed defaults); it computed without
+    them, so its row shows them missing rather than the captured runs' k (issue 12's token study)."""
+    from kdbench.report.frame import config_columns
+
+    def rec(rid, signal, k):
+        return {"run_id": rid, "variant": "kd", "seed": 0,
+                "config": {"teacher_signal": signal, "teacher_capture": {"k": k, "path": f"cap-k{k}"},
+                           "distill": {"variant": "kd"}}}
+
+    cols = config_columns([rec("a", "online", 1), rec("b", "captured", 1), rec("c", "captured", 8)])
+    assert cols["teacher_capture.k"] == {"a": None, "b": 1, "c": 8}  # no value for the online run "a"
+    assert cols["teacher_signal"] == {"a": "online", "b": "captured", "c": "captured"}

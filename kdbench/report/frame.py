@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KDBenchError
-from kdbench.identity import is_computational
+from kdbench.identity import computational, is_computational
 from kdbench.report.stats import Interval, diff_interval
 
 __all__ = [
@@ -200,7 +200,9 @@ def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
     recs = [r for r in recs if isinstance(r, Mapping)]
     leaves = []
     for r in recs:
-        flat = {k: v for k, v in config_leaves(r.get("config") or {}).items()
+        # what the run computed with (identity.computational: an online run's teacher_capture, a scratch
+        # run's teacher are not part of it), so a key that does not apply to a run shows as missing
+        flat = {k: v for k, v in config_leaves(computational(r.get("config") or {})).items()
                 if is_computational(k) and not _shown_elsewhere(k)}
         leaves.append(flat)
     seed_like = {k for flat in leaves for k in flat}
