@@ -204,7 +204,8 @@ class CachedSignal:
         return self
 
     def __call__(self, batch, split: str) -> Tensor:
-        table = self.tables["train" if split == "train" else split]
+        # no val table (dataset.val_size=0): the validation loader is the test set (engine.make_loaders)
+        table = self.tables["train" if split == "train" else split if split in self.tables else "test"]
         where = table.device
         idx = batch.idx.to(where)
         view = batch.view.to(where) if split == "train" else torch.zeros_like(idx)
