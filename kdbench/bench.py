@@ -280,22 +280,6 @@ def device_slug(device: torch.device) -> str:
     return f"cpu_{os.cpu_count()}core"
 
 
-def conf_pairs() -> list[tuple[str, str]]:
-    """The CIFAR teacher -> student pairs of ``conf/pair/*.yaml`` (one list: the configs)."""
-    from pathlib import Path
-
-    import yaml
-
-    out = []
-    for f in sorted((Path(__file__).resolve().parent / "conf" / "pair").glob("*.yaml")):
-        c = yaml.safe_load(f.read_text())
-        out.append((str(c["teacher_arch"]), str(c["student_arch"])))
-    if not out:
-        raise FileNotFoundError("no conf/pair/*.yaml next to kdbench (kdbench/conf/pair)")
-    return out
-
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench-bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -321,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         _print("CIFAR-style batches with random crop (pad 4) + flip, one epoch of 2,048 images",
                bench_data(device, 2048))
     if args.only in (None, "step"):
+        from kdbench.bench_harness import conf_pairs
+
         pairs = conf_pairs() if (args.full or device.type == "cuda") else [("resnet56", "resnet20")]
         batches = (64, 256) if (args.full or device.type == "cuda") else (64,)
         _print("teacher forward + student train step (bf16 autocast on GPU)",

@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -50,6 +49,19 @@ _MNIST = {"name": "mnist", "root": "../shared/data"}
 TARGET_PAIR = ("resnet32x4", "resnet8x4")
 
 
+def conf_pairs() -> list[tuple[str, str]]:
+    """The CIFAR teacher -> student pairs of ``conf/pair/*.yaml`` (one list: the configs)."""
+    import yaml
+
+    out = []
+    for f in sorted((Path(__file__).resolve().parent / "conf" / "pair").glob("*.yaml")):
+        c = yaml.safe_load(f.read_text())
+        out.append((str(c["teacher_arch"]), str(c["student_arch"])))
+    if not out:
+        raise FileNotFoundError("no conf/pair/*.yaml next to kdbench (kdbench/conf/pair)")
+    return out
+
+
 def peak_tflops(device: torch.device, given: float | None = None) -> float | None:
     """The peak used for MFU: ``given`` (``--peak-tflops``), else the table's entry for this GPU, else None."""
     if given is not None:
@@ -63,8 +75,6 @@ def peak_tflops(device: torch.device, given: float | None = None) -> float | Non
 def harness_setups(device: torch.device, mode: str = "default") -> list[dict]:
     """What to measure on this device: on CPU the MNIST MLP pair and resnet56 -> resnet20 on a CIFAR-10
     JPEG slice; on a GPU every pair of ``conf/pair/*.yaml`` at batch 64 and 256."""
-    from kdbench.bench import conf_pairs
-
     if device.type != "cuda":
         n_mnist, n_cifar, epochs = {"quick": (2048, 128, 3), "default": (10_000, 512, 4),
                                     "full": (20_000, 2048, 5)}[mode]
@@ -172,7 +182,7 @@ class ReferenceLoop:
         with torch.no_grad():
             for x, y in self.val:
                 correct += (self.student(x.to(dev)).argmax(1) == y.to(dev)).sum().item()
-        self.last = {"train_loss": loss_sum / max(1, seen), "val_acc": correct / len(self.val.dataset)}
+        self.last = {"train_loss": loss_sum / max(1, seen), "val_acc": correct / len(self.val.dataset)}  # as logged
 
 
 # ---- (a) kdbench's path, with the reference's epochs in between -------------------------------------
@@ -256,7 +266,7 @@ def _quiet() -> None:
 
 
 def _kdbench_with_reference(setup: dict, data, batch: int, signal, device: torch.device, ckpt_dir: Path,
-                            seed: int = 0) -> tuple[_Alternate, dict]:
+                            seed: int = 0) -> _Alternate:
     """One kdbench fit of ``setup['epochs']`` epochs with a reference epoch after each of its epochs."""
     import pytorch_lightning as pl
 
@@ -286,8 +296,8 @@ def _kdbench_with_reference(setup: dict, data, batch: int, signal, device: torch
                            method=build_method("kd", {"alpha": 0.1, "tau": 4.0}), signal=signal,
                            check_finite_every=check_every("auto", acc))
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch ETA lines
-        res = fit_and_test(module, data, spec, ckpt_dir=ckpt_dir, resume=False, extra_callbacks=[alternate])
-    return alternate, {"kdbench_val_acc": res.last["val"].get("acc"), "reference_val_acc": reference.last["val_acc"]}
+        fit_and_test(module, data, spec, ckpt_dir=ckpt_dir, resume=False, extra_callbacks=[alternate])
+    return alternate
 
 
 def _teacher(setup: dict, data, seed: int = 0) -> torch.nn.Module:
@@ -345,8 +355,7 @@ def bench_harness(device: torch.device, setups: list[dict], given_peak: float | 
                     signals[kind] = (lambda sig=sig: sig, built)
             for batch in setup["batches"]:
                 for kind, (make, built) in signals.items():
-                    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    alt, acc = _kdbench_with_reference(setup, data, batch, make(), device,
+                    alt = _kdbench_with_reference(setup, data, batch, make(), device,
                                                        Path(tmp) / f"ckpt-{kind}-{batch}")
                     kd, ref = alt.epochs(), alt.ref_s
                     kd_s, ref_s = statistics.median(kd[1:] or kd), statistics.median(ref[1:] or ref)
@@ -361,11 +370,10 @@ def bench_harness(device: torch.device, setups: list[dict], given_peak: float | 
                            "kdbench MFU": _pct(kd_flops / kd_s, peak), "reference MFU": _pct(ref_flops / ref_s, peak),
                            "kdbench peak MiB": _mib(alt.mem[1:] or alt.mem, device),
                            "reference peak MiB": _mib(alt.ref_mem[1:] or alt.ref_mem, device),
-                           "kdbench 1st epoch (s)": kd[0], "cache build (s)": built if kind == "cached" else None,
+                           "kdbench 1st epoch (s)": kd[0], "cache build (s)": built if kind == "cached" else "-",
                            f"{RECIPE_EPOCHS} ep x 50k, min": kd_s * CIFAR_TRAIN / n_train * RECIPE_EPOCHS / 60
-                           if setup["dataset"]["name"] == "cifar10_jpeg" else None,
-                           "_pair": setup.get("pair"), "_n_train": n_train, "_val_acc": acc,
-                           "_rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+                           if setup["dataset"]["name"] == "cifar10_jpeg" else "-",
+                           "_pair": setup.get("pair"), "_n_train": n_train}
                     rows.append(row)
     return rows
 
@@ -399,6 +407,8 @@ def harness_notes(device: torch.device, setups: list[dict], given_peak: float | 
         "backward, student forward on the eval images) / epoch seconds / peak"
         + (f" ({peak:g} TFLOP/s dense bf16{' as given' if given_peak is not None else ''})." if peak else
            " (none known for this device: n/a; pass --peak-tflops)."),
+        "Process-wide flags kdbench's Trainer sets (cudnn.benchmark on a GPU, deterministic algorithms on CPU) apply "
+        "to the reference loop too (the published GPU loops set cudnn.benchmark=True themselves).",
         "Peak memory: torch.cuda.max_memory_allocated per epoch (max over steady epochs); n/a on CPU (the process's "
         "max RSS cannot be split between two loops running in one process).",
         f"`{RECIPE_EPOCHS} ep x 50k, min`: kdbench's steady epoch time scaled to a 50,000-image epoch, times "
@@ -439,14 +449,14 @@ def harness_targets(device: torch.device, rows: list[dict]) -> list[str]:
                f"vs the reference loop (batch 64) {ref_ips:.0f} img/s = {speed:.1f}x (target >= "
                f"{TARGETS['gpu_speedup']:g}x): {mark(speed >= TARGETS['gpu_speedup'])}")
     for kind, key in (("online", "gpu_online_min"), ("cached", "gpu_cached_min")):
-        cand = [r for r in gpu if r["signal"] == kind]
+        cand = [r for r in gpu if r["signal"] == kind and r[f"{RECIPE_EPOCHS} ep x 50k, min"] != "-"]
         if not cand:
             out.append(f"- GPU, {RECIPE_EPOCHS}-epoch run, {kind}: not measured")
             continue
         r = min(cand, key=lambda r: r[f"{RECIPE_EPOCHS} ep x 50k, min"])
         m = r[f"{RECIPE_EPOCHS} ep x 50k, min"]
         extra = f" (+ {r['cache build (s)'] * CIFAR_TRAIN / r['_n_train'] / 60:.1f} min one-off cache build)" \
-            if kind == "cached" and r.get("cache build (s)") else ""
+            if kind == "cached" else ""
         out.append(f"- GPU, {RECIPE_EPOCHS}-epoch CIFAR KD run, {kind} (batch {r['batch']}), extrapolated from steady "
                    f"epochs: {m:.1f} min{extra} (target <= {TARGETS[key]:g} min): {mark(m <= TARGETS[key])}")
     return out
