@@ -47,6 +47,21 @@ def resolve_channels_last(channels_last: bool | str, accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") if channels_last == "auto" else bool(channels_last)
 
 
+def resolve_deterministic(deterministic: bool | str | None, accelerator: str) -> bool:
+    """``auto`` -> deterministic algorithms on CPU (as always), off on GPUs (cuDNN then benchmarks its
+    kernels); an explicit true/false is kept. Recorded either way."""
+    if deterministic == "auto":
+        return accelerator not in ("gpu", "cuda")
+    return bool(deterministic)
+
+
+def resolve_compile(compile_: bool | str | None, accelerator: str) -> bool:
+    """``auto`` -> ``torch.compile`` the student (and an online teacher) on GPUs, not on CPU."""
+    if compile_ == "auto":
+        return accelerator in ("gpu", "cuda")
+    return bool(compile_)
+
+
 def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
@@ -94,6 +109,8 @@ def resolve(cfg) -> dict:
         acc = t["accelerator"] = resolve_accelerator(t["accelerator"])
         t["precision"] = resolve_precision(t.get("precision", "auto"), acc)
         t["channels_last"] = resolve_channels_last(t.get("channels_last", "auto"), acc)
+        t["deterministic"] = resolve_deterministic(t.get("deterministic", "auto"), acc)
+        t["compile"] = resolve_compile(t.get("compile", False), acc)
     if is_scratch(cfg):
         c["teacher_signal"] = "none"
         # labels only: no distillation key does anything (the loss is CE, i.e. alpha = 1), so none is part

@@ -38,7 +38,8 @@ def _old_value_resolved(key: str, old: Any, device: str) -> Any:
     gpu = not str(device or "cpu").startswith("cpu")
     return {"trainer.accelerator": "gpu" if gpu else "cpu",
             "trainer.precision": "bf16-mixed" if gpu else "32-true",
-            "trainer.channels_last": gpu}.get(key, old)
+            "trainer.channels_last": gpu, "trainer.deterministic": not gpu,
+            "trainer.compile": gpu}.get(key, old)
 
 
 def _expected_new(key: str, rec: dict, conf: dict) -> Any:
@@ -49,7 +50,7 @@ def _expected_new(key: str, rec: dict, conf: dict) -> Any:
     cfg = rec.get("config") or {}
     scratch = not (cfg.get("distill") or {}).get("enabled", True)
     fixed = {"data_seed": cfg.get("seed"), "distill.method": "none" if scratch else "kd",
-             "teacher_signal": "none" if scratch else "online"}
+             "teacher_signal": "none" if scratch else "online", "trainer.compile": False}
     if key in fixed:
         return fixed[key]
     if key.startswith("distill."):

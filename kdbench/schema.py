@@ -91,7 +91,8 @@ SCHEMA: dict[str, Spec] = {
     **{f"sched.{k}": v for k, v in _SCHED.items()},
     # trainer
     "trainer.max_epochs": I(1), "trainer.accelerator": S, "trainer.devices": I(1), "trainer.strategy": S,
-    "trainer.precision": S, "trainer.deterministic": B, "trainer.channels_last": C("auto", True, False),
+    "trainer.precision": S, "trainer.deterministic": C("auto", True, False),
+    "trainer.compile": C("auto", True, False), "trainer.channels_last": C("auto", True, False),
     "trainer.check_finite_every": ANY, "trainer.progress": B, "trainer.limit_train_batches": N(0, optional=True),
     "trainer.gradient_clip_val": N(0, optional=True), "trainer.log_every_n_steps": I(1),
     # where things go
