@@ -1,0 +1,98 @@
+"""Fused runs (kdbench.fused): K students per teacher pass give the numbers of K separate runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kdbench.errors import ConfigError
+from tests.conftest import FAST
+
+#: kd at two temperatures and a scratch student (no teacher signal), on digits with a dropout student
+GROUP = (("distill=kd", "distill.tau=2"), ("distill=kd", "distill.tau=4"), ("distill=none",))
+SMALL = (*FAST, "student.kwargs.hidden=[32]")
+
+
+def _close(a, b, path="") -> None:
+    """Equal structure; numbers equal to float tolerance (CPU, deterministic)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), (path, sorted(set(a) ^ set(b)))
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_path):
+    from kdbench.fused import run_group
+    from kdbench.train import run
+
+    extra = ("+student.kwargs.dropout=0.2",)  # per-student dropout streams must match the separate runs'
+    separate = [run(compose(*SMALL, *extra, *g, "experiment_name=sep")) for g in GROUP]
+    cfgs = [compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP]
+    fused = run_group(cfgs, [list(g) for g in GROUP])
+    ids = [r["run_id"] for r in separate]
+    assert [r["run_id"] for r in fused] == ids  # the unfused run ids
+    for s, f in zip(separate, fused, strict=True):
+        assert f["status"] == "complete" and f["fused"] == 3
+        assert sorted(f["fused_with"]) == sorted(r for r in ids if r != f["run_id"])
+        assert len(f["history"]) == 2
+        _close([{k: v for k, v in h.items()} for h in s["history"]], f["history"], "history")
+        _close(s["metrics"], f["metrics"], "metrics")
+        _close(s["reliability"], f["reliability"], "reliability")
+        assert f["teacher_signal"] == s["teacher_signal"] and (f["teacher"] is None) == (s["teacher"] is None)
+        if s["teacher"]:
+            _close(s["teacher"]["test"], f["teacher"]["test"], "teacher")
+        ck = tmp_path / "results" / "checkpoints" / "fus" / f["run_id"]
+        assert (ck / "best.ckpt").is_file() and (ck / "fused-last.ckpt").is_file() and (ck / "progress.json").is_file()
+        # the record's schema is the unfused one plus the two fused keys
+        assert set(f) - set(s) == {"fused", "fused_with"}
+    # the students really differ (kd tau 2 vs 4 vs scratch): equality above is not vacuous
+    assert len({r["metrics"]["last"]["test"]["nll"] for r in fused}) == 3
+
+    # a re-run finds them complete and trains nothing
+    again = run_group([compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP])
+    assert [r["finished_at"] for r in again] == [r["finished_at"] for r in fused]
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("data_seed=7", "data_seed"),
+    ("dataset.batch_size=32", "dataset.batch_size"),
+    ("trainer.max_epochs=3", "trainer.max_epochs"),
+    ("teacher.seed=3", "teacher.seed"),
+])
+def test_unfusable_group_is_refused_before_any_work(compose, tmp_path, override, key):
+    from kdbench.fused import run_group
+
+    cfgs = [compose(*SMALL, "distill=kd", "experiment_name=x"),
+            compose(*SMALL, "distill=kd", "distill.tau=8", override, "experiment_name=x")]
+    with pytest.raises(ConfigError) as e:
+        run_group(cfgs)
+    assert e.value.key == key and "\n" not in str(e.value)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))
+
+
+def test_scratch_joins_any_teacher_and_fuse_key(compose):
+    from kdbench.fused import check_fusable
+    from kdbench.config import resolve
+
+    # a scratch student reads no teacher: it may join a group whatever teacher the config names
+    cfgs = [compose(*SMALL, "distill=kd"), compose(*SMALL, "distill=none", "teacher.seed=3")]
+    check_fusable(cfgs, [resolve(c) for c in cfgs], ["a", "b"])
+    from kdbench.train import run
+
+    with pytest.raises(ConfigError) as e:
+        run(compose(*SMALL, "fuse=2"))
+    assert e.value.key == "fuse"
+    from kdbench.config import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose(*SMALL, "fuse=0"))
+    assert e.value.key == "fuse"
