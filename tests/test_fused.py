@@ -30,14 +30,31 @@ def _close(a, b, path="") -> None:
         assert a == b, (path, a, b)
 
 
-def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_path):
+def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_path, monkeypatch):
     from kdbench.fused import run_group
     from kdbench.train import run
 
+    from kdbench.signals.online import OnlineSignal
+
+    calls = {"n": 0}
+    real_call = OnlineSignal.__call__
+
+    def counted(self, batch, split):  # counts the teacher's passes (the real signal runs)
+        calls["n"] += 1
+        return real_call(self, batch, split)
+
+    monkeypatch.setattr(OnlineSignal, "__call__", counted)
     extra = ("+student.kwargs.dropout=0.2",)  # per-student dropout streams must match the separate runs'
-    separate = [run(compose(*SMALL, *extra, *g, "experiment_name=sep")) for g in GROUP]
+    separate = []
+    for g in GROUP:
+        calls["n"] = 0
+        separate.append(run(compose(*SMALL, *extra, *g, "experiment_name=sep")))
+        if g[0] == "distill=kd":
+            one_run = calls["n"]
     cfgs = [compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP]
+    calls["n"] = 0
     fused = run_group(cfgs, [list(g) for g in GROUP])
+    assert calls["n"] == one_run > 0  # one teacher pass per batch for the whole group (train, val, test)
     ids = [r["run_id"] for r in separate]
     assert [r["run_id"] for r in fused] == ids  # the unfused run ids
     for s, f in zip(separate, fused, strict=True):
