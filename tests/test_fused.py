@@ -51,7 +51,8 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
         separate.append(run(compose(*SMALL, *extra, *g, "experiment_name=sep")))
         if g[0] == "distill=kd":
             one_run = calls["n"]
-    cfgs = [compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP]
+    # the fused students log to W&B (offline): one W&B run each, beside one another in this process
+    cfgs = [compose(*SMALL, *extra, *g, "experiment_name=fus", "logger=wandb") for g in GROUP]
     calls["n"] = 0
     fused = run_group(cfgs, [list(g) for g in GROUP])
     assert calls["n"] == one_run > 0  # one teacher pass per batch for the whole group (train, val, test)
@@ -71,6 +72,9 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
         assert (ck / "best.ckpt").is_file() and (ck / "fused-last.ckpt").is_file() and (ck / "progress.json").is_file()
         # the record's schema is the unfused one plus the two fused keys
         assert set(f) - set(s) == {"fused", "fused_with"}
+    dirs = {r["wandb_dir"] for r in fused}
+    assert len(dirs) == 3 and None not in dirs
+    assert len(list((tmp_path / "results" / "wandb").glob("offline-run-*-fus-*"))) == 3
     # the students really differ (kd tau 2 vs 4 vs scratch): equality above is not vacuous
     assert len({r["metrics"]["last"]["test"]["nll"] for r in fused}) == 3
 
@@ -113,3 +117,39 @@ def test_scratch_joins_any_teacher_and_fuse_key(compose):
     with pytest.raises(ConfigError) as e:
         validate(compose(*SMALL, "fuse=0"))
     assert e.value.key == "fuse"
+
+
+def test_sweep_fuse_runs_fusable_groups(tmp_path, monkeypatch, capsys):
+    from kdbench.records import iter_records
+    from kdbench.sweep import plan, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    args = ["experiment=quickstart", "trainer.max_epochs=1", "teacher.recipe.epochs=1", "logger=none",
+            f"paths.results_dir={results}", f"paths.data_dir={tmp_path / 'data'}",
+            "distill=kd,none", "distill.tau=2,4", "seed=0", "fuse=3"]
+    assert run_sweep(args, report=False) == 0  # (the report is the unfused one: records are)
+    out = capsys.readouterr().out
+    recs = [r for _, r in iter_records(results / "runs" / "quickstart")]
+    # 3 runs (scratch reads no tau), one group
+    assert len(recs) == 3 and all(r["status"] == "complete" for r in recs), out
+    assert [r["fused"] for r in recs] == [3, 3, 3]
+    assert all(set(r["fused_with"]) == {s["run_id"] for s in recs} - {r["run_id"]} for r in recs)
+    assert "3 complete" in out and out.count("] complete") == 3
+    # run ids are the unfused ones: the same grid without fuse plans every job as complete
+    assert all(j["record"].exists() for j in plan(args[:-1]))
+
+
+def test_group_jobs_splits_by_stream_and_size():
+    from kdbench.fused import group_jobs
+    from kdbench.sweep import _fused_commands, plan
+
+    jobs = plan(["experiment=quickstart", "distill=kd,none", "distill.tau=2,4", "seed=0,1", "fuse=2"])
+    assert len(jobs) == 6
+    groups = group_jobs(jobs, 2)
+    # data_seed follows seed: the seeds never share a group; at most 2 per group
+    assert sorted(len(g) for g in groups) == [1, 1, 2, 2]
+    assert all(len({j["conf"]["seed"] for j in g}) == 1 for g in groups)
+    cmds = _fused_commands(jobs, [], ["trainer.progress=false"])
+    assert len(cmds) == 4 and cmds[0][1:3] == ["-m", "kdbench.fused"] and cmds[0].count("--") == 1
+    assert _fused_commands(plan(["experiment=quickstart", "distill=kd", "seed=0"]), [], []) == []
