@@ -14,9 +14,10 @@ Equal to the unfused runs: each student's init is drawn under its own ``seed`` (
 and its own torch RNG stream (dropout) is swapped in around its step, so on CPU a fused job's record
 has the numbers of the separate run (float tolerance).
 
-Not (yet) fused: resuming an interrupted group (it restarts; its students' ``fused-last.ckpt`` hold
-the state), early stopping, teachers that train or run in train mode, several devices, fp16 with a
-loss scaler.
+An interrupted group resumes from its own ``last.ckpt`` (folder ``fused-<K>-<hash of the run ids>``
+beside the students'), when the same group runs again (a sweep re-run groups its pending jobs alike).
+Not fused (refused with one line): early stopping, teachers that train or run in train mode, several
+devices, fp16 with a loss scaler.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class Member(DistillModule):
         super().__init__(*args, **kwargs)
         self.logged: dict[str, float] = {}
         self.steps = 0
+        #: the best validation accuracy so far (what the unfused run's ModelCheckpoint keeps best.ckpt for)
+        self.best_acc = -math.inf
 
     @property
     def global_step(self) -> int:
@@ -212,16 +215,19 @@ class FusedModule(pl.LightningModule):
     optimizer and scheduler each, stepped in turn); every hook is the member's own."""
 
     def __init__(self, members: Sequence[Member], *, clip: Sequence[float | None], rng: Sequence[dict],
-                 on_epoch_end=None):
+                 ckpt_dirs: Sequence[Path | None] = (), run_ids: Sequence[str] = (), on_epoch_end=None):
         super().__init__()
         self.automatic_optimization = False
         self.members = nn.ModuleList(members)
         self.clip = list(clip)
         #: each student's own torch RNG state (dropout), swapped in around its training step
         self.rng = list(rng)
+        self.ckpt_dirs = list(ckpt_dirs) or [None] * len(members)
+        self.run_ids = list(run_ids)
         self.on_epoch_end_fn = on_epoch_end
         self.scheds: list = []
         self.dead: dict[int, DivergedError] = {}
+        self._sched_states: list | None = None  # from a resumed checkpoint, for configure_optimizers
 
     def live(self):
         return [(i, m) for i, m in enumerate(self.members) if i not in self.dead]
@@ -254,6 +260,11 @@ class FusedModule(pl.LightningModule):
             else:
                 opts.append(out)
                 self.scheds.append(None)
+        if self._sched_states is not None:  # resuming: Lightning restores the optimizers, we our schedulers
+            for sched, state in zip(self.scheds, self._sched_states, strict=True):
+                if sched is not None and state is not None:
+                    sched.load_state_dict(state)
+            self._sched_states = None
         return opts  # the schedulers stay ours: stepped per student step, as the unfused loop does
 
     def _optimizers(self) -> list:
@@ -310,6 +321,54 @@ class FusedModule(pl.LightningModule):
             m.on_validation_epoch_end()
             if m.history:  # the student's own learning rate (the unfused module reads the trainer's first)
                 m.history[-1]["lr"] = float(opts[i].param_groups[0]["lr"])
+        self._save_best()
+
+    def _save_best(self) -> None:
+        """Each student's ``best.ckpt`` in its own folder when its validation accuracy improved (strictly,
+        as ModelCheckpoint): before the group's ``last.ckpt`` of this epoch is written."""
+        from kdbench.files import atomic_write
+
+        opts = self._optimizers()
+        for i, m in self.live():
+            acc = m.history[-1].get("val_acc") if m.history else None
+            if self.ckpt_dirs[i] is None or acc is None or not float(acc) > m.best_acc:
+                continue
+            ck = {"epoch": self.current_epoch, "global_step": m.steps, "pytorch-lightning_version": pl.__version__,
+                  "state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                  "optimizer_states": [opts[i].optimizer.state_dict()],
+                  "lr_schedulers": [self.scheds[i].state_dict()] if self.scheds[i] is not None else [],
+                  "kdbench_fused": {"run_ids": self.run_ids, "member": i}}
+            try:
+                m.on_save_checkpoint(ck)
+            except DivergedError as e:
+                self._died(i, e)
+                continue
+            ck["kdbench_rng"]["torch"] = self.rng[i]["torch"].clone()
+            m.best_acc = float(acc)
+            atomic_write(self.ckpt_dirs[i] / "best.ckpt", lambda tmp, ck=ck: torch.save(ck, tmp))
+
+    # ---- the group's own checkpoint (last.ckpt in its folder): what a resumed group needs --------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kdbench_fused"] = {
+            "run_ids": self.run_ids,
+            "members": [{"history": list(m.history), "steps": m.steps, "best_acc": m.best_acc,
+                         "temperature": {"student": m.val_temperature, "teacher": m.teacher_temperature},
+                         "sched": self.scheds[i].state_dict() if self.scheds and self.scheds[i] is not None else None,
+                         "rng": {k: v.clone() for k, v in self.rng[i].items()}}
+                        for i, m in enumerate(self.members)],
+            "dead": {str(i): e.step for i, e in self.dead.items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("kdbench_fused") or {}
+        if list(state.get("run_ids") or []) != self.run_ids:
+            raise ValueError("this checkpoint is another fused group's")
+        for i, (m, st) in enumerate(zip(self.members, state["members"], strict=True)):
+            m.history, m.steps, m.best_acc = list(st["history"]), int(st["steps"]), float(st["best_acc"])
+            m.val_temperature, m.teacher_temperature = st["temperature"]["student"], st["temperature"]["teacher"]
+            self.rng[i] = dict(st["rng"])
+        self._sched_states = [st["sched"] for st in state["members"]]
+        self.dead = {int(i): DivergedError(int(step), "the loss or the student logits")
+                     for i, step in (state.get("dead") or {}).items()}
 
     def on_test_epoch_start(self) -> None:
         for m in self.members:
@@ -377,7 +436,10 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
         raise ConfigError("fuse", f"two jobs of the group are the same run ({dup})")
     check_fusable(cfgs, confs, ids)
     jobs, done = [], {}
-    for cfg, conf, rid, ov in zip(cfgs, confs, ids, overrides, strict=True):
+    # in run-id order: the group's checkpoint is the same whatever order the jobs were given in
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    for i in order:
+        cfg, conf, rid, ov = cfgs[i], confs[i], ids[i], overrides[i]
         job = _Job(cfg, conf, rid, ov)
         rec = None if cfg.force else complete_record(job.record_path)
         if rec is not None:
@@ -426,7 +488,9 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
 def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], *, t0: float, trap) -> list[dict]:
     from kdbench import teachers, tracking
     from kdbench.config import resolve_accelerator
-    from kdbench.engine import _EpochSync, _Eta, build_trainer, make_loaders
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from kdbench.engine import _EpochSync, _Eta, _usable_checkpoint, build_trainer, make_loaders
     from kdbench.records import summary, write_record
     from kdbench.train import _abs
 
@@ -467,11 +531,25 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
             _after_epoch(module, jobs)
 
         fused = FusedModule([j.module for j in jobs], clip=[j.spec.gradient_clip_val for j in jobs], rng=rng,
+                            ckpt_dirs=[j.ckpt_dir for j in jobs], run_ids=[j.run_id for j in jobs],
                             on_epoch_end=epoch_end)
         etas = [_Eta(f"kdbench {j.cfg.experiment_name}/{j.run_id}", j.ckpt_dir, echo=not spec0.progress) for j in jobs]
-        trainer = build_trainer(replace(spec0, gradient_clip_val=None, callbacks={}), None, None,
-                                [_EpochSync([train, val, test], train), *etas])
-        trainer.fit(fused, train_dataloaders=train, val_dataloaders=val)
+        # the group's last.ckpt (every student's weights, optimizer, scheduler, history, RNG) in a folder
+        # of its own beside the students' (named by their run ids): a re-run of the same group resumes it
+        gdir = group_dir(jobs)
+        gdir.mkdir(parents=True, exist_ok=True)
+        last_cb = ModelCheckpoint(dirpath=str(gdir), filename="last", monitor=None, save_top_k=1,
+                                  enable_version_counter=False)
+        trainer = build_trainer(replace(spec0, gradient_clip_val=None, callbacks={}), gdir, None,
+                                [_EpochSync([train, val, test], train), *etas, last_cb])
+        last = gdir / "last.ckpt"
+        resume = all(bool(j.cfg.resume) and not j.cfg.force for j in jobs) and last.exists()
+        epochs_done = _usable_checkpoint(last) if resume else None
+        resumed_from = str(last) if epochs_done is not None else None
+        if resumed_from:
+            print(f"kdbench: resuming fused group {gdir.name} from epoch {epochs_done} of {spec0.max_epochs} "
+                  f"({last})", flush=True)
+        trainer.fit(fused, train_dataloaders=train, val_dataloaders=val, ckpt_path=resumed_from)
         histories = [copy.deepcopy(j.module.history) for j in jobs]
 
         # test: the last weights of every student, then each one's best (by its val accuracy)
@@ -516,7 +594,7 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
                         "val": _val_of(hist[b]) if b is not None else {}, "test": bests[i]}
             j.record.update(status="debug" if j.conf.get("debug") else "complete",
                             metrics={"last": last, "best": best}, history=hist, reliability=rel[i],
-                            deterministic=torch.are_deterministic_algorithms_enabled(), resumed_from=None)
+                            deterministic=torch.are_deterministic_algorithms_enabled(), resumed_from=resumed_from)
             tt = teacher_tests[i]
             if j.record["teacher"] is not None and tt:
                 warning = teachers.drift(j.record["teacher"].get("test"), tt, int(len(data.test_y)))
@@ -535,7 +613,8 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
 
                 sig = RunInterrupted(trap.signum)
                 j.record.update(status="interrupted", error=f"{sig} after {len(hist)} epoch(s) (fused group of "
-                                                             f"{len(jobs)}: the next invocation starts it again)",
+                                                             f"{len(jobs)}: the same group resumes from its last "
+                                                             "checkpoint)",
                                 history=hist)
                 exit_codes[i] = sig.exit_code
             else:
@@ -563,6 +642,14 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
     return [out.get(r) or done[r] for r in ids]
 
 
+def group_dir(jobs: list[_Job]) -> Path:
+    """The fused group's own checkpoint folder, beside its first student's (named by the sorted run ids)."""
+    import hashlib
+
+    digest = hashlib.sha256(" ".join(sorted(j.run_id for j in jobs)).encode()).hexdigest()[:10]
+    return jobs[0].ckpt_dir.parent / f"fused-{len(jobs)}-{digest}"
+
+
 def _val_of(row: dict) -> dict:
     return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
 
@@ -577,10 +664,7 @@ def _flush_logs(jobs: list[_Job], which) -> None:
 
 
 def _after_epoch(module: FusedModule, jobs: list[_Job]) -> None:
-    """After each epoch, for each live student: its metrics to its loggers, its ``fused-last.ckpt`` and,
-    when its validation accuracy improved, its ``best.ckpt`` (what the unfused run's ModelCheckpoint keeps)."""
-    from kdbench.files import atomic_write
-
+    """After each epoch: each live student's metrics (and learning rate) to its own loggers."""
     opts = module._optimizers()
     live = [i for i, _ in module.live()]
     for i in live:
@@ -588,27 +672,6 @@ def _after_epoch(module: FusedModule, jobs: list[_Job]) -> None:
         if jobs[i].loggers:
             m.logged[f"lr-{type(opts[i].optimizer).__name__}"] = float(opts[i].param_groups[0]["lr"])
     _flush_logs(jobs, live)
-    for i in live:
-        j, m = jobs[i], jobs[i].module
-        if not m.history:
-            continue
-        ck = {"epoch": module.current_epoch, "global_step": m.steps, "pytorch-lightning_version": pl.__version__,
-              "state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-              "optimizer_states": [opts[i].optimizer.state_dict()],
-              "lr_schedulers": [module.scheds[i].state_dict()] if module.scheds[i] is not None else [],
-              "kdbench_fused": {"run_ids": [o.run_id for o in jobs], "member": i}}
-        try:
-            m.on_save_checkpoint(ck)
-        except DivergedError as e:
-            module._died(i, e)
-            continue
-        ck["kdbench_rng"]["torch"] = module.rng[i]["torch"].clone()
-        # not last.ckpt: an unfused run of this job must not try to resume Lightning's loops from it
-        atomic_write(j.ckpt_dir / "fused-last.ckpt", lambda tmp, ck=ck: torch.save(ck, tmp))
-        acc = m.history[-1].get("val_acc")
-        if acc is not None and float(acc) > j.best_acc:
-            j.best_acc = float(acc)
-            atomic_write(j.ckpt_dir / "best.ckpt", lambda tmp, ck=ck: torch.save(ck, tmp))
 
 
 # ---- command line -------------------------------------------------------------------------------------

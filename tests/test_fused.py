@@ -69,7 +69,7 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
         if s["teacher"]:
             _close(s["teacher"]["test"], f["teacher"]["test"], "teacher")
         ck = tmp_path / "results" / "checkpoints" / "fus" / f["run_id"]
-        assert (ck / "best.ckpt").is_file() and (ck / "fused-last.ckpt").is_file() and (ck / "progress.json").is_file()
+        assert (ck / "best.ckpt").is_file() and (ck / "progress.json").is_file()
         # the record's schema is the unfused one plus the two fused keys
         assert set(f) - set(s) == {"fused", "fused_with"}
     dirs = {r["wandb_dir"] for r in fused}
@@ -77,6 +77,38 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
     assert len(list((tmp_path / "results" / "wandb").glob("offline-run-*-fus-*"))) == 3
     # the students really differ (kd tau 2 vs 4 vs scratch): equality above is not vacuous
     assert len({r["metrics"]["last"]["test"]["nll"] for r in fused}) == 3
+
+    # interrupted (SIGTERM) after its first epoch, the group records `interrupted`; run again, it resumes
+    # from the group's checkpoint and ends with the same numbers as the uninterrupted runs
+    import os
+    import signal
+
+    import kdbench.fused as fz
+    from kdbench.interrupts import RunInterrupted
+
+    real_start = fz.FusedModule.on_train_epoch_start
+
+    def stop_in_second(module):  # once the first epoch's checkpoint is written
+        if module.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_start(module)
+
+    monkeypatch.setattr(fz.FusedModule, "on_train_epoch_start", stop_in_second)
+    cfgs = [compose(*SMALL, *extra, *g, "experiment_name=res") for g in GROUP]
+    with pytest.raises(RunInterrupted):
+        run_group(cfgs)
+    from kdbench.records import read_record
+
+    stopped = [read_record(tmp_path / "results" / "runs" / "res" / f"{r}.json") for r in ids]
+    assert all(r["status"] == "interrupted" and len(r["history"]) == 1 for r in stopped)
+    monkeypatch.setattr(fz.FusedModule, "on_train_epoch_start", real_start)
+    resumed = run_group([compose(*SMALL, *extra, *g, "experiment_name=res") for g in reversed(GROUP)])
+    resumed = {r["run_id"]: r for r in resumed}
+    for s in separate:
+        r = resumed[s["run_id"]]
+        assert r["status"] == "complete" and r["resumed_from"] and "fused-3-" in r["resumed_from"]
+        _close(s["history"], r["history"], "resumed history")
+        _close(s["metrics"], r["metrics"], "resumed metrics")
 
     # a re-run finds them complete and trains nothing
     again = run_group([compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP])
