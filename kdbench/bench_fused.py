@@ -42,9 +42,11 @@ def _s_per_epoch(results: Path, experiment: str, run_id: str) -> float:
 
 
 def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (1, 4, 8),
-                data_root: str = "../shared/data") -> list[dict]:
-    """One row per K: seconds per epoch (all K students) separate vs fused, end-to-end seconds, speed-ups,
-    and whether the K = 8 row meets the target (>= 1.5x)."""
+                data_root: str = "../shared/data", repeats: int = 2) -> list[dict]:
+    """One row per K: seconds per epoch (training + validation of all K students) and end to end (every
+    run's setup, fit and both tests, in this process: no process start-up counted) for K separate runs
+    and for one fused group, each the minimum over ``repeats`` alternated measurements (a shared machine's
+    background load only ever adds time); speed-ups; whether the K = 8 row meets the target."""
     import contextlib
     import io
 
@@ -56,32 +58,35 @@ def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdbench-bench-fused-") as tmp:
         results = Path(tmp) / "results"
-        quiet = contextlib.redirect_stdout(io.StringIO())
-        with quiet:  # the teacher, once (not timed)
+        with contextlib.redirect_stdout(io.StringIO()):  # the teacher, once (not timed)
             run(_cfgs(results, "warm", 1, dev, quick, data_root, ("teacher_only=true",))[0])
         for k in ks:
-            sep_cfgs = _cfgs(results, f"sep{k}", k, dev, quick, data_root)
-            t = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                sep = [run(c) for c in sep_cfgs]
-            sep_wall = time.perf_counter() - t
-            sep_epoch = sum(_s_per_epoch(results, f"sep{k}", r["run_id"]) for r in sep)
-            fus_cfgs = _cfgs(results, f"fus{k}", k, dev, quick, data_root)
-            t = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                fus = run_group(fus_cfgs)
-            fus_wall = time.perf_counter() - t
-            fus_epoch = _s_per_epoch(results, f"fus{k}", fus[0]["run_id"])
-            same = all(abs(a["metrics"]["last"]["test"]["acc"] - b["metrics"]["last"]["test"]["acc"]) < 1e-6
-                       for a, b in zip(sep, fus, strict=True))
-            rows.append({"K": k, "separate s/epoch": sep_epoch, "fused s/epoch": fus_epoch,
-                         "speed-up /epoch": sep_epoch / fus_epoch, "separate wall s": sep_wall,
-                         "fused wall s": fus_wall, "speed-up wall": sep_wall / fus_wall,
+            sep_epoch, sep_wall, fus_epoch, fus_wall, same = [], [], [], [], True
+            for rep in range(repeats):
+                exp = f"sep{k}r{rep}"
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    sep = [run(c) for c in _cfgs(results, exp, k, dev, quick, data_root)]
+                sep_wall.append(time.perf_counter() - t)
+                sep_epoch.append(sum(_s_per_epoch(results, exp, r["run_id"]) for r in sep))
+                exp = f"fus{k}r{rep}"
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    fus = run_group(_cfgs(results, exp, k, dev, quick, data_root))
+                fus_wall.append(time.perf_counter() - t)
+                fus_epoch.append(_s_per_epoch(results, exp, fus[0]["run_id"]))
+                same = same and all(
+                    abs(a["metrics"]["last"]["test"]["acc"] - b["metrics"]["last"]["test"]["acc"]) < 1e-6
+                    for a, b in zip(sep, fus, strict=True))
+            se, fe, sw, fw = min(sep_epoch), min(fus_epoch), min(sep_wall), min(fus_wall)
+            rows.append({"K": k, "separate s/epoch": se, "fused s/epoch": fe, "speed-up /epoch": se / fe,
+                         "separate s (whole runs)": sw, "fused s (whole group)": fw, "speed-up whole": sw / fw,
                          "same test acc": "yes" if same else "NO"})
     for r in rows:
         if r["K"] == 8:
-            ok = r["speed-up /epoch"] >= TARGET
-            r["target"] = f"{'MET' if ok else 'MISSED'} (K=8 >= {TARGET}x per epoch)"
+            ok = r["speed-up whole"] >= TARGET
+            r["target"] = (f"{'MET' if ok else 'MISSED'}: K=8 whole runs {r['speed-up whole']:.2f}x "
+                           f"(>= {TARGET}x); per epoch {r['speed-up /epoch']:.2f}x")
     return rows
 
 

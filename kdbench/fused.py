@@ -486,10 +486,10 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
 
 
 def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], *, t0: float, trap) -> list[dict]:
-    from kdbench import teachers, tracking
-    from kdbench.config import resolve_accelerator
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from kdbench import teachers, tracking
+    from kdbench.config import resolve_accelerator
     from kdbench.engine import _EpochSync, _Eta, _usable_checkpoint, build_trainer, make_loaders
     from kdbench.records import summary, write_record
     from kdbench.train import _abs

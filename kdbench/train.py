@@ -91,7 +91,7 @@ def _run(cfg: DictConfig, trap) -> dict:
     # data -> teacher signal
     data = load_data(conf["dataset"])
     check_class_counts(data.num_classes, cfg)
-    scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
+    scratch, trainer = is_scratch(cfg), conf["trainer"]
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     teacher, tmeta = None, None
     if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:

@@ -32,9 +32,8 @@ def _close(a, b, path="") -> None:
 
 def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_path, monkeypatch):
     from kdbench.fused import run_group
-    from kdbench.train import run
-
     from kdbench.signals.online import OnlineSignal
+    from kdbench.train import run
 
     calls = {"n": 0}
     real_call = OnlineSignal.__call__
@@ -133,8 +132,8 @@ def test_unfusable_group_is_refused_before_any_work(compose, tmp_path, override,
 
 
 def test_scratch_joins_any_teacher_and_fuse_key(compose):
-    from kdbench.fused import check_fusable
     from kdbench.config import resolve
+    from kdbench.fused import check_fusable
 
     # a scratch student reads no teacher: it may join a group whatever teacher the config names
     cfgs = [compose(*SMALL, "distill=kd"), compose(*SMALL, "distill=none", "teacher.seed=3")]
