@@ -196,7 +196,6 @@ class Member(DistillModule):
         self.logged: dict[str, float] = {}
         self.steps = 0
         #: the best validation accuracy so far (what the unfused run's ModelCheckpoint keeps best.ckpt for)
-        self.best_acc = -math.inf
 
     @property
     def global_step(self) -> int:
@@ -397,7 +396,6 @@ class _Job:
         self.module: Member | None = None
         self.spec = None
         self.loggers: list = []
-        self.best_acc = -math.inf
         self.wandb_dir = None
 
 

@@ -166,7 +166,8 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
     try:
-        cmds = _fused_commands(jobs, skipped, extra) or [cmd]
+        # (fuse=K with nothing left to train: the unfused launcher finds every job complete)
+        cmds = _fused_commands(jobs, skipped, extra) or [[c for c in cmd if not c.startswith("fuse=")]]
     except KDBenchError as e:
         return _err(str(e))
     t0 = time.time()

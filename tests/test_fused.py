@@ -169,6 +169,9 @@ def test_sweep_fuse_runs_fusable_groups(tmp_path, monkeypatch, capsys):
     assert "3 complete" in out and out.count("] complete") == 3
     # run ids are the unfused ones: the same grid without fuse plans every job as complete
     assert all(j["record"].exists() for j in plan(args[:-1]))
+    # and the same fused sweep again trains nothing (every job is skipped; no job fails on fuse=3)
+    assert run_sweep(args, report=False) == 0
+    assert "3 jobs (3 already complete, skipped)" in capsys.readouterr().out
 
 
 def test_group_jobs_splits_by_stream_and_size():
