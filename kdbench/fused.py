@@ -196,6 +196,7 @@ class Member(DistillModule):
         self.logged: dict[str, float] = {}
         self.steps = 0
         #: the best validation accuracy so far (what the unfused run's ModelCheckpoint keeps best.ckpt for)
+        self.best_acc = -math.inf
 
     @property
     def global_step(self) -> int:
