@@ -633,7 +633,10 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
     out = {}
     for j in jobs:
         j.record["record_path"] = str(j.record_path)
-        print(summary(j.record, j.record_path))
+        if j.record.get("status") in ("complete", "debug"):
+            print(summary(j.record, j.record_path))
+        else:
+            print(f"kdbench: {j.run_id} {j.record.get('status')}: {j.record.get('error')}", file=sys.stderr)
         out[j.run_id] = j.record
     if fused.dead:
         first = min(fused.dead)

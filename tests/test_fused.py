@@ -187,3 +187,18 @@ def test_group_jobs_splits_by_stream_and_size():
     cmds = _fused_commands(jobs, [], ["trainer.progress=false"])
     assert len(cmds) == 4 and cmds[0][1:3] == ["-m", "kdbench.fused"] and cmds[0].count("--") == 1
     assert _fused_commands(plan(["experiment=quickstart", "distill=kd", "seed=0"]), [], []) == []
+
+
+def test_a_diverging_student_does_not_stop_its_group(compose, tmp_path):
+    from kdbench.errors import DivergedError
+    from kdbench.fused import run_group
+    from kdbench.records import read_record
+
+    cfgs = [compose(*SMALL, "distill=none", "experiment_name=div"),
+            compose(*SMALL, "distill=none", "optim.lr=1e30", "experiment_name=div")]
+    with pytest.raises(DivergedError):
+        run_group(cfgs)
+    recs = {r["config"]["optim"]["lr"]: r for r in
+            (read_record(p) for p in (tmp_path / "results" / "runs" / "div").glob("*.json"))}
+    assert recs[1e30]["status"] == "diverged" and recs[1e30]["diverged_step"] is not None
+    assert recs[0.05]["status"] == "complete" and len(recs[0.05]["history"]) == 2
