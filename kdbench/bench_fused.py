@@ -42,7 +42,7 @@ def _s_per_epoch(results: Path, experiment: str, run_id: str) -> float:
 
 
 def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (1, 4, 8),
-                data_root: str = "../shared/data", repeats: int = 2) -> list[dict]:
+                data_root: str = "../shared/data", repeats: int = 3) -> list[dict]:
     """One row per K: seconds per epoch (training + validation of all K students) and end to end (every
     run's setup, fit and both tests, in this process: no process start-up counted) for K separate runs
     and for one fused group, each the minimum over ``repeats`` alternated measurements (a shared machine's
