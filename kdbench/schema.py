@@ -67,7 +67,7 @@ _SCHED = {"name": S, "milestones": Spec("list", item="int"), "gamma": N(0), "min
 #: every key kdbench reads (a ``*`` segment: any name there); the values a run may take
 SCHEMA: dict[str, Spec] = {
     "seed": SEED, "data_seed": SEED, "experiment_name": S, "tags": Spec("list", item="str"),
-    "teacher_signal": S, "resume": B, "teacher_only": B, "force": B,
+    "teacher_signal": S, "resume": B, "teacher_only": B, "force": B, "fuse": I(1),
     "teacher_cache.dtype": C("auto", "float32", "bfloat16", "float16"), "teacher_cache.max_gb": N(0),
     "teacher_cache.on_device": C("auto", True, False),
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),

@@ -64,17 +64,14 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, trap) -> dict:
-    import pytorch_lightning as pl
-
     from kdbench import teachers
-    from kdbench.distill import DistillModule, OptimSpec, SchedSpec
-    from kdbench.engine import FitSpec, check_every
-    from kdbench.methods import build_method
-    from kdbench.models import build_model
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
 
     t0 = time.time()
     validate(cfg)
+    if int(cfg.get("fuse", 1)) != 1:
+        raise ConfigError("fuse", f"fuse={cfg.fuse} fuses the jobs of a sweep: run `python -m kdbench.sweep ... "
+                                  f"fuse={cfg.fuse}` (one run of kdbench.train is one job)")
     for w in unusual_values(cfg):
         log.warning(w)
         print(f"kdbench: warning: {w}", file=sys.stderr)
@@ -94,7 +91,7 @@ def _run(cfg: DictConfig, trap) -> dict:
     # data -> teacher signal
     data = load_data(conf["dataset"])
     check_class_counts(data.num_classes, cfg)
-    scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
+    scratch, trainer = is_scratch(cfg), conf["trainer"]
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     teacher, tmeta = None, None
     if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:
@@ -109,6 +106,27 @@ def _run(cfg: DictConfig, trap) -> dict:
     signal = build_signal(conf["teacher_signal"], teacher=teacher, conf=conf, data=data, teacher_meta=tmeta)
 
     # student -> method -> module
+    module, spec = build_student_module(cfg, conf, data, signal)
+    record = new_record(cfg, conf, run_id, data, signal, tmeta, overrides())
+    with run_lock(ckpt_root / cfg.experiment_name / f"{run_id}.lock", record_path, run_id, wait=in_multirun()):
+        done = None if cfg.force else complete_record(record_path)
+        if done is not None:  # another job of the sweep was this run, and finished it while we waited
+            print(f"kdbench: {run_id} already complete, record {record_path}")
+            return done
+        return _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, t0=t0, trap=trap)
+
+
+def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
+    """The run's student, method and DistillModule (``module_cls``: a subclass, for fused runs), and its
+    FitSpec; the student's init is drawn under the run's ``seed``."""
+    import pytorch_lightning as pl
+
+    from kdbench.distill import DistillModule, OptimSpec, SchedSpec
+    from kdbench.engine import FitSpec, check_every
+    from kdbench.methods import build_method
+    from kdbench.models import build_model
+
+    scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
     pl.seed_everything(int(conf["seed"]), verbose=False)
     student = build_model(conf["student"]["arch"], data.num_classes, data.input_shape,
                           **(conf["student"].get("kwargs") or {}))
@@ -119,14 +137,19 @@ def _run(cfg: DictConfig, trap) -> dict:
                                 batch_size=int(conf["dataset"]["batch_size"]),
                                 eval_batch_size=int(conf["dataset"]["eval_batch_size"]),
                                 augment=conf["dataset"]["augment"], data_seed=int(conf["data_seed"]))
-    module = DistillModule(student, data.num_classes, OptimSpec(**conf["optim"]), SchedSpec(**conf["sched"]),
-                           method=method, signal=signal,
-                           check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]),
-                           reference=_true_law(data))
+    module = (module_cls or DistillModule)(
+        student, data.num_classes, OptimSpec(**conf["optim"]), SchedSpec(**conf["sched"]), method=method,
+        signal=signal, check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]),
+        reference=_true_law(data))
+    return module, spec
 
+
+def new_record(cfg, conf: dict, run_id: str, data, signal, tmeta: dict | None, job_overrides: list[str]) -> dict:
+    """A run's record as it starts (status ``running``)."""
+    scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
     record: dict[str, Any] = {
         "run_id": run_id, "experiment": cfg.experiment_name, "variant": d["variant"], "seed": int(conf["seed"]),
-        "status": "running", "error": None, "config": conf, "overrides": overrides(),
+        "status": "running", "error": None, "config": conf, "overrides": job_overrides,
         "dataset": conf["dataset"]["name"], "dataset_info": jsonable(data.info),
         "teacher_arch": None if scratch else conf["teacher"]["arch"], "student_arch": conf["student"]["arch"],
         # what the loss actually used: a scratch run trains on labels only, alpha = 1
@@ -141,12 +164,7 @@ def _run(cfg: DictConfig, trap) -> dict:
     if (tmeta or getattr(signal, "header", None)) and not scratch:  # a captured signal names its teacher
         t = tmeta or {**signal.header["teacher"], "path": None, "capture": str(conf["teacher_capture"]["path"])}
         record["teacher"] = {k: t.get(k) for k in ("key", "name", "arch", "test", "path", "capture") if k in t}
-    with run_lock(ckpt_root / cfg.experiment_name / f"{run_id}.lock", record_path, run_id, wait=in_multirun()):
-        done = None if cfg.force else complete_record(record_path)
-        if done is not None:  # another job of the sweep was this run, and finished it while we waited
-            print(f"kdbench: {run_id} already complete, record {record_path}")
-            return done
-        return _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, t0=t0, trap=trap)
+    return record
 
 
 def debug_trainer_args(debug: dict) -> dict:
