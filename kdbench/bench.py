@@ -13,6 +13,8 @@
    the style of the published KD code bases (torchvision DataLoader with per-image PIL transforms,
    ``num_workers`` = CPU count, float32, SGD, the KD loss inline with ``F.kl_div``), the two alternated
    epoch by epoch in one process: images/s, the ratio, MFU, peak memory, online and cached teacher.
+6. fused: K students per teacher pass (``fuse=K``): K separate runs vs one fused group, K = 1, 4, 8
+   (:mod:`kdbench.bench_fused`).
 
 Every figure is measured in this run on this machine (printed in the header); compare ratios
 within a table, and absolute numbers only with the same device.
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="all ten CIFAR pairs and larger loss shapes")
     p.add_argument("--quick", action="store_true", help="the smallest sizes (the harness section in a few minutes "
                                                        "on a busy 2-core CPU)")
-    p.add_argument("--only", choices=("loss", "data", "step", "signals", "harness"), default=None)
+    p.add_argument("--only", choices=("loss", "data", "step", "signals", "harness", "fused"), default=None)
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak TFLOP/s for MFU (default: a table of GPUs' dense bf16 peaks; CPU: none)")
     p.add_argument("--out", nargs="?", const="auto", default=None, metavar="PATH",
@@ -334,6 +336,16 @@ def main(argv: list[str] | None = None) -> int:
         _emit()
         for line in harness_targets(device, rows):
             _emit(line)
+    if args.only in (None, "fused"):
+        from kdbench.bench_fused import bench_fused
+
+        rows = bench_fused(device, quick=not args.full)
+        targets = [r.pop("target") for r in rows if "target" in r]
+        _print("K students per teacher pass: K separate runs vs one fused group (MNIST, Hinton MLP pair, online "
+               "teacher; min of 3 alternated repeats)", rows)
+        _emit()
+        for line in targets:
+            _emit(f"Target, fused K = 8 at least 1.5x faster than 8 separate runs: {line}")
     if args.out:
         from pathlib import Path
 
