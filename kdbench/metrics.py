@@ -8,6 +8,8 @@ per-example values computed here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,35 +24,49 @@ N_BINS = 15
 
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor, lo: float = 0.05, hi: float = 20.0,
-                    iters: int = 80) -> float:
+                    tol: float = 1e-9, max_iter: int = 60) -> float:
     """The temperature ``T`` in ``[lo, hi]`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
 
-    Post-hoc temperature scaling, fitted on a held-out set. The NLL is convex in ``1 / T`` (a
-    log-sum-exp of linear functions minus a linear one), so a golden-section search over ``1 / T``
-    finds the minimum; float64, on the CPU, once per evaluation.
+    Post-hoc temperature scaling, fitted on a held-out set, in float64 on the CPU, once per evaluation.
+    The NLL is convex in ``β = 1 / T`` (a log-sum-exp of linear functions minus a linear one), with
+    ``f'(β) = mean(E_p[z] - z_y)`` and ``f''(β) = mean(Var_p[z]) >= 0``: a Newton iteration on ``β``,
+    safeguarded by the bracket ``[1/hi, 1/lo]`` that the sign of ``f'`` shrinks (bisection whenever a
+    Newton step would leave it), converges in a handful of passes over the logits. (A golden-section
+    search needed ~80 passes: 20 s per validation for 24k tokens x 256 classes on this CPU.)
     """
     z = logits.detach().to("cpu", torch.float64)
     y = target.detach().to("cpu")
     if z.numel() == 0:
         return 1.0
+    zy = z.gather(1, y.view(-1, 1)).squeeze(1)
 
-    def nll(beta: float) -> float:
-        return float(F.cross_entropy(z * beta, y))
+    def derivatives(beta: float) -> tuple[float, float]:
+        p = torch.softmax(z * beta, dim=1)
+        ez = (p * z).sum(1)
+        ez2 = (p * z * z).sum(1)
+        return float((ez - zy).mean()), float((ez2 - ez * ez).clamp_min(0).mean())
 
     a, b = 1.0 / hi, 1.0 / lo
-    g = (5 ** 0.5 - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(iters):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = nll(c)
+    if derivatives(a)[0] >= 0:  # the NLL rises over the whole bracket: the largest temperature
+        return hi
+    if derivatives(b)[0] <= 0:  # it falls over the whole bracket: the smallest
+        return lo
+    beta = min(max(1.0, a), b)
+    for _ in range(max_iter):
+        g, h = derivatives(beta)
+        if g > 0:  # the NLL rises with β here: the minimum is below
+            b = beta
         else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = nll(d)
-    return 1.0 / ((a + b) / 2)
+            a = beta
+        step = g / h if h > 0 else math.inf
+        new = beta - step
+        if not (a < new < b) or not math.isfinite(new):
+            new = (a + b) / 2
+        if abs(new - beta) <= tol * max(1.0, beta) or b - a <= tol:
+            beta = new
+            break
+        beta = new
+    return 1.0 / min(max(beta, 1.0 / hi), 1.0 / lo)
 
 
 class ClassificationMetrics(nn.Module):

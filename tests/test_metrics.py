@@ -118,3 +118,31 @@ def test_temperature_scaled_metrics_appear_only_with_a_temperature():
     assert out["temperature"] == 2.0
     assert abs(out["nll_ts"] - r["nll"]) < 1e-6 and abs(out["ece_ts"] - r["ece"]) < 1e-6
     assert abs(out["nll"] - m.compute()["nll"]) < 1e-6  # the unscaled metrics are unchanged
+
+
+@pytest.mark.parametrize("scale, classes", [(3.0, 10), (0.4, 256), (1.0, 32), (40.0, 5)])
+def test_fit_temperature_finds_the_nll_minimum_of_an_independent_search(scale, classes):
+    """The safeguarded Newton fit equals a dense grid + golden-section search written here from the
+    definition (NLL of softmax(z / T) over T in [0.05, 20]), to 1e-6 in T."""
+    import math
+
+    import torch.nn.functional as F
+
+    from kdbench.metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(classes)
+    z = torch.randn(3000, classes, generator=g, dtype=torch.float64) * 2
+    y = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    logits = (scale * z).float()
+
+    def nll(t: float) -> float:
+        return float(F.cross_entropy(logits.double() / t, y))
+
+    grid = [0.05 * (400 ** (i / 2000)) for i in range(2001)]  # log-spaced over [0.05, 20]
+    i = min(range(len(grid)), key=lambda j: nll(grid[j]))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    r = (math.sqrt(5) - 1) / 2
+    for _ in range(100):
+        c, d = hi - r * (hi - lo), lo + r * (hi - lo)
+        lo, hi = (lo, d) if nll(c) < nll(d) else (c, hi)
+    assert fit_temperature(logits, y) == pytest.approx((lo + hi) / 2, abs=1e-6)
