@@ -25,7 +25,7 @@ TARGET = 1.5  # issue #13: fused K = 8 at least 1.5x faster than 8 separate runs
 
 def _cfgs(results: Path, experiment: str, k: int, device: str, quick: bool, data_root: str,
           extra: tuple[str, ...] = ()) -> list:
-    from kdbench.sweep import compose_job
+    from kdbench.config import compose_job
 
     size = (["dataset.train_subset=6000", "dataset.test_subset=2000", "dataset.val_size=1000"] if quick
             else [])
@@ -51,9 +51,9 @@ def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (
     import io
 
     from kdbench.fused import run_group
-    from kdbench.train import _quiet_libraries, run
+    from kdbench.runner import quiet_libraries, run
 
-    _quiet_libraries()
+    quiet_libraries()
     dev = torch.device(device).type
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdbench-bench-fused-") as tmp:

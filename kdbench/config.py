@@ -19,8 +19,22 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+#: the configs: kdbench/conf, a link to the top-level conf/ in a checkout, real files once installed
+#: (absolute, so Hydra reads the folder however kdbench was started: -m, a console script, -c)
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())
 #: the classes of each named dataset (imagefolder: known only once loaded)
 DATASET_CLASSES = {"cifar10_jpeg": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def compose_job(job: list[str]):
+    """The train config one job of a grid composes to (its ``hydra.*`` overrides left out)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=task)
 
 
 def resolve_accelerator(accelerator: str) -> str:

@@ -323,3 +323,7 @@ def _history_in(ckpt: Path) -> tuple[list[dict], dict]:
 
 def _val_of(row: dict) -> dict:
     return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+
+
+#: public names for the pieces :mod:`kdbench.fused` builds its own fit from
+EpochSync, Eta, usable_checkpoint = _EpochSync, _Eta, _usable_checkpoint

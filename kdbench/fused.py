@@ -97,7 +97,7 @@ def _first_difference(a: dict, b: dict) -> str | None:
 def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[str]) -> None:
     """Refuse, with one line naming the first differing (or unsupported) key, jobs that cannot share a
     process: their batch streams or teachers differ, or a job does something a fused group cannot."""
-    from kdbench.train import _abs
+    from kdbench.runner import abs_path
 
     for cfg, conf, rid in zip(cfgs, confs, run_ids, strict=True):
         if cfg.get("teacher_only"):
@@ -126,9 +126,9 @@ def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[st
     with_t = [(c, conf, r) for c, conf, r in zip(cfgs, confs, run_ids, strict=True) if _uses_teacher(conf)]
     if with_t:
         c0, conf0, r0 = with_t[0]
-        ref = _teacher_view(conf0, str(_abs(c0.paths.teachers_dir)))
+        ref = _teacher_view(conf0, str(abs_path(c0.paths.teachers_dir)))
         for c, conf, rid in with_t[1:]:
-            view = _teacher_view(conf, str(_abs(c.paths.teachers_dir)))
+            view = _teacher_view(conf, str(abs_path(c.paths.teachers_dir)))
             key = _first_difference(ref, view)
             if key is not None:
                 raise ConfigError(key, f"differs between fused jobs ({ref.get(key)!r} in {r0}, {view.get(key)!r} "
@@ -388,11 +388,11 @@ class _Job:
     """One student's run: its config, ids, paths, record, module, loggers."""
 
     def __init__(self, cfg, conf, run_id, overrides):
-        from kdbench.train import _abs
+        from kdbench.runner import abs_path
 
         self.cfg, self.conf, self.run_id, self.overrides = cfg, conf, run_id, list(overrides)
-        self.record_path = _abs(cfg.paths.runs_dir) / cfg.experiment_name / f"{run_id}.json"
-        self.ckpt_dir = _abs(cfg.paths.checkpoints_dir) / cfg.experiment_name / run_id
+        self.record_path = abs_path(cfg.paths.runs_dir) / cfg.experiment_name / f"{run_id}.json"
+        self.ckpt_dir = abs_path(cfg.paths.checkpoints_dir) / cfg.experiment_name / run_id
         self.record: dict = {}
         self.module: Member | None = None
         self.spec = None
@@ -418,8 +418,8 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
     from kdbench.config import check_class_counts, is_scratch, resolve, unusual_values, validate
     from kdbench.identity import run_id_of
     from kdbench.records import complete_record, run_lock
+    from kdbench.runner import abs_path, build_student_module, load_data, new_record
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
-    from kdbench.train import _abs, build_student_module, load_data, new_record
 
     t0 = time.time()
     if not cfgs:
@@ -461,8 +461,8 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
         preflight_signal(tc["teacher_signal"], tc, data)
         if needs_teacher(tc["teacher_signal"]):
             teacher, tmeta = teachers.for_run(tc["teacher"], tc["dataset"], tc["trainer"], data,
-                                              teachers_dir=_abs(tjob.cfg.paths.teachers_dir),
-                                              checkpoints_dir=_abs(tjob.cfg.paths.checkpoints_dir),
+                                              teachers_dir=abs_path(tjob.cfg.paths.teachers_dir),
+                                              checkpoints_dir=abs_path(tjob.cfg.paths.checkpoints_dir),
                                               eval_batch_size=tc["dataset"]["eval_batch_size"], log=log.info)
         shared = SharedSignal(build_signal(tc["teacher_signal"], teacher=teacher, conf=tc, data=data,
                                            teacher_meta=tmeta))
@@ -489,9 +489,9 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
 
     from kdbench import teachers, tracking
     from kdbench.config import resolve_accelerator
-    from kdbench.engine import _EpochSync, _Eta, _usable_checkpoint, build_trainer, make_loaders
+    from kdbench.engine import EpochSync, Eta, build_trainer, make_loaders, usable_checkpoint
     from kdbench.records import summary, write_record
-    from kdbench.train import _abs
+    from kdbench.runner import abs_path
 
     for j in jobs:
         write_record(j.record_path, j.record)
@@ -501,14 +501,14 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
     try:
         for j in jobs:
             c, cfg = j.conf, j.cfg
-            art = tracking.log_teacher(c.get("logger"), j.record["teacher"], _abs(cfg.paths.wandb_dir))
+            art = tracking.log_teacher(c.get("logger"), j.record["teacher"], abs_path(cfg.paths.wandb_dir))
             j.loggers = tracking.make_loggers(
                 c.get("logger"), run_id=j.run_id,
                 name=tracking.run_name(c["distill"]["variant"], c["seed"], j.record["overrides"]),
                 config={**c, **({"teacher_artifact": art} if art else {}), "fused": len(jobs)},
                 fresh=bool(cfg.force), group_tags=[c["distill"]["variant"], c["dataset"]["name"]],
-                wandb_dir=_abs(cfg.paths.wandb_dir), experiment=cfg.experiment_name,
-                csv_dir=_abs(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None,
+                wandb_dir=abs_path(cfg.paths.wandb_dir), experiment=cfg.experiment_name,
+                csv_dir=abs_path(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None,
                 own_run=True)
             j.wandb_dir = tracking.define_summaries(j.loggers)
             for lg in j.loggers:
@@ -532,7 +532,7 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
         fused = FusedModule([j.module for j in jobs], clip=[j.spec.gradient_clip_val for j in jobs], rng=rng,
                             ckpt_dirs=[j.ckpt_dir for j in jobs], run_ids=[j.run_id for j in jobs],
                             on_epoch_end=epoch_end)
-        etas = [_Eta(f"kdbench {j.cfg.experiment_name}/{j.run_id}", j.ckpt_dir, echo=not spec0.progress) for j in jobs]
+        etas = [Eta(f"kdbench {j.cfg.experiment_name}/{j.run_id}", j.ckpt_dir, echo=not spec0.progress) for j in jobs]
         # the group's last.ckpt (every student's weights, optimizer, scheduler, history, RNG) in a folder
         # of its own beside the students' (named by their run ids): a re-run of the same group resumes it
         gdir = group_dir(jobs)
@@ -540,10 +540,10 @@ def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], 
         last_cb = ModelCheckpoint(dirpath=str(gdir), filename="last", monitor=None, save_top_k=1,
                                   enable_version_counter=False)
         trainer = build_trainer(replace(spec0, gradient_clip_val=None, callbacks={}), gdir, None,
-                                [_EpochSync([train, val, test], train), *etas, last_cb])
+                                [EpochSync([train, val, test], train), *etas, last_cb])
         last = gdir / "last.ckpt"
         resume = all(bool(j.cfg.resume) and not j.cfg.force for j in jobs) and last.exists()
-        epochs_done = _usable_checkpoint(last) if resume else None
+        epochs_done = usable_checkpoint(last) if resume else None
         resumed_from = str(last) if epochs_done is not None else None
         if resumed_from:
             print(f"kdbench: resuming fused group {gdir.name} from epoch {epochs_done} of {spec0.max_epochs} "
@@ -691,17 +691,17 @@ def split_jobs(argv: Sequence[str]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kdbench.config import compose_job
     from kdbench.errors import KDBenchError
     from kdbench.interrupts import RunInterrupted
-    from kdbench.sweep import compose_job
-    from kdbench.train import _quiet_libraries
+    from kdbench.runner import quiet_libraries
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("usage: python -m kdbench.fused <job 1 overrides> -- <job 2 overrides> [-- ...]")
         return 0 if argv else 2
-    _quiet_libraries()
+    quiet_libraries()
     jobs = split_jobs(argv)
     try:
         cfgs = [compose_job(j) for j in jobs]

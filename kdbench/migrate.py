@@ -85,8 +85,7 @@ def differences(rec: dict, conf: dict) -> list[str]:
 def migrate(runs_dir: str | os.PathLike, experiment: str | None = None, *, checkpoints_dir: str | None = None,
             dry_run: bool = False, log=print) -> dict[str, list]:
     """Re-key the records under ``runs_dir`` (one experiment or all); returns moved / current / refused."""
-    from kdbench.config import resolve
-    from kdbench.sweep import compose_job
+    from kdbench.config import compose_job, resolve
 
     root = Path(runs_dir) / experiment if experiment else Path(runs_dir)
     result: dict[str, list] = {"moved": [], "current": [], "refused": []}

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from kdbench.config import CONF_DIR, compose_job  # noqa: F401  (compose_job: re-exported for callers of sweep)
+
 DEFAULT_EXPERIMENT = "mnist_ablation"
-CONF_DIR = str((Path(__file__).parent / "conf").resolve())  # kdbench/conf: a link to conf/, real files once installed
 
 
 def _err(msg: str) -> int:
@@ -48,16 +49,6 @@ def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
         batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
     jobs = batches[0] if batches else []
     return jobs, base
-
-
-def compose_job(job: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=task)
 
 
 def plan(overrides: list[str]) -> list[dict]:
