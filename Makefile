@@ -42,8 +42,8 @@ sweep: $(STAMP) ## run an ablation grid: default experiment=mnist_ablation; ARGS
 table: $(STAMP) ## rebuild tables and plots from run records: ARGS="--experiment mnist_ablation"
 	$(PY) -m kdbench.report $(ARGS)
 
-bench: $(STAMP) ## benchmarks that print tables (loss, data pipeline, training step)
-	$(PY) -m kdbench.bench $(ARGS)
+bench: $(STAMP) ## benchmarks that print tables (loss, data, step, signals, harness vs reference loop) and write results/bench/<device>.md
+	$(PY) -m kdbench.bench --out $(ARGS)
 
 models: $(STAMP) ## every model's parameters and MACs
 	$(PY) -m kdbench.cli models $(ARGS)

@@ -8,6 +8,13 @@
 4. signals: one training epoch with the teacher ``online`` vs ``cached`` (exact, per (image, view))
    vs ``captured`` (top-5 log-probs, no teacher) on real MNIST with jitter (25 views) and on a
    CIFAR-10 JPEG slice with crop+flip (162 views), plus each store's one-off build time.
+5. harness: kdbench's own training path (DistillModule + Lightning Trainer through
+   :func:`kdbench.engine.fit_and_test`, as ``kdbench.train`` runs it) against a plain reference loop in
+   the style of the published KD code bases (torchvision DataLoader with per-image PIL transforms,
+   ``num_workers`` = CPU count, float32, SGD, the KD loss inline with ``F.kl_div``), the two alternated
+   epoch by epoch in one process: images/s, the ratio, MFU, peak memory, online and cached teacher.
+6. fused: K students per teacher pass (``fuse=K``): K separate runs vs one fused group, K = 1, 4, 8
+   (:mod:`kdbench.bench_fused`).
 
 Every figure is measured in this run on this machine (printed in the header); compare ratios
 within a table, and absolute numbers only with the same device.
@@ -239,11 +246,24 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
     return rows
 
 
-def _print(title: str, rows: list[dict]) -> None:
+#: everything printed, for ``--out`` (the Markdown file is what the console showed)
+_REPORT: list[str] = []
+
+
+def _emit(text: str = "") -> None:
+    print(text, flush=True)
+    _REPORT.append(text)
+
+
+def _print(title: str, rows: list[dict], notes: list[str] | None = None) -> None:
     import pandas as pd
 
-    print(f"\n## {title}\n")
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"))
+    _emit(f"\n## {title}\n")
+    for line in notes or []:
+        _emit(line)
+    if notes:
+        _emit()
+    _emit(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") if rows else "(nothing measured)")
 
 
 def device_label(device: torch.device) -> str:
@@ -252,20 +272,34 @@ def device_label(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet32"),
-         ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"),
-         ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2")]
+def device_slug(device: torch.device) -> str:
+    """The file name of this device's results (``results/bench/<slug>.md``)."""
+    import os
+    import re
+
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
+    return f"cpu_{os.cpu_count()}core"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench-bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full", action="store_true", help="all ten CIFAR pairs and larger loss shapes")
-    p.add_argument("--only", choices=("loss", "data", "step", "signals"), default=None)
+    p.add_argument("--quick", action="store_true", help="the smallest sizes (the harness section in a few minutes "
+                                                       "on a busy 2-core CPU)")
+    p.add_argument("--only", choices=("loss", "data", "step", "signals", "harness", "fused"), default=None)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s for MFU (default: a table of GPUs' dense bf16 peaks; CPU: none)")
+    p.add_argument("--out", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="also write the tables as Markdown (default path: results/bench/<device>.md)")
     args = p.parse_args(argv)
+    if args.quick and args.full:
+        p.error("--quick and --full exclude each other")
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"# kdbench bench — device: {device_label(device)}, torch {torch.__version__}")
+    _REPORT.clear()
+    _emit(f"# kdbench bench — device: {device_label(device)}, torch {torch.__version__}")
     quick = not args.full
     if args.only in (None, "loss"):
         _print("KD loss, forward + backward (median)", bench_loss(device, quick))
@@ -273,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         _print("CIFAR-style batches with random crop (pad 4) + flip, one epoch of 2,048 images",
                bench_data(device, 2048))
     if args.only in (None, "step"):
-        pairs = PAIRS if (args.full or device.type == "cuda") else [("resnet56", "resnet20")]
+        from kdbench.bench_harness import conf_pairs
+
+        pairs = conf_pairs() if (args.full or device.type == "cuda") else [("resnet56", "resnet20")]
         batches = (64, 256) if (args.full or device.type == "cuda") else (64,)
         _print("teacher forward + student train step (bf16 autocast on GPU)",
                bench_step(device, pairs, batches, steps=10 if device.type == "cuda" else 2))
@@ -283,6 +319,40 @@ def main(argv: list[str] | None = None) -> int:
             k: (*v[:4], 8 * v[4]) for k, v in SIGNAL_SETUPS.items()}
         _print("teacher signals: one training epoch (median of 3), student step included; speed-up vs online",
                bench_signals(device, setups))
+    if args.only in (None, "harness"):
+        from kdbench.bench_harness import (
+            bench_harness,
+            harness_notes,
+            harness_setups,
+            harness_targets,
+            table_rows,
+        )
+
+        mode = "quick" if args.quick else "full" if args.full else "default"
+        setups = harness_setups(device, mode)
+        rows = bench_harness(device, setups, given_peak=args.peak_tflops)
+        _print("harness vs reference loop: kdbench's training path against a plain DataLoader+PIL loop, "
+               "alternated epoch by epoch", table_rows(rows), harness_notes(device, setups, args.peak_tflops))
+        _emit()
+        for line in harness_targets(device, rows):
+            _emit(line)
+    if args.only in (None, "fused"):
+        from kdbench.bench_fused import bench_fused
+
+        rows = bench_fused(device, quick=not args.full)
+        targets = [r.pop("target") for r in rows if "target" in r]
+        _print("K students per teacher pass: K separate runs vs one fused group (MNIST, Hinton MLP pair, online "
+               "teacher; min of 3 alternated repeats)", rows)
+        _emit()
+        for line in targets:
+            _emit(f"Target, fused K = 8 at least 1.5x faster than 8 separate runs: {line}")
+    if args.out:
+        from pathlib import Path
+
+        out = Path("results") / "bench" / f"{device_slug(device)}.md" if args.out == "auto" else Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(_REPORT) + "\n")
+        print(f"\nwrote {out}")
     return 0
 
 

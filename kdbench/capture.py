@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             out = import_jsonl(Path(a.from_jsonl), Path(a.out))
             print(f"kdbench: capture imported into {out}")
         else:
-            from kdbench.sweep import compose_job
+            from kdbench.config import compose_job
 
             out = capture(compose_job(a.overrides), Path(a.out), a.k, a.tau, a.views)
         if a.jsonl:

@@ -19,8 +19,22 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+#: the configs: kdbench/conf, a link to the top-level conf/ in a checkout, real files once installed
+#: (absolute, so Hydra reads the folder however kdbench was started: -m, a console script, -c)
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())
 #: the classes of each named dataset (imagefolder: known only once loaded)
 DATASET_CLASSES = {"cifar10_jpeg": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def compose_job(job: list[str]):
+    """The train config one job of a grid composes to (its ``hydra.*`` overrides left out)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=task)
 
 
 def resolve_accelerator(accelerator: str) -> str:
@@ -45,6 +59,21 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def resolve_channels_last(channels_last: bool | str, accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") if channels_last == "auto" else bool(channels_last)
+
+
+def resolve_deterministic(deterministic: bool | str | None, accelerator: str) -> bool:
+    """``auto`` -> deterministic algorithms on CPU (as always), off on GPUs (cuDNN then benchmarks its
+    kernels); an explicit true/false is kept. Recorded either way."""
+    if deterministic == "auto":
+        return accelerator not in ("gpu", "cuda")
+    return bool(deterministic)
+
+
+def resolve_compile(compile_: bool | str | None, accelerator: str) -> bool:
+    """``auto`` -> ``torch.compile`` the student (and an online teacher) on GPUs, not on CPU."""
+    if compile_ == "auto":
+        return accelerator in ("gpu", "cuda")
+    return bool(compile_)
 
 
 def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
@@ -94,6 +123,8 @@ def resolve(cfg) -> dict:
         acc = t["accelerator"] = resolve_accelerator(t["accelerator"])
         t["precision"] = resolve_precision(t.get("precision", "auto"), acc)
         t["channels_last"] = resolve_channels_last(t.get("channels_last", "auto"), acc)
+        t["deterministic"] = resolve_deterministic(t.get("deterministic", "auto"), acc)
+        t["compile"] = resolve_compile(t.get("compile", False), acc)
     if is_scratch(cfg):
         c["teacher_signal"] = "none"
         # labels only: no distillation key does anything (the loss is CE, i.e. alpha = 1), so none is part

@@ -138,6 +138,9 @@ class DistillModule(pl.LightningModule):
         self.val_temperature: float | None = None
         self.teacher_temperature: float | None = None
         self._val_logits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        #: a frozen online teacher's eval logits, per split: (the loader they came from, {batch_idx: logits})
+        self._eval_teacher: dict[str, tuple[object, dict[int, torch.Tensor]]] = {}
+        self._eval_teacher_bytes = 0
         self.save_hyperparameters({"method": repr(method), "signal": self.signal.kind, "optim": asdict(optim),
                                    "sched": asdict(sched), "num_classes": num_classes},
                                   ignore=["student", "method", "signal"])
@@ -209,8 +212,34 @@ class DistillModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._raise_if_bad()
 
+    #: at most this much device memory for cached eval teacher logits (CIFAR-100's 10k test images: 4 MB)
+    EVAL_TEACHER_CACHE_BYTES = 256 * 2**20
+
+    def _eval_signal(self, batch, batch_idx: int, split: str):
+        """The teacher's output for an evaluation batch, computed once per (eval loader, batch) and reused
+        at every later validation and test: eval loaders are neither shuffled nor augmented, and a frozen
+        online teacher in eval mode gives the same logits each time. A teacher being trained
+        (``teacher_grad``) and the other signals (already look-ups) are asked every time."""
+        if getattr(self.signal, "kind", None) != "online" or getattr(self.signal, "grad", False):
+            return self.signal(batch, split)
+        loader = self.trainer.val_dataloaders if split == "val" else self.trainer.test_dataloaders
+        held = self._eval_teacher.get(split)
+        if held is None or held[0] is not loader:  # another eval set: start over
+            if held is not None:
+                self._eval_teacher_bytes -= sum(t.numel() * t.element_size() for t in held[1].values())
+            held = self._eval_teacher[split] = (loader, {})
+        t = held[1].get(batch_idx)
+        if t is not None and t.shape[0] == batch.y.shape[0]:
+            return t
+        t = self.signal(batch, split)
+        size = t.numel() * t.element_size() if isinstance(t, torch.Tensor) else None
+        if size is not None and self._eval_teacher_bytes + size <= self.EVAL_TEACHER_CACHE_BYTES:
+            held[1][batch_idx] = t
+            self._eval_teacher_bytes += size
+        return t
+
     def validation_step(self, batch, batch_idx):
-        s, t = self.student(batch.x), self.signal(batch, "val")
+        s, t = self.student(batch.x), self._eval_signal(batch, batch_idx, "val")
         self.val_metrics.update(s, batch.y, t)  # a top-k teacher: agreement with its top-1 only
         dense = t if isinstance(t, torch.Tensor) else None
         y = batch.y
@@ -251,7 +280,7 @@ class DistillModule(pl.LightningModule):
             self.teacher_test_metrics.temperature = self.teacher_temperature
 
     def test_step(self, batch, batch_idx):
-        t = self.signal(batch, "test")
+        t = self._eval_signal(batch, batch_idx, "test")
         s = self.student(batch.x)
         self.test_metrics.update(s, batch.y, t)
         if self.teacher_test_metrics is not None and isinstance(t, torch.Tensor):

@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from kdbench.config import resolve_accelerator, resolve_precision
+from kdbench.config import resolve_accelerator, resolve_compile, resolve_deterministic, resolve_precision
 from kdbench.data import TensorData, TensorLoader
 from kdbench.distill import DistillModule
 from kdbench.errors import DivergedError
@@ -41,8 +41,10 @@ class FitSpec:
     devices: int | str = 1
     strategy: str = "auto"
     precision: str = "auto"
-    deterministic: bool | str = True
+    deterministic: bool | str = "auto"
     channels_last: bool | str = "auto"
+    #: torch.compile the student (and an online teacher): ``auto`` = on a GPU only
+    compile: bool | str = False
     progress: bool = True
     #: seeds the data order and the augmentation views (``data_seed``; the model's init has its own seed)
     data_seed: int = 0
@@ -57,7 +59,7 @@ class FitSpec:
     def from_trainer(cls, trainer: Mapping[str, Any], **fields: Any) -> FitSpec:
         """The hardware and loop settings of a ``trainer`` config, plus ``fields`` (epochs, batch, ...)."""
         keys = ("accelerator", "devices", "strategy", "precision", "deterministic", "channels_last", "progress",
-                "limit_train_batches", "gradient_clip_val", "log_every_n_steps")
+                "limit_train_batches", "gradient_clip_val", "log_every_n_steps", "compile")
         return cls(**{k: trainer[k] for k in keys if k in trainer}, **fields)
 
 
@@ -133,9 +135,12 @@ def _set_aside(path: Path, why: str) -> None:
 
 def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: list | None = None) -> pl.Trainer:
     acc = resolve_accelerator(spec.accelerator)
+    deterministic = resolve_deterministic(spec.deterministic, acc)
     kw = dict(
         max_epochs=spec.max_epochs, accelerator=acc, devices=spec.devices, strategy=spec.strategy,
-        precision=resolve_precision(spec.precision, acc), deterministic=spec.deterministic,
+        precision=resolve_precision(spec.precision, acc), deterministic=deterministic,
+        # cuDNN picks its fastest kernels when the run need not be bit-reproducible (GPU only)
+        benchmark=(not deterministic) if acc in ("gpu", "cuda") else None,
         enable_progress_bar=spec.progress,
         enable_model_summary=any(type(c).__name__ == "ModelSummary" for c in callbacks or []),
         logger=logger if logger else False,
@@ -226,6 +231,8 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         module = module.to(memory_format=torch.channels_last)
         if hasattr(module.signal, "to_memory_format"):
             module.signal.to_memory_format(torch.channels_last)
+    if resolve_compile(spec.compile, acc):
+        compile_models(module)
     train, val, test = make_loaders(data, spec, channels_last)
     label = f"kdbench {ckpt_dir.parent.name}/{ckpt_dir.name}" if ckpt_dir is not None else "kdbench"
     callbacks = [_EpochSync([train, val, test], train), _Eta(label, ckpt_dir, echo=not spec.progress)]
@@ -294,6 +301,15 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
                      resumed_from=resume_from, deterministic=torch.are_deterministic_algorithms_enabled())
 
 
+def compile_models(module: DistillModule) -> None:
+    """``torch.compile`` the student in place (its state-dict keys, hence checkpoints, are unchanged)
+    and the teacher of an online signal that is not being trained."""
+    module.student.compile()
+    teacher = getattr(module.signal, "teacher", None)
+    if isinstance(teacher, torch.nn.Module) and not getattr(module.signal, "grad", False):
+        teacher.compile()
+
+
 def _fits_in_child_processes(trainer: pl.Trainer) -> bool:
     from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
@@ -307,3 +323,7 @@ def _history_in(ckpt: Path) -> tuple[list[dict], dict]:
 
 def _val_of(row: dict) -> dict:
     return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+
+
+#: public names for the pieces :mod:`kdbench.fused` builds its own fit from
+EpochSync, Eta, usable_checkpoint = _EpochSync, _Eta, _usable_checkpoint

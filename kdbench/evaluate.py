@@ -56,8 +56,8 @@ def evaluate(cfg, ckpt_path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kdbench.config import compose_job
     from kdbench.errors import KDBenchError
-    from kdbench.sweep import compose_job
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ckpts = [a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")]

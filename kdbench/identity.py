@@ -13,6 +13,7 @@ from typing import Any
 #: top-level config keys that never change what a run computes
 NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
     "paths", "logger", "hydra", "resume", "force", "tags", "teacher_only", "experiment_name", "pair",
+    "fuse",  # how many jobs share a process (kdbench.fused): the same numbers either way
 )
 #: dotted keys below the top level that never change what a run computes
 NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (
@@ -43,6 +44,11 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if is_computational(f"{prefix}{k}")}
 
     out = strip(cfg, "")
+    t = out.get("trainer")
+    if isinstance(t, Mapping) and t.get("compile") is False:
+        # not compiled: what every run did before the key existed (their ids stay); a compiled run may
+        # differ within float tolerance (fused kernels), so it is a run of its own
+        out["trainer"] = {k: v for k, v in t.items() if k != "compile"}
     if not out.get("callbacks"):
         out.pop("callbacks", None)  # none that changes a number: the ids of runs from before the group
     d = out.get("distill") or {}

@@ -77,9 +77,11 @@ class ClassificationMetrics(nn.Module):
         self.num_classes = num_classes
         self.with_teacher = with_teacher
         self.n_bins = n_bins
-        self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
-        self.mce = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="max")
+        # validate_args=False: torchmetrics' argument checks read tensor values on the host (a GPU sync
+        # per batch); the inputs here are always logits/probabilities and int64 labels in range
+        self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        self.ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1", validate_args=False)
+        self.mce = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="max", validate_args=False)
         # nan_strategy="disable": a NaN (or Inf) reaches the mean and shows in the record, never silently
         # dropped (torchmetrics' default "warn" drops it, and checks on the host every update)
         self.nll = MeanMetric(nan_strategy="disable")
@@ -88,7 +90,8 @@ class ClassificationMetrics(nn.Module):
         self.temperature: float | None = None
         #: set by the first update with ``[B, T, V]`` logits: metrics over kept tokens, plus perplexity
         self.tokens = False
-        self.ece_ts = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
+        self.ece_ts = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1",
+                                                 validate_args=False)
         self.nll_ts = MeanMetric(nan_strategy="disable")
         if with_teacher:
             self.agreement = MeanMetric(nan_strategy="disable")

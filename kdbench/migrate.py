@@ -38,7 +38,8 @@ def _old_value_resolved(key: str, old: Any, device: str) -> Any:
     gpu = not str(device or "cpu").startswith("cpu")
     return {"trainer.accelerator": "gpu" if gpu else "cpu",
             "trainer.precision": "bf16-mixed" if gpu else "32-true",
-            "trainer.channels_last": gpu}.get(key, old)
+            "trainer.channels_last": gpu, "trainer.deterministic": not gpu,
+            "trainer.compile": gpu}.get(key, old)
 
 
 def _expected_new(key: str, rec: dict, conf: dict) -> Any:
@@ -49,7 +50,7 @@ def _expected_new(key: str, rec: dict, conf: dict) -> Any:
     cfg = rec.get("config") or {}
     scratch = not (cfg.get("distill") or {}).get("enabled", True)
     fixed = {"data_seed": cfg.get("seed"), "distill.method": "none" if scratch else "kd",
-             "teacher_signal": "none" if scratch else "online"}
+             "teacher_signal": "none" if scratch else "online", "trainer.compile": False}
     if key in fixed:
         return fixed[key]
     if key.startswith("distill."):
@@ -84,8 +85,7 @@ def differences(rec: dict, conf: dict) -> list[str]:
 def migrate(runs_dir: str | os.PathLike, experiment: str | None = None, *, checkpoints_dir: str | None = None,
             dry_run: bool = False, log=print) -> dict[str, list]:
     """Re-key the records under ``runs_dir`` (one experiment or all); returns moved / current / refused."""
-    from kdbench.config import resolve
-    from kdbench.sweep import compose_job
+    from kdbench.config import compose_job, resolve
 
     root = Path(runs_dir) / experiment if experiment else Path(runs_dir)
     result: dict[str, list] = {"moved": [], "current": [], "refused": []}

@@ -67,7 +67,7 @@ _SCHED = {"name": S, "milestones": Spec("list", item="int"), "gamma": N(0), "min
 #: every key kdbench reads (a ``*`` segment: any name there); the values a run may take
 SCHEMA: dict[str, Spec] = {
     "seed": SEED, "data_seed": SEED, "experiment_name": S, "tags": Spec("list", item="str"),
-    "teacher_signal": S, "resume": B, "teacher_only": B, "force": B,
+    "teacher_signal": S, "resume": B, "teacher_only": B, "force": B, "fuse": I(1),
     "teacher_cache.dtype": C("auto", "float32", "bfloat16", "float16"), "teacher_cache.max_gb": N(0),
     "teacher_cache.on_device": C("auto", True, False),
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),
@@ -91,7 +91,8 @@ SCHEMA: dict[str, Spec] = {
     **{f"sched.{k}": v for k, v in _SCHED.items()},
     # trainer
     "trainer.max_epochs": I(1), "trainer.accelerator": S, "trainer.devices": I(1), "trainer.strategy": S,
-    "trainer.precision": S, "trainer.deterministic": B, "trainer.channels_last": C("auto", True, False),
+    "trainer.precision": S, "trainer.deterministic": C("auto", True, False),
+    "trainer.compile": C("auto", True, False), "trainer.channels_last": C("auto", True, False),
     "trainer.check_finite_every": ANY, "trainer.progress": B, "trainer.limit_train_batches": N(0, optional=True),
     "trainer.gradient_clip_val": N(0, optional=True), "trainer.log_every_n_steps": I(1),
     # where things go

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from kdbench.config import CONF_DIR, compose_job  # noqa: F401  (compose_job: re-exported for callers of sweep)
+
 DEFAULT_EXPERIMENT = "mnist_ablation"
-CONF_DIR = str((Path(__file__).parent / "conf").resolve())  # kdbench/conf: a link to conf/, real files once installed
 
 
 def _err(msg: str) -> int:
@@ -48,16 +49,6 @@ def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
         batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
     jobs = batches[0] if batches else []
     return jobs, base
-
-
-def compose_job(job: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    task = [o for o in job if not (o.startswith("hydra.") or o.startswith("hydra/") or o.startswith("+hydra"))]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=task)
 
 
 def plan(overrides: list[str]) -> list[dict]:
@@ -171,6 +162,11 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     log_path = log_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
+    try:
+        # (fuse=K with nothing left to train: the unfused launcher finds every job complete)
+        cmds = _fused_commands(jobs, skipped, extra) or [[c for c in cmd if not c.startswith("fuse=")]]
+    except KDBenchError as e:
+        return _err(str(e))
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
     # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
@@ -178,7 +174,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     keys = varying(jobs)
     stopped: list[int] = []
     with open(log_path, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+        queue, rcs = list(cmds), []
+        proc = subprocess.Popen(queue.pop(0), stdout=logf, stderr=subprocess.STDOUT, env=env)
 
         def forward(signum, frame):  # SIGTERM to the sweep stops its jobs (they record `interrupted`)
             stopped.append(signum)
@@ -190,6 +188,10 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
             while True:
                 try:
                     done = proc.poll() is not None
+                    if done and queue and not stopped:  # fuse=K: the next fused group
+                        rcs.append(proc.returncode)
+                        proc = subprocess.Popen(queue.pop(0), stdout=logf, stderr=subprocess.STDOUT, env=env)
+                        done = False
                     _progress(jobs, seen, t0, len(jobs), stale, keys)
                     if done:
                         break
@@ -203,7 +205,7 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
                         proc.send_signal(signal.SIGINT)
         finally:
             signal.signal(signal.SIGTERM, old_term)
-    rc = proc.returncode
+    rc = next((r for r in [*rcs, proc.returncode] if r), 0)
     final = {j["run_id"]: (_status(j["record"]) or {}) for j in jobs}
     complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
     failed = [(r, rec) for r, rec in final.items()
@@ -254,6 +256,29 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
             print(f"W&B ({mode}):     {wdir}" + ("  (upload: wandb sync <dir>/offline-run-*)" if mode == "offline" else ""))
     ok = rc == 0 and not failed and not missing
     return 0 if ok else 1
+
+
+def _fused_commands(jobs: list[dict], skipped: list[str], extra: list[str]) -> list[list[str]]:
+    """``fuse=K`` (K > 1): one ``python -m kdbench.fused`` command per fusable group of at most K pending
+    jobs (see :mod:`kdbench.fused`); [] when the sweep does not fuse."""
+    from kdbench.errors import ConfigError
+
+    values = {int(j["cfg"].get("fuse", 1)) for j in jobs}
+    if len(values) > 1:
+        raise ConfigError("fuse", f"one value for the whole sweep, got {sorted(values)}")
+    k = values.pop()
+    if k <= 1:
+        return []
+    from kdbench.fused import group_jobs
+
+    pending = [j for j in jobs if j["run_id"] not in skipped]
+    cmds = []
+    for group in group_jobs(pending, k):
+        args: list[str] = []
+        for j in group:
+            args += [*([] if not args else ["--"]), *j["overrides"], *extra]
+        cmds.append([sys.executable, "-m", "kdbench.fused", *args])
+    return cmds
 
 
 FINAL = ("complete", "failed", "diverged", "interrupted")

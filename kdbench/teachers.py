@@ -185,7 +185,7 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
         import pytorch_lightning as pl
 
         hardware = {k: trainer_cfg[k] for k in ("accelerator", "devices", "strategy", "channels_last", "progress",
-                                                "log_every_n_steps", "deterministic") if k in trainer_cfg}
+                                                "log_every_n_steps", "deterministic", "compile") if k in trainer_cfg}
         spec = FitSpec.from_trainer(
             hardware, precision=precision, max_epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
             eval_batch_size=int(eval_batch_size), augment=recipe.get("augment", "default"), data_seed=int(tc["seed"]),

@@ -62,12 +62,14 @@ def run_name(variant: str, seed: int, overrides: list[str]) -> str:
 
 
 def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], config: dict,
-                 wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False) -> list:
+                 wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False,
+                 own_run: bool = False) -> list:
     """Lightning loggers for the ``logger`` config: W&B and/or CSV (none when neither is set).
 
     The W&B run's id is derived from the kdbench run id (:func:`wandb_id`) and resumed when it exists,
     so a resumed kdbench run continues its W&B run; ``fresh`` (``force=true``: trained again from
-    scratch) gives it a new id."""
+    scratch) gives it a new id. ``own_run``: a W&B run of its own beside others in this process (fused runs:
+    ``reinit="create_new"``; finish it with :func:`finish_loggers`, not :func:`finish_wandb`)."""
     loggers: list = []
     lg = lg or {}
     if lg.get("wandb") and lg["wandb"].get("mode") != "disabled":
@@ -89,7 +91,7 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
             project=w.get("project"), entity=w.get("entity"), group=w.get("group"), job_type=w.get("job_type"),
             name=name, tags=[str(t) for t in (w.get("tags") or [])] + group_tags, save_dir=str(wandb_dir),
             offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(),
-            id=wid, resume="allow"))
+            id=wid, resume="allow", **({"reinit": "create_new"} if own_run else {})))
     if lg.get("csv"):
         from pytorch_lightning.loggers import CSVLogger
 
@@ -158,6 +160,20 @@ def finish_wandb(exit_code: int = 0) -> None:
             wandb.finish(exit_code=exit_code)
     except Exception as e:  # never let tracker shutdown sink a run
         log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)
+
+
+def finish_loggers(loggers: list, exit_code: int = 0) -> None:
+    """Close these loggers' own W&B runs (``make_loggers(own_run=True)``) and flush the CSV ones."""
+    for lg in loggers:
+        try:
+            if lg.__class__.__name__ == "WandbLogger":
+                if lg._experiment is not None:
+                    lg._experiment.finish(exit_code=exit_code)
+            else:
+                lg.save()
+                lg.finalize("success" if exit_code == 0 else "failed")
+        except Exception as e:  # noqa: BLE001 - never let tracker shutdown sink a run
+            log.warning("could not finish a logger: %s: %s", type(e).__name__, e)
 
 
 def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:

@@ -10,7 +10,8 @@ from kdbench.signals import register_signal
 
 
 class OnlineSignal:
-    """Run the teacher on every batch, in eval mode and under ``inference_mode``.
+    """Run the teacher on every batch, in eval mode and under ``inference_mode`` (in the run's precision:
+    bf16 autocast on a GPU), its logits handed on in float32.
 
     Two ablations need the live teacher to differ: ``train_mode`` keeps it in training mode
     (dropout / BatchNorm batch statistics) on training batches, ``grad`` lets the distillation
@@ -43,9 +44,10 @@ class OnlineSignal:
         if self.grad and training:
             return self.teacher(batch.x)
         with torch.inference_mode():
-            out = self.teacher(batch.x)
-        # an inference tensor cannot be saved for backward by the loss: a normal copy (B x C, cheap)
-        return out.clone()
+            out = self.teacher(batch.x)  # under the run's autocast: bf16 on a GPU
+        # an inference tensor cannot be saved for backward by the loss: a normal copy (B x C, cheap), in
+        # float32 whatever precision the teacher ran in (the loss and the metrics read float32 logits)
+        return out.to(torch.float32, copy=True)
 
     def state_dict(self) -> dict:
         """The teacher's weights, when the ablation trains them (a resumed run must continue from them)."""
