@@ -27,10 +27,13 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_settings():
+def wandb_settings(mode: str):
+    """The settings of every kdbench W&B run. ``mode`` goes in here too: once a process has opened and
+    finished one W&B run (the teacher's), a later ``WandbLogger(offline=True)`` whose settings do not say
+    the mode asks for a login (wandb 0.31), and a run without credentials failed there."""
     import wandb
 
-    return wandb.Settings(init_timeout=30, console="off", silent=True)
+    return wandb.Settings(init_timeout=30, console="off", silent=True, mode=mode)
 
 
 def wandb_id(experiment: str, run_id: str) -> str:
@@ -90,7 +93,7 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
         loggers.append(WandbLogger(
             project=w.get("project"), entity=w.get("entity"), group=w.get("group"), job_type=w.get("job_type"),
             name=name, tags=[str(t) for t in (w.get("tags") or [])] + group_tags, save_dir=str(wandb_dir),
-            offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(),
+            offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(mode),
             id=wid, resume="allow", **({"reinit": "create_new"} if own_run else {})))
     if lg.get("csv"):
         from pytorch_lightning.loggers import CSVLogger
@@ -201,7 +204,7 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
     try:
         run = wandb.init(project=w.get("project"), entity=w.get("entity"), job_type="teacher", name=path.name,
                          group="teachers", mode=mode, dir=str(wandb_dir), config=meta, reinit="create_new",
-                         settings=wandb_settings())
+                         settings=wandb_settings(mode))
         try:
             art = wandb.Artifact(name, type="model", metadata=meta)
             art.add_file(str(path / "model.safetensors"))

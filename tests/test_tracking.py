@@ -54,3 +54,18 @@ def test_the_teacher_is_its_own_wandb_run_once_with_its_weights_as_an_artifact(c
         else:
             assert any(x.WhichOneof("record_type") == "artifact" for x in recs)
     assert kinds == {"teacher": 1, "distill": 2}
+
+
+def test_offline_wandb_needs_no_environment_after_the_teachers_run(compose, tmp_path, monkeypatch):
+    """Without WANDB_MODE in the environment and without credentials, a run that trains its teacher
+    (whose W&B run opens and closes first) still logs its own run offline: the config's mode reaches
+    W&B's settings (a `make sweep` of hinton_mnist_long failed at the student's logger this way)."""
+    from kdbench.train import run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no netrc/settings of this machine
+    rec = run(compose("trainer.max_epochs=1", "teacher.recipe.epochs=1", "logger=wandb", "logger.wandb.mode=offline",
+                      results=tmp_path / "results"))
+    assert rec["status"] == "complete"
+    assert len(list((tmp_path / "results" / "wandb").glob("offline-run-*"))) == 2  # the teacher's and the run's
