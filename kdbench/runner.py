@@ -179,12 +179,11 @@ def debug_trainer_args(debug: dict) -> dict:
 def _true_law(data):
     """The data's true next-token law when it has one (``dataset=markov``): test records then hold
     ``kl_to_true`` for the student (and a dense teacher)."""
-    law = ((getattr(data, "info", None) or {}).get("oracle") or {}).get("transition")
-    if law is None:
+    if ((getattr(data, "info", None) or {}).get("oracle") or {}).get("transition") is None:
         return None
-    from kdbench.data.text import MarkovOracle
+    from kdbench.data.text import markov_oracle
 
-    return MarkovOracle(law).eval().requires_grad_(False)  # a metric only: never the run's teacher
+    return markov_oracle(data)  # a metric only: never the run's teacher
 
 
 def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, *, t0: float, trap) -> dict:
