@@ -160,7 +160,7 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
 
         return freeze(markov_oracle(data)), {"arch": "oracle", "key": "oracle-markov", "name": "oracle (true law)"}
     if tc["arch"] == "oracle":
-        from kdbench.data.sources import oracle_teacher
+        from kdbench.data.bundled import oracle_teacher
 
         return freeze(oracle_teacher(data)), {"arch": "oracle", "key": "oracle", "name": "oracle"}
     recipe = tc["recipe"]

@@ -24,7 +24,9 @@ from kdbench.data import (
     split_train_val,
 )
 from kdbench.data.augment import AUGMENTS, apply, apply_views, decode_view, draw_views, num_views
-from kdbench.data.sources import CIFAR10_CLASSES, CIFAR10_JPEG_NOTE, _finish, oracle_teacher
+from kdbench.data.build import finish
+from kdbench.data.bundled import oracle_teacher
+from kdbench.data.imagefolder import CIFAR10_CLASSES, CIFAR10_JPEG_NOTE
 from kdbench.errors import ConfigError, DataError
 
 SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA", "/work/shared/data"))
@@ -134,12 +136,12 @@ def test_subsets_are_fixed_balanced_prefixes(digits):
 def test_label_range_is_checked():
     x = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(DataError) as e:
-        _finish("toy", {}, train_x=x, train_y=torch.tensor([0, 1, 2, 3]), test_x=x,
-                test_y=torch.tensor([0, 1, 1, 0]), num_classes=3, mean=(0.0,), std=(1.0,), default_augment="none")
+        finish("toy", {}, train_x=x, train_y=torch.tensor([0, 1, 2, 3]), test_x=x,
+               test_y=torch.tensor([0, 1, 1, 0]), num_classes=3, mean=(0.0,), std=(1.0,), default_augment="none")
     assert e.value.key == "dataset" and "[0, 3)" in e.value.message
     with pytest.raises(DataError):
-        _finish("toy", {}, train_x=x, train_y=torch.tensor([0, 1, -1, 0]), test_x=x,
-                test_y=torch.tensor([0, 1, 1, 0]), num_classes=3, mean=(0.0,), std=(1.0,), default_augment="none")
+        finish("toy", {}, train_x=x, train_y=torch.tensor([0, 1, -1, 0]), test_x=x,
+               test_y=torch.tensor([0, 1, 1, 0]), num_classes=3, mean=(0.0,), std=(1.0,), default_augment="none")
 
 
 # --------------------------------------------------------------------------------------------- synthetic

@@ -20,26 +20,14 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
+from kdbench.data import keys
 from kdbench.data.core import TensorData
 from kdbench.errors import ConfigError, DataError
 
 IGNORE = -100
-
-
-def _get(cfg: Mapping, key: str, default: Any) -> Any:
-    v = cfg.get(key, default) if hasattr(cfg, "get") else default
-    return default if v is None else v
-
-
-def _int(cfg: Mapping, key: str, default: int, minimum: int) -> int:
-    v = _get(cfg, key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"dataset.{key}", f"must be an integer >= {minimum}, got {v!r}")
-    return v
 
 
 def shift(seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,15 +40,16 @@ def shift(seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _finish(name: str, cfg: Mapping, train: torch.Tensor, test: torch.Tensor, vocab: int, info: dict) -> TensorData:
-    prompt_len = _int(cfg, "prompt_len", 0, 0)
+    prompt_len = keys.integer(cfg, "prompt_len", 0, 0)
     if prompt_len >= train.shape[1]:
         raise ConfigError("dataset.prompt_len", f"must be < seq_len + 1 = {train.shape[1]}, got {prompt_len}")
-    for split, k in (("train", cfg.get("train_subset")), ("test", cfg.get("test_subset"))):
+    for split in ("train", "test"):
+        k = keys.subset(cfg, split)
         if k is not None:  # a prefix: the rows are already in random order
             if split == "train":
-                train = train[: int(k)]
+                train = train[:k]
             else:
-                test = test[: int(k)]
+                test = test[:k]
     train_x, train_y = shift(train, prompt_len)
     test_x, test_y = shift(test, prompt_len)
     info = {**info, "prompt_len": prompt_len, "seq_len": int(train_x.shape[1]), "vocab": vocab,
@@ -84,14 +73,15 @@ def transition_matrix(vocab: int, branching: int, seed: int) -> torch.Tensor:
     return p
 
 
-def _load_markov(cfg: Mapping) -> TensorData:
-    vocab = _int(cfg, "vocab", 32, 2)
-    branching = _int(cfg, "branching", 4, 1)
+def load_markov(cfg: Mapping) -> TensorData:
+    """The ``markov`` dataset: seeded chain, sequences drawn from it, its transition matrix kept as the oracle."""
+    vocab = keys.integer(cfg, "vocab", 32, 2)
+    branching = keys.integer(cfg, "branching", 4, 1)
     if branching > vocab:
         raise ConfigError("dataset.branching", f"must be <= vocab ({vocab}), got {branching}")
-    seq_len = _int(cfg, "seq_len", 32, 2)
-    n_train, n_test = _int(cfg, "n_train", 4000, 1), _int(cfg, "n_test", 500, 1)
-    seed = _int(cfg, "seed", 0, 0)
+    seq_len = keys.integer(cfg, "seq_len", 32, 2)
+    n_train, n_test = keys.integer(cfg, "n_train", 4000, 1), keys.integer(cfg, "n_test", 500, 1)
+    seed = keys.integer(cfg, "seed", 0, 0)
     p = transition_matrix(vocab, branching, seed)
     g = torch.Generator().manual_seed(seed + 1)
     n = n_train + n_test
@@ -126,6 +116,7 @@ class MarkovOracle(torch.nn.Module):
 
 
 def markov_oracle(data: TensorData) -> MarkovOracle:
+    """The frozen exact teacher of a ``markov`` dataset."""
     oracle = (data.info or {}).get("oracle") or {}
     if "transition" not in oracle:
         raise DataError("dataset", f"{data.name} has no next-token oracle (only dataset.name=markov does)")
@@ -144,8 +135,9 @@ def corpus_bytes() -> tuple[bytes, dict]:
                   "python": sys.version.split()[0], "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def _load_bytes_text(cfg: Mapping) -> TensorData:
-    seq_len = _int(cfg, "seq_len", 64, 2)
+def load_bytes_text(cfg: Mapping) -> TensorData:
+    """The ``bytes_text`` dataset: windows of ``seq_len + 1`` bytes of :func:`corpus_bytes`, a fixed tenth as test."""
+    seq_len = keys.integer(cfg, "seq_len", 64, 2)
     blob, info = corpus_bytes()
     data = torch.frombuffer(bytearray(blob), dtype=torch.uint8).long()
     n = data.numel() // (seq_len + 1)
@@ -154,12 +146,11 @@ def _load_bytes_text(cfg: Mapping) -> TensorData:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(1234))
     n_test_windows = max(1, n // 10)
     train, test = seqs[order[n_test_windows:]], seqs[order[:n_test_windows]]
-    n_train = cfg.get("n_train")
+    n_train, n_test = keys.integer(cfg, "n_train", None, 1), keys.integer(cfg, "n_test", None, 1)
     if n_train is not None:
-        train = train[: int(n_train)]
-    n_test = cfg.get("n_test")
+        train = train[:n_train]
     if n_test is not None:
-        test = test[: int(n_test)]
+        test = test[:n_test]
     info.update(windows={"train": int(train.shape[0]), "test": int(test.shape[0])},
                 unigram_entropy_nats=float(_unigram_entropy(data)))
     return _finish("bytes_text", cfg, train, test, 256, info)
