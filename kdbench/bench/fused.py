@@ -1,4 +1,4 @@
-"""Bench: K students per teacher pass (``fuse=K``, :mod:`kdbench.fused`) vs K separate runs.
+"""Bench section ``fused``: K students per teacher pass (``fuse=K``, :mod:`kdbench.fused`) vs K separate runs.
 
 MNIST, the Hinton MLP pair (784-1200-1200-10 teacher, 784-800-800-10 student), online teacher, KD at
 tau 4; K students that differ only in their init seed (``data_seed=0``: one batch stream). For K = 1, 4, 8:
@@ -6,19 +6,20 @@ K runs one after another in this process vs one fused group, each timed per epoc
 validation of all K students, from their ``progress.json``) and end to end (setup, fit, both tests).
 The teacher is a 1-epoch one (its quality does not change the time). Never a timed test: a bench.
 
-``python -m kdbench.bench_fused [--device cpu|cuda] [--full]`` (run from the repository root; MNIST in
+``python -m kdbench.bench --only fused [--device cpu|cuda] [--full]`` (run from the repository root; MNIST in
 ``../shared/data``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from kdbench.bench.table import Section
 
 TARGET = 1.5  # issue #13: fused K = 8 at least 1.5x faster than 8 separate runs (CPU, online teacher)
 
@@ -46,7 +47,7 @@ def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (
     """One row per K: seconds per epoch (training + validation of all K students) and end to end (every
     run's setup, fit and both tests, in this process: no process start-up counted) for K separate runs
     and for one fused group, each the minimum over ``repeats`` alternated measurements (a shared machine's
-    background load only ever adds time); speed-ups; whether the K = 8 row meets the target."""
+    background load only ever adds time); speed-ups."""
     import contextlib
     import io
 
@@ -82,38 +83,22 @@ def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (
             rows.append({"K": k, "separate s/epoch": se, "fused s/epoch": fe, "speed-up /epoch": se / fe,
                          "separate s (whole runs)": sw, "fused s (whole group)": fw, "speed-up whole": sw / fw,
                          "same test acc": "yes" if same else "NO"})
-    for r in rows:
-        if r["K"] == 8:
-            ok = r["speed-up whole"] >= TARGET
-            r["target"] = (f"{'MET' if ok else 'MISSED'}: K=8 whole runs {r['speed-up whole']:.2f}x "
-                           f"(>= {TARGET}x); per epoch {r['speed-up /epoch']:.2f}x")
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+def fused_targets(rows: list[dict]) -> list[str]:
+    """The target line of the K = 8 row (none without one)."""
+    out = []
     for r in rows:
-        out.append("| " + " | ".join(f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, ""))
-                                     for k in keys) + " |")
-    return "\n".join(out)
+        if r["K"] == 8:
+            ok = r["speed-up whole"] >= TARGET
+            out.append(f"Target, fused K = 8 at least {TARGET}x faster than 8 separate runs: "
+                       f"{'MET' if ok else 'MISSED'}: K=8 whole runs {r['speed-up whole']:.2f}x "
+                       f"(>= {TARGET}x); per epoch {r['speed-up /epoch']:.2f}x")
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import os
-    import platform
-
-    p = argparse.ArgumentParser(prog="kdbench-bench-fused", description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--full", action="store_true", help="all of MNIST, 3 epochs (default: a 6000-image slice, 2)")
-    p.add_argument("--data-root", default="../shared/data")
-    a = p.parse_args(argv)
-    name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or platform.machine()
-    print(f"# fused students: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {'full' if a.full else 'quick'}")
-    print(format_rows(bench_fused(a.device, quick=not a.full, data_root=a.data_root)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def section(device: torch.device, quick: bool) -> Section:
+    rows = bench_fused(device, quick=quick)
+    return Section("K students per teacher pass: K separate runs vs one fused group (MNIST, Hinton MLP pair, online "
+                   "teacher; min of 3 alternated repeats)", rows, targets=fused_targets(rows))

@@ -34,6 +34,9 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
+from kdbench.bench.table import Section
+from kdbench.bench.timing import sync
+
 #: dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a substring of ``torch.cuda.get_device_name``;
 #: the first match wins (so the PCIe / NVL H100 come before the SXM one)
 GPU_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -55,7 +58,7 @@ def conf_pairs() -> list[tuple[str, str]]:
     import yaml
 
     out = []
-    for f in sorted((Path(__file__).resolve().parent / "conf" / "pair").glob("*.yaml")):
+    for f in sorted((Path(__file__).resolve().parents[1] / "conf" / "pair").glob("*.yaml")):
         c = yaml.safe_load(f.read_text())
         out.append((str(c["teacher_arch"]), str(c["student_arch"])))
     if not out:
@@ -188,11 +191,6 @@ class ReferenceLoop:
 
 # ---- (a) kdbench's path, with the reference's epochs in between -------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Alternate(Callback):
     """Times kdbench's epochs (one ``on_train_epoch_start`` to the next, training + validation +
     checkpoint) and runs one reference epoch, timed on its own, after each."""
@@ -205,7 +203,7 @@ class _Alternate(Callback):
         self.ref_mem: list[int] = []
 
     def _mark(self) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.marks.append(time.perf_counter())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -214,13 +212,13 @@ class _Alternate(Callback):
         self._mark()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        _sync(self.device)
+        sync(self.device)
         if self.device.type == "cuda":
             self.mem.append(torch.cuda.max_memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
         t = time.perf_counter()
         self.reference.epoch()
-        _sync(self.device)
+        sync(self.device)
         self.ref_s.append(time.perf_counter() - t)
         if self.device.type == "cuda":
             self.ref_mem.append(torch.cuda.max_memory_allocated(self.device))
@@ -382,10 +380,6 @@ def bench_harness(device: torch.device, setups: list[dict], given_peak: float | 
     return rows
 
 
-def table_rows(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-
-
 def _pct(flops_per_s: float, peak: float | None) -> str:
     return "n/a" if peak is None else f"{100 * flops_per_s / (peak * 1e12):.2f}%"
 
@@ -464,3 +458,12 @@ def harness_targets(device: torch.device, rows: list[dict]) -> list[str]:
         out.append(f"- GPU, {RECIPE_EPOCHS}-epoch CIFAR KD run, {kind} (batch {r['batch']}), extrapolated from steady "
                    f"epochs: {m:.1f} min{extra} (target <= {TARGETS[key]:g} min): {mark(m <= TARGETS[key])}")
     return out
+
+
+def section(device: torch.device, mode: str, given_peak: float | None) -> Section:
+    """The setups of :func:`harness_setups` for ``mode`` (quick, default, full), their notes and target lines."""
+    setups = harness_setups(device, mode)
+    rows = bench_harness(device, setups, given_peak=given_peak)
+    return Section("harness vs reference loop: kdbench's training path against a plain DataLoader+PIL loop, "
+                   "alternated epoch by epoch", rows, harness_notes(device, setups, given_peak),
+                   harness_targets(device, rows))

@@ -1,0 +1,5 @@
+"""``python -m kdbench.bench`` (``make bench``)."""
+
+from kdbench.bench.cli import main
+
+raise SystemExit(main())
