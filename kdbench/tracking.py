@@ -7,7 +7,6 @@ finished (even when the run fails), so the next run in the same process gets its
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,6 @@ from typing import Any
 from kdbench.records import DIRECTIONS
 
 log = logging.getLogger("kdbench")
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
 
 
 def wandb_settings(mode: str):
@@ -78,9 +67,11 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
     if lg.get("wandb") and lg["wandb"].get("mode") != "disabled":
         from pytorch_lightning.loggers import WandbLogger
 
+        from kdbench.report.tracking import wandb_credentials
+
         w = lg["wandb"]
         mode = w.get("mode")
-        if mode == "online" and not wandb_has_credentials():
+        if mode == "online" and not wandb_credentials():
             warnings.warn("logger.wandb.mode=online but no W&B credentials were found: logging offline instead "
                           "(run `wandb login`, then `wandb sync` the offline run)", stacklevel=2)
             mode = "offline"
@@ -193,12 +184,14 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
 
     import wandb
 
+    from kdbench.report.tracking import wandb_credentials
+
     name = "teacher-" + hashlib.sha256(str(teacher.get("key") or path.name).encode()).hexdigest()[:12]
     marker = Path(wandb_dir) / "wandb" / ".kdbench-teachers" / f"{name}.json"  # beside the runs it refers to
     if marker.is_file():
         return json.loads(marker.read_text())["artifact"]
     mode = w.get("mode")
-    if mode == "online" and not wandb_has_credentials():
+    if mode == "online" and not wandb_credentials():
         mode = "offline"
     meta = {k: teacher.get(k) for k in ("key", "name", "arch", "test")}
     try:

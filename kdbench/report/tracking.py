@@ -1,7 +1,7 @@
 """The W&B side of reports: read finished runs from the W&B API, log a report's tables and figures.
 
-Credentials are checked with :func:`kdbench.tracking.wandb_has_credentials` (the same check as
-training runs); offline and disabled modes never reach the network.
+:func:`wandb_credentials` is also the check of training runs (:mod:`kdbench.tracking`); offline and
+disabled modes never reach the network.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ __all__ = ["wandb_credentials", "load_wandb_runs", "log_report"]
 
 def wandb_credentials() -> bool:
     """Are W&B credentials configured (``WANDB_API_KEY`` or a netrc entry)?"""
-    from kdbench.tracking import wandb_has_credentials
-
-    return wandb_has_credentials()
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
 
 
 def load_wandb_runs(path: str, experiment: str, timeout: int = 30):
