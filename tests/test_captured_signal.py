@@ -23,7 +23,7 @@ def store(tmp_path):
 
 
 def test_capture_store_and_jsonl_round_trip(store, tmp_path):
-    from kdbench.capture import import_jsonl, read_header, read_split
+    from kdbench.signals.captured import import_jsonl, read_header, read_split
 
     h = read_header(store)
     assert h["k"] == 10 and h["values"] == "log_probs" and h["capture_tau"] == 4.0
@@ -129,8 +129,8 @@ def _row(field, value):
     (_row("log_probs", 0.5), "finite and <= 0"),
 ])
 def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store, tmp_path, edit, fragment):
-    from kdbench.capture import import_jsonl
     from kdbench.errors import ConfigError
+    from kdbench.signals.captured import import_jsonl
 
     lines = (tmp_path / "cap.jsonl").read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
@@ -143,7 +143,8 @@ def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store,
 
 def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture(compose, tmp_path):
     """val_size 0 (as for CIFAR): the validation loop runs on the test set and reads the test capture."""
-    from kdbench.capture import main, read_split
+    from kdbench.capture import main
+    from kdbench.signals.captured import read_split
     from kdbench.train import run
 
     args = [a for a in CNN if not a.startswith("dataset.val_size")] + ["dataset.val_size=0", "trainer.max_epochs=1"]
