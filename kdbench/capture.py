@@ -9,13 +9,12 @@ names) over the dataset and writes a store (its format: :mod:`kdbench.signals.ca
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdbench.errors import ConfigError, KDBenchError
+from kdbench.errors import ConfigError, exit_codes
 from kdbench.files import atomic_write
 from kdbench.signals.captured import HEADER, export_jsonl, import_jsonl, read_header, write_store
 
@@ -121,6 +120,7 @@ def top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: 
     return idx_out, lp_out
 
 
+@exit_codes()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench capture", description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=5, help="classes kept per example (top-k)")
@@ -132,19 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-jsonl", default=None, help="import this JSON-lines capture into --out instead")
     p.add_argument("overrides", nargs="*", help="config overrides, as for python -m kdbench.train")
     a = p.parse_args(argv)
-    try:
-        if a.from_jsonl:
-            out = import_jsonl(Path(a.from_jsonl), Path(a.out))
-            print(f"kdbench: capture imported into {out}")
-        else:
-            from kdbench.config import compose_job
+    if a.from_jsonl:
+        out = import_jsonl(Path(a.from_jsonl), Path(a.out))
+        print(f"kdbench: capture imported into {out}")
+    else:
+        from kdbench.config import compose_job
 
-            out = capture(compose_job(a.overrides), Path(a.out), a.k, a.tau, a.views)
-        if a.jsonl:
-            export_jsonl(out, Path(a.jsonl))
-    except KDBenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        return 2
+        out = capture(compose_job(a.overrides), Path(a.out), a.k, a.tau, a.views)
     if a.jsonl:
+        export_jsonl(out, Path(a.jsonl))
         print(f"kdbench: exported as JSON lines to {a.jsonl}")
     return 0

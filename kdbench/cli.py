@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdbench.errors import KDBenchError
+from kdbench.errors import KDBenchError, exit_codes
 
 
 def _models(args) -> int:
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exit_codes()
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["capture"]:
@@ -140,16 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(rest)
     args = build_parser().parse_args(argv)
-    try:
-        if args.cmd == "models":
-            return _models(args)
-        if args.cmd == "teacher" and args.tcmd == "import":
-            return _teacher_import(args)
-        if args.cmd == "teacher" and args.tcmd == "list":
-            return _teacher_list(args)
-    except KDBenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        return 2
+    if args.cmd == "models":
+        return _models(args)
+    if args.cmd == "teacher" and args.tcmd == "import":
+        return _teacher_import(args)
+    if args.cmd == "teacher" and args.tcmd == "list":
+        return _teacher_list(args)
     return 1
 
 

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from kdbench.errors import exit_codes
+
 
 def evaluate(cfg, ckpt_path: str | Path) -> dict:
     import torch
@@ -55,19 +57,15 @@ def evaluate(cfg, ckpt_path: str | Path) -> dict:
             "dataset": conf["dataset"]["name"], "n_test": int(data.test_y.shape[0]), "test": metrics.compute()}
 
 
+@exit_codes()
 def main(argv: list[str] | None = None) -> int:
     from kdbench.config import compose_job
-    from kdbench.errors import KDBenchError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ckpts = [a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")]
     if len(ckpts) != 1:
         print("usage: kdbench eval ckpt=PATH [config overrides of the run that wrote it]", file=sys.stderr)
         return 2
-    try:
-        out = evaluate(compose_job([a for a in argv if not a.startswith("ckpt=")]), ckpts[0])
-    except KDBenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        return 2
+    out = evaluate(compose_job([a for a in argv if not a.startswith("ckpt=")]), ckpts[0])
     print(json.dumps(out, indent=2))
     return 0

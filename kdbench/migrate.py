@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kdbench.errors import exit_codes
 from kdbench.identity import computational, run_id_of
 from kdbench.records import iter_records, write_record
 from kdbench.schema import leaves
@@ -124,6 +125,7 @@ def migrate(runs_dir: str | os.PathLike, experiment: str | None = None, *, check
     return result
 
 
+@exit_codes()
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

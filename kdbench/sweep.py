@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 
 from kdbench.config import CONF_DIR, compose_job  # noqa: F401  (compose_job: re-exported for callers of sweep)
+from kdbench.errors import KDBenchError, exit_codes, print_error
 
 DEFAULT_EXPERIMENT = "mnist_ablation"
-
-
-def _err(msg: str) -> int:
-    print(f"kdbench-sweep: error: {msg}", file=sys.stderr)
-    return 2
+PROG = "kdbench-sweep"
 
 
 def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
@@ -133,17 +130,16 @@ def _status(path: Path) -> dict | None:
         return None
 
 
+@exit_codes(PROG)
 def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = True) -> int:
-    from kdbench.errors import KDBenchError
-
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
     try:
         jobs = plan(overrides)
-    except KDBenchError as e:
-        return _err(str(e))
+    except KDBenchError:
+        raise  # exit_codes reports it
     except Exception as e:  # Hydra's own composition errors (unknown group option, bad override syntax)
-        return _err(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        return print_error(PROG, f"{type(e).__name__}: {str(e).splitlines()[0]}")
     cfg0 = jobs[0]["cfg"]
     # a grid may span experiments (e.g. pair=glob(*) gives one per pair): each job has its own records folder
     experiments = list(dict.fromkeys(j["cfg"].experiment_name for j in jobs))
@@ -162,11 +158,8 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     log_path = log_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
-    try:
-        # (fuse=K with nothing left to train: the unfused launcher finds every job complete)
-        cmds = _fused_commands(jobs, skipped, extra) or [[c for c in cmd if not c.startswith("fuse=")]]
-    except KDBenchError as e:
-        return _err(str(e))
+    # (fuse=K with nothing left to train: the unfused launcher finds every job complete)
+    cmds = _fused_commands(jobs, skipped, extra) or [[c for c in cmd if not c.startswith("fuse=")]]
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
     # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten

@@ -7,20 +7,18 @@ This module is the command (Hydra's entry point, exit codes, the config tree); t
 
 from __future__ import annotations
 
-import errno
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from kdbench.config import CONF_DIR
 from kdbench.credentials import scrub_hydra_files
-from kdbench.errors import DivergedError, KDBenchError
+from kdbench.errors import exit_codes
 from kdbench.provenance import in_multirun
 from kdbench.runner import quiet_libraries, run
 
-__all__ = ["main", "run", "print_config", "WRITE_ERRNOS"]
+__all__ = ["main", "run", "print_config"]
 
 log = logging.getLogger("kdbench")
 
@@ -30,40 +28,11 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the best validation accuracy (for sweepers that optimise)."""
     quiet_libraries()
     scrub_hydra_files(cfg)
-    from kdbench.interrupts import RunInterrupted
-
     if not in_multirun() and (cfg.get("trainer") or {}).get("progress", False):
         print_config(cfg)
-    try:
+    with exit_codes(run=True, reraise=in_multirun(), exit=True):  # docs/errors.md; under -m the launcher sees it
         rec = run(cfg)
-    except RunInterrupted as e:
-        # also under -m: a stopped sweep stops, rather than going on to its next job
-        print(f"kdbench: {e}; record status 'interrupted' (run it again to resume)", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KDBenchError as e:
-        if in_multirun():
-            raise
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except DivergedError as e:
-        if in_multirun():
-            raise
-        print(f"kdbench: error: {e}; record status 'diverged'", file=sys.stderr)
-        sys.exit(3)
-    except OSError as e:
-        if in_multirun() or e.errno not in WRITE_ERRNOS:
-            raise
-        # a full disk, a read-only or foreign folder: one line naming the file, not a traceback
-        where = f" {e.filename}" if e.filename else ""
-        print(f"kdbench: error: could not write{where}: {e.strerror or e}; the run record says 'failed' "
-              "(free space or fix the folder, then run it again: it resumes)", file=sys.stderr)
-        sys.exit(4)
     return float((((rec.get("metrics") or {}).get("best") or {}).get("val") or {}).get("acc", 0.0))
-
-
-#: errors of writing files (disk full, quota, read-only, permissions, a file where a folder should be)
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
-                errno.EISDIR, errno.EFBIG}
 
 
 def print_config(cfg) -> None:

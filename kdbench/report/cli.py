@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdbench.errors import KDBenchError
+from kdbench.errors import exit_codes
 from kdbench.report.build import make_report
 from kdbench.report.frame import ReportError, default_out_dir, experiments_under
 from kdbench.report.tables import PROTOCOL_NOTE
@@ -14,6 +14,7 @@ from kdbench.report.tables import PROTOCOL_NOTE
 __all__ = ["main"]
 
 
+@exit_codes("kdbench-report", key=False)
 def main(argv: list[str] | None = None) -> int:
     """``kdbench-report``: rebuild tables and plots from run records (or from W&B with --from-wandb)."""
     ap = argparse.ArgumentParser(
@@ -40,29 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_wandb and args.all:
         ap.error("--from-wandb needs --experiment")
     records = Path(args.records) if args.records else Path(args.results) / "runs"
-    try:
-        if args.all:
-            experiments = experiments_under(records)
-            if not experiments:
-                raise ReportError("--all", f"no run records under {records}")
-        else:
-            experiments = [args.experiment]
-        for exp in experiments:
-            frame = None
-            if args.from_wandb:
-                from kdbench.report.tracking import load_wandb_runs
+    if args.all:
+        experiments = experiments_under(records)
+        if not experiments:
+            raise ReportError("--all", f"no run records under {records}")
+    else:
+        experiments = [args.experiment]
+    for exp in experiments:
+        frame = None
+        if args.from_wandb:
+            from kdbench.report.tracking import load_wandb_runs
 
-                frame = load_wandb_runs(args.from_wandb, exp)
-            out_dir = Path(args.out) if args.out else (
-                Path(args.results) / exp if not args.records else default_out_dir(records, exp))
-            res = make_report(records, exp, out_dir=out_dir, wandb_log=args.wandb, frame=frame)
-            if args.print_table:
-                print(res["markdown"])
-            for w in res.get("warnings") or []:
-                print(f"kdbench-report: warning: {exp}: {w}", file=sys.stderr)
-            print(f"kdbench-report: {exp}: wrote {', '.join(str(p) for p in [*res['tables'].values(), *res['plots'].values()])}",
-                  file=sys.stderr)
-    except KDBenchError as e:
-        print(f"kdbench-report: error: {e.message}", file=sys.stderr)
-        return 2
+            frame = load_wandb_runs(args.from_wandb, exp)
+        out_dir = Path(args.out) if args.out else (
+            Path(args.results) / exp if not args.records else default_out_dir(records, exp))
+        res = make_report(records, exp, out_dir=out_dir, wandb_log=args.wandb, frame=frame)
+        if args.print_table:
+            print(res["markdown"])
+        for w in res.get("warnings") or []:
+            print(f"kdbench-report: warning: {exp}: {w}", file=sys.stderr)
+        print(f"kdbench-report: {exp}: wrote {', '.join(str(p) for p in [*res['tables'].values(), *res['plots'].values()])}",
+              file=sys.stderr)
     return 0
