@@ -21,6 +21,7 @@ from kdbench.data import (
     TensorLoader,
     dataset_names,
     load_dataset,
+    register_dataset,
     split_train_val,
 )
 from kdbench.data.augment import AUGMENTS, apply, apply_views, decode_view, draw_views, num_views
@@ -70,6 +71,8 @@ def test_registry_and_bad_names():
     for n in ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"):
         assert n in names and DATASETS[n].name == n
     assert DATASETS["cifar10"].default_augment == "crop_flip" and DATASETS["mnist"].default_augment == "none"
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset(DATASETS["digits"])
     with pytest.raises(ConfigError) as e:
         load_dataset({"name": "imagenet"})
     assert e.value.key == "dataset.name" and "mnist" in e.value.message
