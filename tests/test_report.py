@@ -82,8 +82,9 @@ def table(results: Path):
     return report.build_table(results / "runs", EXP)
 
 
-def row(summary: pd.DataFrame, **sel) -> dict:
-    m = summary
+def row(summary, **sel) -> dict:
+    """The one row of a summary (a :class:`report.Summary` or its table) matching ``sel``."""
+    m = getattr(summary, "table", summary)
     for k, v in sel.items():
         m = m[m[k] == v]
     assert len(m) == 1, sel
@@ -95,7 +96,7 @@ def row(summary: pd.DataFrame, **sel) -> dict:
 
 def test_summary_equals_statistics_of_the_records(results):
     summary, display = table(results)
-    assert list(summary["variant"]) == ["scratch", "kd", "no_tau2"]
+    assert list(summary.table["variant"]) == ["scratch", "kd", "no_tau2"]
     for v in ACC:
         r = row(summary, variant=v)
         assert r["n"] == 3
@@ -111,29 +112,29 @@ def test_summary_equals_statistics_of_the_records(results):
     assert row(summary, variant="kd")["last_test_agreement_mean"] == pytest.approx(statistics.mean(kd_agree))
 
     # the display cell is the same numbers, in %, 2 decimals
-    d = display.set_index("variant")
+    d = display.table.set_index("variant")
     m, s = statistics.mean(ACC["kd"]) * 100, statistics.stdev(ACC["kd"]) * 100
     assert d.loc["kd", "top-1 last (%)"] == f"{m:.2f} ± {s:.2f}"
     e = ECE["no_tau2"]
     assert d.loc["no_tau2", "ECE last"] == f"{statistics.mean(e):.4f} ± {statistics.stdev(e):.4f}"
     assert d.loc["kd", "n"] == "3" and d.loc["kd", "failed"] == "1" and d.loc["scratch", "failed"] == "0"
-    assert "top-1 best-epoch (%)" in display.columns
+    assert "top-1 best-epoch (%)" in display.table.columns
 
 
 def test_single_seed_has_no_spread_and_no_interval(tmp_path):
     """One seed: the spread is "n/a" (not "± 0.00") and the deltas come without an interval."""
     write_record(tmp_path / "runs" / "one" / "a.json", record("kd", 0, exp="one"))
     summary, display = report.build_table(tmp_path / "runs", "one")
-    assert summary.loc[0, "n"] == 1 and math.isnan(summary.loc[0, "last_test_acc_std"])
-    assert display.loc[0, "top-1 last (%)"] == f"{ACC['kd'][0] * 100:.2f} ± n/a"
-    assert display.loc[0, "ECE last"] == f"{ECE['kd'][0]:.4f} ± n/a"
+    assert summary.table.loc[0, "n"] == 1 and math.isnan(summary.table.loc[0, "last_test_acc_std"])
+    assert display.table.loc[0, "top-1 last (%)"] == f"{ACC['kd'][0] * 100:.2f} ± n/a"
+    assert display.table.loc[0, "ECE last"] == f"{ECE['kd'][0]:.4f} ± n/a"
 
     # two variants of one seed each: the same seed pairs, but one difference has no spread
     runs = tmp_path / "runs" / "one2"
     for v in ("scratch", "kd", "no_tau2"):
         write_record(runs / f"{v}.json", record(v, 0, exp="one2"))
     out = report.make_report(tmp_path / "runs", "one2", out_dir=tmp_path / "o")
-    summary, d = out["summary"], out["display"].set_index("variant")
+    summary, d = out["summary"], out["display"].table.set_index("variant")
     r = row(summary, variant="no_tau2")
     assert r["delta_vs_kd"] == pytest.approx((ACC["no_tau2"][0] - ACC["kd"][0]) * 100)
     assert math.isnan(r["delta_vs_kd_lo"]) and math.isnan(r["delta_vs_kd_hi"]) and r["delta_vs_kd_paired"]
@@ -155,23 +156,25 @@ def test_deltas_and_teacher_quality_kept(results):
     assert r["teacher_kept"] == pytest.approx((nt - sc) / (TEACHER_ACC - sc) * 100)
     assert row(summary, variant="kd")["delta_vs_kd"] == pytest.approx(0.0)
     assert row(summary, variant="scratch")["teacher_kept"] == pytest.approx(0.0)
-    assert summary.attrs["teacher_acc"] == pytest.approx(TEACHER_ACC)
+    assert summary.teacher_acc == pytest.approx(TEACHER_ACC)
 
     # hand-computed: scratch 90, kd 95, teacher 98 -> kd keeps 5/8 = 62.5 % of the teacher's lead
-    hand = pd.DataFrame({"variant": ["scratch", "kd", "x"], "n": [3, 3, 3],
-                         "last_test_acc_mean": [0.90, 0.95, 0.93], "teacher_test_acc_mean": [math.nan, 0.98, 0.98]})
-    out = report.add_deltas(hand)
+    hand_df = pd.DataFrame({"variant": ["scratch", "kd", "x"], "n": [3, 3, 3],
+                            "last_test_acc_mean": [0.90, 0.95, 0.93], "teacher_test_acc_mean": [math.nan, 0.98, 0.98]})
+    hand = report.Summary(hand_df, group_cols=["variant"])
+    out = report.add_deltas(hand).table
     assert list(out["teacher_kept"]) == pytest.approx([0.0, 62.5, 37.5])
     assert list(out["delta_vs_kd"]) == pytest.approx([-5.0, 0.0, -2.0])
     assert list(out["delta_vs_scratch"]) == pytest.approx([0.0, 5.0, 3.0])
     # the seed's question in NLL: scratch 0.40, kd 0.30, teacher 0.20 -> kd keeps 50 % of the NLL gap
-    hand_nll = hand.assign(last_test_nll_mean=[0.40, 0.30, 0.35], teacher_test_nll_mean=[math.nan, 0.20, 0.20])
-    assert list(report.add_deltas(hand_nll)["teacher_kept_nll"]) == pytest.approx([0.0, 50.0, 25.0])
+    hand_nll = report.Summary(hand_df.assign(last_test_nll_mean=[0.40, 0.30, 0.35],
+                                             teacher_test_nll_mean=[math.nan, 0.20, 0.20]), group_cols=["variant"])
+    assert list(report.add_deltas(hand_nll).table["teacher_kept_nll"]) == pytest.approx([0.0, 50.0, 25.0])
     # an explicit teacher accuracy, given in % (published numbers) or as a fraction
-    assert report.add_deltas(hand, teacher_acc=100.0)["teacher_kept"][1] == pytest.approx(50.0)
-    assert report.add_deltas(hand, teacher_acc=1.0)["teacher_kept"][1] == pytest.approx(50.0)
+    assert report.add_deltas(hand, teacher_acc=100.0).table["teacher_kept"][1] == pytest.approx(50.0)
+    assert report.add_deltas(hand, teacher_acc=1.0).table["teacher_kept"][1] == pytest.approx(50.0)
     # no baseline group -> NaN, not a wrong number
-    assert out.pipe(report.add_deltas, baseline="nope")["delta_vs_kd"].isna().all()
+    assert report.add_deltas(hand, baseline="nope").table["delta_vs_kd"].isna().all()
 
     # a hand-made summary has no per-seed values: deltas without an interval (the reference row
     # differs from itself by exactly 0)
@@ -179,7 +182,7 @@ def test_deltas_and_teacher_quality_kept(results):
     assert out["delta_vs_kd_lo"][[0, 2]].isna().all() and out["delta_vs_kd_hi"][[0, 2]].isna().all()
     assert out["delta_vs_kd_lo"][1] == out["delta_vs_kd_hi"][1] == 0.0
 
-    d = display.set_index("variant")
+    d = display.table.set_index("variant")
     lo, hi = r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]
     assert d.loc["no_tau2", "Δ vs KD (pp)"] == f"{(nt - kd) * 100:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     assert d.loc["kd", "Δ vs KD (pp)"] == "+0.00" and d.loc["scratch", "Δ vs scratch (pp)"] == "+0.00"
@@ -227,9 +230,9 @@ def test_tables_written_with_protocol_bold_best_and_csv_round_trip(results, tmp_
     assert report.BOLD_RULE in tex.replace("\\%", "%")
 
     back = report.read_summary_csv(paths["csv"])
-    assert list(back.columns) == list(summary.columns)
-    assert len(back) == len(summary) == 3
-    pd.testing.assert_frame_equal(back, summary, check_dtype=False, check_exact=True)
+    assert list(back.columns) == list(summary.table.columns)
+    assert len(back) == len(summary.table) == 3
+    pd.testing.assert_frame_equal(back, summary.table, check_dtype=False, check_exact=True)
 
 
 def test_failed_runs_listed_and_excluded(results, tmp_path):
@@ -272,10 +275,10 @@ def test_grid_experiment_groups_by_alpha_tau_and_plots_tau_curves(tmp_path):
             for s in range(2):
                 write_record(runs / f"a{a}-t{t}-s{s}.json", record("kd", s, exp="grid", alpha=a, tau=t))
     out = report.make_report(tmp_path / "results" / "runs", "grid")
-    summary = out["summary"]
+    summary = out["summary"].table
     assert list(summary.columns[:3]) == ["variant", "distill_alpha", "distill_tau"]
     assert len(summary) == 6 and set(summary["n"]) == {2}
-    assert list(out["display"].columns[:3]) == ["variant", "α", "τ"]
+    assert list(out["display"].table.columns[:3]) == ["variant", "α", "τ"]
     assert "tau_curves" in out["plots"] and out["plots"]["tau_curves"].stat().st_size > 5000
     assert report.plot_tau_curves([record("kd", s) for s in range(2)], tmp_path / "x.png") is None
 
@@ -335,8 +338,8 @@ def test_only_failed_runs_still_make_a_table(tmp_path):
     for s in range(2):
         write_record(runs / f"{s}.json", record("kd", s, exp="bad", status="diverged", error="loss is NaN"))
     out = report.make_report(tmp_path / "runs", "bad", out_dir=tmp_path / "o")
-    assert out["summary"].loc[0, "n"] == 0 and out["summary"].loc[0, "n_failed"] == 2
-    assert out["display"].loc[0, "top-1 last (%)"] == "—" and out["plots"] == {}
+    assert out["summary"].table.loc[0, "n"] == 0 and out["summary"].table.loc[0, "n_failed"] == 2
+    assert out["display"].table.loc[0, "top-1 last (%)"] == "—" and out["plots"] == {}
     assert "loss is NaN" in out["markdown"]
 
 
@@ -357,9 +360,9 @@ def test_runs_that_differ_in_config_are_never_averaged_together(tmp_path):
             rec["metrics"]["last"]["test"]["acc"] = acc
             write_record(runs / f"{rec['run_id']}.json", rec)
     summary, display = report.build_table(tmp_path / "results" / "runs", "widths")
-    assert list(summary.attrs["group_cols"]) == ["variant", "student.kwargs.hidden"]
-    assert "student.kwargs.hidden" in display.columns and "teacher.seed" not in summary.columns
-    rows = {(r["variant"], r["student.kwargs.hidden"]): r for r in summary.to_dict("records")}
+    assert list(summary.group_cols) == ["variant", "student.kwargs.hidden"]
+    assert "student.kwargs.hidden" in display.table.columns and "teacher.seed" not in summary.table.columns
+    rows = {(r["variant"], r["student.kwargs.hidden"]): r for r in summary.table.to_dict("records")}
     assert sorted(rows) == [("kd", "[16]"), ("kd", "[64]"), ("scratch", "[16]"), ("scratch", "[64]")]
     for (variant, width), vals in accs.items():
         row = rows[(variant, f"[{width}]")]
@@ -372,7 +375,7 @@ def test_runs_that_differ_in_config_are_never_averaged_together(tmp_path):
         assert row["delta_vs_scratch"] == pytest.approx((kd - sc) * 100, abs=1e-9)
         assert row["teacher_kept"] == pytest.approx((kd - sc) / (TEACHER_ACC - sc) * 100, abs=1e-9)
     # a table-wide scratch baseline is undefined when each width has its own; the one teacher is shared
-    assert math.isnan(summary.attrs["scratch_acc"]) and summary.attrs["teacher_acc"] == TEACHER_ACC
+    assert math.isnan(summary.scratch_acc) and summary.teacher_acc == TEACHER_ACC
     out = report.make_report(tmp_path / "results" / "runs", "widths")
     assert "student.kwargs.hidden" in out["markdown"] and (out["out_dir"] / "reliability.png").exists()
 
@@ -417,7 +420,7 @@ def test_paired_interval_of_three_seeds_by_hand(tmp_path):
     assert r["delta_vs_kd"] == pytest.approx(0.3, abs=1e-9)
     assert r["delta_vs_kd_paired"]
     assert (r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]) == pytest.approx((0.3 - half, 0.3 + half), abs=1e-4)
-    assert out["display"].set_index("variant").loc["x", "Δ vs KD (pp)"] == "+0.30 [-0.20, +0.80]"
+    assert out["display"].table.set_index("variant").loc["x", "Δ vs KD (pp)"] == "+0.30 [-0.20, +0.80]"
     # the same numbers unpaired (Welch, sd 2 pp on each side) would be far wider: pairing is what was used
     welch = report.diff_interval(((s, v) for s, v in x.items()), ((s + 10, v) for s, v in kd.items()))
     assert not welch.paired and welch.hi - welch.lo > 5 * (2 * half) / 100
@@ -448,7 +451,7 @@ def test_welch_interval_when_the_seeds_do_not_pair(tmp_path):
     half = 2.776 * math.sqrt(1.0 ** 2 / 3 + 1.0 ** 2 / 3)
     assert r["delta_vs_kd"] == pytest.approx(-4.0, abs=1e-9) and not r["delta_vs_kd_paired"]
     assert (r["delta_vs_kd_lo"], r["delta_vs_kd_hi"]) == pytest.approx((-4.0 - half, -4.0 + half), abs=1e-3)
-    assert out["display"].set_index("variant").loc["x", "Δ vs KD (pp)"] == \
+    assert out["display"].table.set_index("variant").loc["x", "Δ vs KD (pp)"] == \
         f"-4.00 [{-4.0 - half:+.2f}, {-4.0 + half:+.2f}]"
     # ... and kd is bold: its Welch interval against x excludes 0
     assert _bold_cells(out)[("kd", "top-1 last (\\%)")]
@@ -515,15 +518,15 @@ def test_rows_are_compared_within_their_configuration_only(tmp_path):
             write_record(runs / f"{rec['run_id']}.json", rec)
     out = report.make_report(tmp_path / "results" / "runs", "w", out_dir=tmp_path / "o")
     summary = out["summary"]
-    keys = [(v, w) for v, w in zip(summary["variant"], summary["student.kwargs.hidden"])]
-    j = list(out["display"].columns).index("top-1 last (%)")
+    keys = [(v, w) for v, w in zip(summary.table["variant"], summary.table["student.kwargs.hidden"])]
+    j = list(out["display"].table.columns).index("top-1 last (%)")
     mask = report.best_mask(out["display"])
     assert [k for k, m in zip(keys, mask) if m[j]] == [("kd", "[64]")]
     i64, i16 = keys.index(("kd", "[64]")), keys.index(("kd", "[16]"))
     assert report.compare_rows(summary, i64, i16).lo < 0  # across configurations: noise, not compared
     # each width's deltas are paired with the scratch row of that width
     for width in (16, 64):
-        r = summary.iloc[keys.index(("kd", f"[{width}]"))]
+        r = summary.table.iloc[keys.index(("kd", f"[{width}]"))]
         d = [(a - b) * 100 for a, b in zip(accs[("kd", width)], accs[("scratch", width)])]
         half = 4.303 * statistics.stdev(d) / math.sqrt(3)
         assert r["delta_vs_scratch_paired"]
@@ -558,13 +561,13 @@ def _pair_results(root: Path, dataset: str, pair: dict | None) -> Path:
 def test_published_column_from_the_pair_config(tmp_path):
     res = _pair_results(tmp_path / "results", "cifar100", PAIR)
     out = report.make_report(res / "runs", EXP)
-    summary, display = out["summary"], out["display"].set_index("variant")
+    summary, display = out["summary"], out["display"].table.set_index("variant")
     # the number of the row's variant, in %; blank where the pair publishes none (no_tau2)
     assert display["published top-1 (%)"].to_dict() == {"scratch": "72.50", "kd": "73.33", "no_tau2": ""}
-    pub = dict(zip(summary["variant"], summary["published_top1_pct"]))
+    pub = dict(zip(summary.table["variant"], summary.table["published_top1_pct"]))
     assert pub["scratch"] == 72.5 and pub["kd"] == 73.33 and math.isnan(pub["no_tau2"])
-    assert list(out["display"].columns[:5]) == ["variant", "n", "top-1 last (%)", "top-1 best-epoch (%)",
-                                               "published top-1 (%)"]
+    assert list(out["display"].table.columns[:5]) == ["variant", "n", "top-1 last (%)", "top-1 best-epoch (%)",
+                                                     "published top-1 (%)"]
     # our numbers are untouched by it: the deltas and the bold cells still come from the runs
     assert row(summary, variant="kd")["last_test_acc_mean"] == pytest.approx(statistics.mean(ACC["kd"]))
     # the teacher's published accuracy next to ours; source and protocol named
@@ -587,8 +590,8 @@ def test_tables_without_published_numbers_are_unchanged(tmp_path):
     for name, dataset, pair in (("plain", "cifar10", None), ("pair", "cifar10", PAIR)):
         res = _pair_results(tmp_path / name, dataset, pair)
         out = report.make_report(res / "runs", EXP)
-        assert "published top-1 (%)" not in out["display"].columns
-        assert "published_top1_pct" not in out["summary"].columns
+        assert "published top-1 (%)" not in out["display"].table.columns
+        assert "published_top1_pct" not in out["summary"].table.columns
         files[name] = {k: p.read_bytes() for k, p in out["tables"].items()}
     assert files["plain"] == files["pair"]
     assert b"published" not in files["pair"]["md"] + files["pair"]["tex"] + files["pair"]["csv"]
@@ -624,7 +627,7 @@ def test_concurrent_reports_of_one_experiment_all_succeed(results):
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     out_dir = results / EXP
-    pd.testing.assert_frame_equal(report.read_summary_csv(out_dir / "table.csv"), summary, check_dtype=False,
+    pd.testing.assert_frame_equal(report.read_summary_csv(out_dir / "table.csv"), summary.table, check_dtype=False,
                                   check_exact=True)
     md = (out_dir / "table.md").read_text()
     assert md.endswith("\n") and "## Failed runs" in md and "top-1 last (%)" in md
@@ -685,11 +688,11 @@ def test_a_copied_record_counts_once_and_a_disagreeing_copy_is_named(results, ca
 
 
 def test_the_paper_table_is_compact_booktabs_with_the_protocol_in_its_caption(results, tmp_path):
-    summary, display = table(results)
-    paths = report.write_tables(display, tmp_path / "o", "ablation: mlp → mlp_tiny on digits", summary=summary)
+    _, display = table(results)
+    paths = report.write_tables(display, tmp_path / "o", "ablation: mlp → mlp_tiny on digits")
     tex = paths["paper"].read_text()
     header, rows = _tex_rows(tex)
-    assert header[0] == "variant" and len(header) <= 8 < len(display.columns)
+    assert header[0] == "variant" and len(header) <= 8 < len(display.table.columns)
     assert "top-1 last (\\%)" in header and "ECE last" in header and "$\\Delta$ vs KD (pp)" in header
     assert all("[" not in cell for row in rows for cell in row)  # intervals stay in the full table
     assert "\\toprule" in tex and "\\bottomrule" in tex and "CRD protocol" in tex
@@ -722,3 +725,26 @@ def test_a_key_that_does_not_apply_to_a_run_is_not_its_config_column_value():
     cols = config_columns([rec("a", "online", 1), rec("b", "captured", 1), rec("c", "captured", 8)])
     assert cols["teacher_capture.k"] == {"a": None, "b": 1, "c": 8}  # no value for the online run "a"
     assert cols["teacher_signal"] == {"a": "online", "b": "captured", "c": "captured"}
+
+
+def test_the_report_passes_frame_summary_and_display_as_dataclasses(results, monkeypatch):
+    """What travels between the report's steps is explicit (no DataFrame.attrs): the W&B report run's
+    config reads the run ids and group columns from the Display."""
+    import wandb
+
+    frame = report.load_experiment(results / "runs", EXP)
+    assert isinstance(frame, report.Frame) and len(frame.records) == len(frame.df) == 10
+    assert frame.unreadable == [] and frame.duplicates == []
+    summary, display = table(results)
+    assert isinstance(summary, report.Summary) and isinstance(display, report.Display)
+    assert summary.group_cols == display.group_cols == ["variant"] and summary.sample_cols == ["variant"]
+    assert [s for s, _ in summary.samples[("kd",)]["last_test_acc"]] == [0, 1, 2]
+    assert display.experiment == EXP and display.caption == "ablation: mlp → mlp_tiny on digits"
+    assert [f["run_id"] for f in display.failed] == ["ablation-kd-a0.5-t4.0-s7-failed"]
+    assert not any(df.attrs for df in (frame.df, summary.table, display.table))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    seen = {}
+    real_init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or real_init(**kw))
+    report.make_report(results / "runs", EXP, out_dir=results / "wb", wandb_log=True)
+    assert seen["config"]["run_ids"] == sorted(frame.df["run_id"]) and seen["config"]["group_cols"] == ["variant"]

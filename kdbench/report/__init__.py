@@ -20,9 +20,11 @@ When the records carry a teacher -> student pair with published numbers
 
 Modules, by job:
 
-- :mod:`kdbench.report.frame`    -- records -> pandas frame, grouping columns, mean/std summary, deltas
+- :mod:`kdbench.report.frame`    -- records -> :class:`Frame` (pandas rows), grouping columns, the mean/std
+  :class:`Summary`, deltas
 - :mod:`kdbench.report.stats`    -- 95 % intervals of differences over seeds (paired t, Welch)
-- :mod:`kdbench.report.tables`   -- number formatting, Markdown / LaTeX / CSV, earned best value in bold
+- :mod:`kdbench.report.tables`   -- number formatting, the :class:`Display` table, Markdown / LaTeX / CSV,
+  earned best value in bold
 - :mod:`kdbench.report.plots`    -- reliability diagrams, τ curves, learning curves
 - :mod:`kdbench.report.tracking` -- W&B: reading runs from the API, logging a report
 - :mod:`kdbench.report.build`    -- one experiment's report (:func:`build_table`, :func:`make_report`)
@@ -39,7 +41,9 @@ from kdbench.report.frame import (
     GRID_COLS,
     PUBLISHED_COLS,
     SHOWN_ELSEWHERE,
+    Frame,
     ReportError,
+    Summary,
     add_config_columns,
     add_deltas,
     add_published,
@@ -69,6 +73,7 @@ from kdbench.report.tables import (
     METRIC_SPEC,
     PROTOCOL_NOTE,
     PUBLISHED_HEADER,
+    Display,
     best_mask,
     fmt_delta_ci,
     fmt_mean_std,
@@ -87,12 +92,12 @@ from kdbench.report.tables import (
 from kdbench.report.tracking import load_wandb_runs
 
 __all__ = [
-    "BOLD_RULE", "DEFAULT_METRICS", "DELTA_COLS", "DELTA_NOTE", "DERIVED_SPEC", "GRID_COLS", "GROUP_HEADERS", "METRIC_SPEC", "PROTOCOL_NOTE",
+    "BOLD_RULE", "DEFAULT_METRICS", "DELTA_COLS", "DELTA_NOTE", "DERIVED_SPEC", "Display", "Frame", "GRID_COLS", "GROUP_HEADERS", "METRIC_SPEC", "PROTOCOL_NOTE",
     "Interval", "PUBLISHED_COLS", "PUBLISHED_HEADER", "SHOWN_ELSEWHERE", "ReportError", "add_config_columns",
     "add_deltas", "add_published", "best_mask", "build_table", "compare_rows", "config_columns", "default_group_cols",
     "default_out_dir", "diff_interval", "experiments_under", "fmt_delta_ci", "fmt_mean_std", "fmt_num", "fmt_value", "format_display",
     "iter_experiment_records", "latex_table", "load_experiment", "load_wandb_runs", "main", "make_report",
     "markdown_table", "plot_learning_curves", "plot_reliability", "plot_tau_curves", "pool_reliability",
     "published_fields", "read_summary_csv", "render_latex", "render_markdown", "save_figure", "summarize",
-    "t_quantile", "tex_escape", "write_text_files", "write_tables",
+    "Summary", "t_quantile", "tex_escape", "write_text_files", "write_tables",
 ]

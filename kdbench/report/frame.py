@@ -4,9 +4,13 @@ One flat row per run (:func:`kdbench.records.flatten_record`, plus ``path``, the
 tell runs of one variant apart as dotted columns, and, when the records carry a teacher -> student
 pair with published numbers, the ``published_*`` columns). :func:`summarize` reduces the rows to
 one per group: mean and std (ddof=1) over the seeds of the completed runs, keeping each group's
-``(seed, value)`` samples in ``attrs["samples"]`` for the 95 % intervals of the differences between
+``(seed, value)`` samples (:attr:`Summary.samples`) for the 95 % intervals of the differences between
 rows (:func:`compare_rows`, :mod:`kdbench.report.stats`). Values stay fractions here; only
 :mod:`kdbench.report.tables` scales and formats them.
+
+What travels between the steps is explicit: :func:`load_experiment` returns a :class:`Frame` (the
+rows, the records, the unreadable files and the copies left out), :func:`summarize`, :func:`add_deltas`
+and :func:`add_published` a :class:`Summary` (the table and what its numbers were computed from).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import os
 import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from kdbench.identity import computational, is_computational
 from kdbench.report.stats import Interval, diff_interval
 
 __all__ = [
-    "DEFAULT_METRICS", "GRID_COLS", "SHOWN_ELSEWHERE", "PUBLISHED_COLS", "ReportError",
+    "Frame", "Summary", "DEFAULT_METRICS", "GRID_COLS", "SHOWN_ELSEWHERE", "PUBLISHED_COLS", "ReportError",
     "to_float", "group_key", "group_sort_key", "records_root", "runs_root", "default_out_dir",
     "experiments_under", "iter_experiment_records", "config_leaves", "config_columns", "add_config_columns",
     "published_fields", "load_experiment", "summarize", "row_samples", "config_group_of", "compare_rows",
@@ -52,6 +57,42 @@ DELTA_COLS = ("delta_vs_kd", "delta_vs_scratch")
 
 class ReportError(KDBenchError):
     """No records, or records that cannot make a table: one line, exit status 2."""
+
+
+@dataclass
+class Frame:
+    """One experiment's runs: a flat row per run (``df``, a pandas DataFrame) and the records behind the
+    rows (None for runs read from W&B: no histories, so no plots), plus the record files left out."""
+
+    df: Any
+    records: list[dict] | None = None
+    #: ``{path, reason}`` of every file in the records folder that could not be read as a record
+    unreadable: list[dict] = field(default_factory=list)
+    #: ``{run_id, kept, dropped, agree}`` of every copy of a run's record (counted once)
+    duplicates: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    """One row per group (``table``, a pandas DataFrame: group columns, ``n``, ``n_failed``,
+    ``<metric>_mean`` / ``_std``, then the deltas) and what its numbers were computed from."""
+
+    table: Any
+    group_cols: list[str]
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    #: group key (the values of :attr:`sample_cols`) -> ``{metric: ((seed, value), ...)}``: the values
+    #: behind each mean and std, for the intervals of the differences between rows
+    samples: dict[tuple, dict[str, tuple]] = field(default_factory=dict)
+    #: the columns of the samples' keys (None: :attr:`group_cols`); :func:`add_deltas` compares within a
+    #: configuration with fewer group columns but the same samples
+    sample_cols: list[str] | None = None
+    #: reference accuracies of :func:`add_deltas` (fractions; NaN when none or not one table-wide value)
+    teacher_acc: float = math.nan
+    baseline_acc: float = math.nan
+    scratch_acc: float = math.nan
+    #: from :func:`add_published`: the teacher's published top-1 (%, NaN unless one value), ``[(source, protocol)]``
+    published_teacher_pct: float = math.nan
+    published_refs: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,8 +293,8 @@ def published_fields(config: Mapping | None, dataset: Any, variant: Any) -> dict
     return out
 
 
-def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[Any, list[dict]]:
-    """``(df, records)``: one flat row per run (``flatten_record`` + ``path``) and the raw records.
+def load_experiment(records_dir: str | os.PathLike, experiment: str) -> Frame:
+    """One flat row per run (``flatten_record`` + ``path``), the raw records, and the files left out.
 
     Raises :class:`ReportError` when the experiment has no records.
     """
@@ -277,10 +318,8 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
     add_config_columns(rows, recs)
     for row, r in zip(rows, recs):
         row.update(published_fields(r.get("config"), r.get("dataset"), r.get("variant")))
-    df = pd.DataFrame(rows)
-    df.attrs["unreadable"] = [{"path": str(p), "reason": why} for p, why in problems]
-    df.attrs["duplicates"] = dups
-    return df, recs
+    return Frame(pd.DataFrame(rows), recs, unreadable=[{"path": str(p), "reason": why} for p, why in problems],
+                 duplicates=dups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,14 +331,13 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> tuple[An
 TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll", "teacher_test_kl_to_true")
 
 
-def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None):
+def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None) -> Summary:
     """Mean and std (ddof=1) over seeds of each metric, per group; completed runs only.
 
     One row per group (groups with only failed runs included, with ``n == 0``); columns are the
     group columns, ``n`` (completed runs), ``n_failed`` (runs of any other status), ``<metric>_mean``,
     ``<metric>_std`` (NaN for n < 2) and ``teacher_test_acc_mean``. Values stay fractions.
-    ``attrs["samples"]`` maps each group key (the values of ``attrs["sample_cols"]``, the group
-    columns) to ``{metric: ((seed, value), ...)}``, the values the mean and std were computed from.
+    :attr:`Summary.samples` holds, per group, the ``(seed, value)`` pairs the mean and std were computed from.
     """
     import pandas as pd
 
@@ -335,47 +373,42 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
     summary = pd.DataFrame(out, columns=cols)
     for c in ("n", "n_failed"):
         summary[c] = summary[c].astype(int)
-    summary.attrs["group_cols"] = group_cols
-    summary.attrs["metrics"] = metrics
-    summary.attrs["sample_cols"] = group_cols
-    summary.attrs["samples"] = samples
-    return summary
+    return Summary(summary, group_cols, metrics, samples, sample_cols=group_cols)
 
 
-def _row_key(summary, i: int, cols: Sequence[str]) -> tuple:
-    return tuple(group_key(summary[c].iloc[i]) if c in summary.columns else None for c in cols)
+def _row_key(table, i: int, cols: Sequence[str]) -> tuple:
+    return tuple(group_key(table[c].iloc[i]) if c in table.columns else None for c in cols)
 
 
-def row_samples(summary, i: int, metric: str) -> tuple:
+def row_samples(summary: Summary, i: int, metric: str) -> tuple:
     """The ``(seed, value)`` samples of ``metric`` behind row ``i`` (position) of ``summary``; ``()``
     when the summary carries none (a hand-made one)."""
-    samples = summary.attrs.get("samples") or {}
-    cols = summary.attrs.get("sample_cols") or summary.attrs.get("group_cols") or ["variant"]
-    return tuple((samples.get(_row_key(summary, i, cols)) or {}).get(metric, ()))
+    cols = summary.sample_cols or summary.group_cols or ["variant"]
+    return tuple((summary.samples.get(_row_key(summary.table, i, cols)) or {}).get(metric, ()))
 
 
-def config_group_of(summary, i: int) -> tuple:
+def config_group_of(summary: Summary, i: int) -> tuple:
     """The configuration of row ``i``: its values of the config columns (dotted group columns).
     Rows are compared (deltas, bolding) only within one configuration."""
-    cols = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
-    return _row_key(summary, i, cols)
+    cols = [c for c in summary.group_cols if "." in str(c)]
+    return _row_key(summary.table, i, cols)
 
 
-def compare_rows(summary, i: int, j: int, metric: str = "last_test_acc") -> Interval:
+def compare_rows(summary: Summary, i: int, j: int, metric: str = "last_test_acc") -> Interval:
     """The 95 % interval of row ``i`` minus row ``j`` (positions) in ``metric`` (fractions), over seeds:
     paired when both rows ran the same seeds, Welch otherwise (:func:`kdbench.report.stats.diff_interval`)."""
     return diff_interval(row_samples(summary, i, metric), row_samples(summary, j, metric))
 
 
-def select_rows(summary, sel: str | Mapping[str, Any]) -> list[bool]:
-    """Boolean mask of the rows matching a variant name or a {column: value} mapping."""
+def select_rows(table, sel: str | Mapping[str, Any]) -> list[bool]:
+    """Boolean mask of the rows of ``table`` (a summary's) matching a variant name or a {column: value} mapping."""
     if isinstance(sel, str):
         sel = {"variant": sel}
-    mask = [True] * len(summary)
+    mask = [True] * len(table)
     for c, want in sel.items():
-        if c not in summary.columns:
-            return [False] * len(summary)
-        for i, v in enumerate(summary[c].tolist()):
+        if c not in table.columns:
+            return [False] * len(table)
+        for i, v in enumerate(table[c].tolist()):
             if isinstance(want, (int, float)) and not isinstance(want, bool):
                 f = to_float(v)
                 ok = not math.isnan(f) and math.isclose(f, float(want), rel_tol=1e-9, abs_tol=1e-12)
@@ -385,29 +418,29 @@ def select_rows(summary, sel: str | Mapping[str, Any]) -> list[bool]:
     return mask
 
 
-def _reference_pos(summary, sel) -> int | None:
+def _reference_pos(table, sel) -> int | None:
     """The position of the one completed group matching ``sel``; None if none or ambiguous."""
     if sel is None:
         return None
-    pos = [i for i, (m, n) in enumerate(zip(select_rows(summary, sel), summary["n"].tolist())) if m and n > 0]
+    pos = [i for i, (m, n) in enumerate(zip(select_rows(table, sel), table["n"].tolist())) if m and n > 0]
     return pos[0] if len(pos) == 1 else None
 
 
-def reference_acc(summary, sel, col: str = "last_test_acc_mean") -> float:
-    """The mean accuracy of the one completed group matching ``sel``; NaN if none or ambiguous."""
-    i = _reference_pos(summary, sel)
-    return math.nan if i is None else to_float(summary[col].iloc[i])
+def reference_acc(table, sel, col: str = "last_test_acc_mean") -> float:
+    """The mean accuracy of the one completed group of ``table`` matching ``sel``; NaN if none or ambiguous."""
+    i = _reference_pos(table, sel)
+    return math.nan if i is None else to_float(table[col].iloc[i])
 
 
-def _delta_intervals(s, ref: int | None) -> tuple[list[float], list[float], list[bool]]:
+def _delta_intervals(s: Summary, ref: int | None) -> tuple[list[float], list[float], list[bool]]:
     """``lo``, ``hi`` (pp) and ``paired`` of every row's top-1 last against row ``ref``. The reference row
     itself differs from itself by exactly 0: ``[0, 0]``, paired."""
     lo, hi, paired = [], [], []
-    for i in range(len(s)):
+    for i in range(len(s.table)):
         if ref is None:
             iv = Interval(math.nan, math.nan, math.nan, False, 0)
         elif i == ref:
-            iv = Interval(0.0, 0.0, 0.0, True, int(s["n"].iloc[i]))
+            iv = Interval(0.0, 0.0, 0.0, True, int(s.table["n"].iloc[i]))
         else:
             iv = compare_rows(s, i, ref, "last_test_acc")
         lo.append(iv.lo * 100.0)
@@ -416,8 +449,8 @@ def _delta_intervals(s, ref: int | None) -> tuple[list[float], list[float], list
     return lo, hi, paired
 
 
-def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch: str | Mapping[str, Any] | None = "scratch",
-               teacher_acc: float | None = None):
+def add_deltas(summary: Summary, baseline: str | Mapping[str, Any] | None = "kd",
+               scratch: str | Mapping[str, Any] | None = "scratch", teacher_acc: float | None = None) -> Summary:
     """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last), ``teacher_kept`` (%) and
     ``teacher_kept_nll`` (%, ``(scratch NLL - student NLL) / (scratch NLL - teacher NLL)``).
 
@@ -430,29 +463,31 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
     ``scratch`` name a variant, or a ``{column: value}`` mapping for grids; a reference that
     matches no completed group, or several, gives NaN. ``teacher_acc`` is a fraction (a value
     above 1 is read as %); when None it is the mean ``teacher_test_acc`` of the baseline's runs
-    (all runs with a teacher if the baseline has none).
+    (all runs with a teacher if the baseline has none). The reference accuracies come back as
+    :attr:`Summary.teacher_acc`, ``baseline_acc`` and ``scratch_acc``.
     """
-    extra = [c for c in summary.attrs.get("group_cols") or () if "." in str(c)]
-    if extra and len(summary):
+    extra = [c for c in summary.group_cols if "." in str(c)]
+    table = summary.table
+    if extra and len(table):
         # one comparison per configuration (e.g. per teacher or per student width): each row is
         # compared with the KD and scratch groups that share its config-column values
         import pandas as pd
 
-        keys = [tuple(group_key(v) for v in row) for row in summary[extra].itertuples(index=False, name=None)]
+        keys = [tuple(group_key(v) for v in row) for row in table[extra].itertuples(index=False, name=None)]
         parts = []
         for k in dict.fromkeys(keys):
-            sub = summary[[kk == k for kk in keys]].copy()
-            sub.attrs.update(summary.attrs, group_cols=[c for c in summary.attrs["group_cols"] if c not in extra])
+            sub = replace(summary, table=table[[kk == k for kk in keys]].copy(),
+                          group_cols=[c for c in summary.group_cols if c not in extra],
+                          sample_cols=summary.sample_cols or summary.group_cols)
             parts.append(add_deltas(sub, baseline, scratch, teacher_acc))
-        s = pd.concat(parts).loc[summary.index]
-        s.attrs.update(summary.attrs)
+        refs = {}
         for a in ("teacher_acc", "baseline_acc", "scratch_acc"):
             # a table-wide value only when every configuration has the same one (e.g. one teacher)
-            vals = {to_float(p.attrs.get(a)) for p in parts}
-            s.attrs[a] = vals.pop() if len(vals) == 1 else math.nan
-        return s
-    s = summary.copy()
-    s.attrs.update(summary.attrs)
+            vals = {to_float(getattr(p, a)) for p in parts}
+            refs[a] = vals.pop() if len(vals) == 1 else math.nan
+        return replace(summary, table=pd.concat([p.table for p in parts]).loc[table.index], **refs)
+    s = table.copy()
+    cur = replace(summary, table=s)
     acc = s["last_test_acc_mean"].astype(float)
     kd_pos, sc_pos = _reference_pos(s, baseline), _reference_pos(s, scratch)
     kd = reference_acc(s, baseline)
@@ -469,7 +504,7 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
         teacher_acc = float(teacher_acc) / (100.0 if float(teacher_acc) > 1.0 else 1.0)
     for col, ref_acc, ref_pos in (("delta_vs_kd", kd, kd_pos), ("delta_vs_scratch", sc, sc_pos)):
         s[col] = (acc - ref_acc) * 100.0
-        s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(s, ref_pos)
+        s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(cur, ref_pos)
     den = teacher_acc - sc
     s["teacher_kept"] = (acc - sc) / den * 100.0 if not math.isnan(den) and abs(den) > 1e-12 else math.nan
     # the seed document's question in likelihood terms (the natural one for tokens): how much of the
@@ -481,9 +516,7 @@ def add_deltas(summary, baseline: str | Mapping[str, Any] | None = "kd", scratch
         t_nll = statistics.mean(t_vals) if t_vals else math.nan
         gap = sc_nll - t_nll
         s["teacher_kept_nll"] = (sc_nll - nll) / gap * 100.0 if not math.isnan(gap) and abs(gap) > 1e-12 else math.nan
-    s.attrs.update(summary.attrs)
-    s.attrs.update(teacher_acc=teacher_acc, baseline_acc=kd, scratch_acc=sc)
-    return s
+    return replace(summary, table=s, teacher_acc=teacher_acc, baseline_acc=kd, scratch_acc=sc)
 
 
 def _distinct(values: Iterable[Any]) -> list[Any]:
@@ -496,34 +529,32 @@ def _distinct(values: Iterable[Any]) -> list[Any]:
     return out
 
 
-def add_published(summary, df):
+def add_published(summary: Summary, df) -> Summary:
     """Add ``published_top1_pct`` (the published top-1 (%) of each row's runs, NaN when they have
-    none or disagree) when some row has one; attrs ``published_teacher_pct`` (NaN unless one value)
-    and ``published_refs`` (``[(source, protocol)]``). A summary of runs without published numbers
-    is returned unchanged."""
+    none or disagree) when some row has one; :attr:`Summary.published_teacher_pct` (NaN unless one
+    value) and ``published_refs`` (``[(source, protocol)]``). A summary of runs without published
+    numbers is returned unchanged."""
     if df is None or not len(df) or not any(c in df.columns for c in PUBLISHED_COLS):
         return summary
-    group_cols = list(summary.attrs.get("group_cols") or ["variant"])
+    group_cols = list(summary.group_cols or ["variant"])
     per_group: dict[tuple, list] = {}
     for r in df.to_dict("records"):
         key = tuple(group_key(r.get(c)) for c in group_cols)
         per_group.setdefault(key, []).append(to_float(r.get("published_top1_pct")))
-    keys = [tuple(group_key(v) for v in row) for row in summary[group_cols].itertuples(index=False, name=None)]
+    keys = [tuple(group_key(v) for v in row) for row in summary.table[group_cols].itertuples(index=False, name=None)]
     col = []
     for k in keys:
         vals = {v for v in per_group.get(k, []) if not math.isnan(v)}
         col.append(vals.pop() if len(vals) == 1 else math.nan)
-    s = summary.copy()
-    s.attrs.update(summary.attrs)
+    s = summary.table.copy()
     if any(not math.isnan(v) for v in col):
         s["published_top1_pct"] = col
     teacher = [to_float(v) for v in _distinct(df.get("published_teacher_pct", []))]
     teacher = [v for v in teacher if not math.isnan(v)]
     refs = _distinct(zip(df["published_source"].tolist() if "published_source" in df else [""] * len(df),
                          df["published_protocol"].tolist() if "published_protocol" in df else [""] * len(df)))
-    s.attrs["published_teacher_pct"] = teacher[0] if len(teacher) == 1 else math.nan
-    s.attrs["published_refs"] = [(_text(a), _text(b)) for a, b in refs if _text(a) or _text(b)]
-    return s
+    return replace(summary, table=s, published_teacher_pct=teacher[0] if len(teacher) == 1 else math.nan,
+                   published_refs=[(_text(a), _text(b)) for a, b in refs if _text(a) or _text(b)])
 
 
 def _text(v: Any) -> str:
@@ -554,13 +585,14 @@ def default_group_cols(df) -> tuple[str, ...]:
     return ("variant", *extra, *tail)
 
 
-def failed_rows(df) -> list[dict]:
+def failed_rows(frame: Frame) -> list[dict]:
     """``run_id, variant, seed, status, error`` (first line) of every run that did not complete, and
     of every record file that could not be read (status ``unreadable``: its run is not in the table)."""
+    df = frame.df
     if df is None or not len(df):
         return []
     out = [{"run_id": None, "variant": None, "seed": None, "status": "unreadable", "error": f"{u['path']}: {u['reason']}"}
-           for u in df.attrs.get("unreadable") or []]
+           for u in frame.unreadable]
     for r in df.to_dict("records"):
         if r.get("status") != "complete":
             err = r.get("error")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.report.frame import config_leaves
+from kdbench.report.tables import Display
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#222}
@@ -86,12 +87,14 @@ def config_differences(records: Sequence[Mapping]) -> tuple[list[str], dict[str,
     return differ, {v: {k: " | ".join(sorted(per[v].get(k, {"—"}))) for k in differ} for v in per}
 
 
-def render_html(experiment: str, display_df, *, caption: str, plots: Mapping[str, Path],
-                records: Sequence[tuple[Path, Mapping]], out_dir: Path, failed: Sequence[Mapping] = (),
-                notes: Sequence[str] = ()) -> str:
+def render_html(experiment: str, display: Display, *, caption: str, plots: Mapping[str, Path],
+                records: Sequence[tuple[Path, Mapping]], out_dir: Path, notes: Sequence[str] = ()) -> str:
+    """The page of one experiment: ``display``'s table (and its failed runs), the figures, the config
+    differences and links to ``records`` (relative to ``out_dir``)."""
     e = html.escape
+    display_df, failed = display.table, display.failed
     cols = list(display_df.columns)
-    n_left = len(display_df.attrs.get("group_cols") or ["variant"])
+    n_left = len(display.group_cols or ["variant"])
     head = "".join(f'<th class="{"left" if i < n_left else ""}">{e(str(c))}</th>' for i, c in enumerate(cols))
     rows = []
     for _, row in display_df.iterrows():

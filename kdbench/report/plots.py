@@ -179,7 +179,7 @@ def plot_tau_curves(records_df_or_records, out_path: str | os.PathLike) -> Path 
         df["distill_alpha"] = None
     # one line per (variant, config columns, alpha): runs of different configurations never share a line
     line_cols = ["variant", *[c for c in df.columns if "." in str(c)]]
-    s = summarize(df, (*line_cols, "distill_alpha", "distill_tau"), ["last_test_acc", "last_test_ece"])
+    s = summarize(df, (*line_cols, "distill_alpha", "distill_tau"), ["last_test_acc", "last_test_ece"]).table
     s = s[s["n"] > 0]
     line_of = [tuple(group_key(v) for v in row) for row in s[line_cols].itertuples(index=False, name=None)]
     lines: list[tuple[str, list[tuple[float, float, float, float, float]]]] = []

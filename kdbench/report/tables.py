@@ -4,7 +4,8 @@ One formatter family for every table kdbench writes (the experiment tables of
 :mod:`kdbench.report` and the paper tables of :mod:`kdbench.studies`): :func:`fmt_value`,
 :func:`fmt_mean_std`, :func:`fmt_delta_ci` and :func:`fmt_num`; one Markdown renderer (:func:`markdown_table`), one
 LaTeX renderer (:func:`latex_table`) and one writer (:func:`write_text_files`, atomic, through
-:func:`kdbench.files.atomic_write_text`).
+:func:`kdbench.files.atomic_write_text`). An experiment's table travels as a :class:`Display` (its
+string cells, what each column is, and the :class:`~kdbench.report.frame.Summary` behind it).
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from kdbench.report.frame import DEFAULT_METRICS, compare_rows, config_group_of, to_float
+from kdbench.report.frame import DEFAULT_METRICS, Summary, compare_rows, config_group_of, to_float
 from kdbench.report.stats import excludes_zero
 
 __all__ = [
-    "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
+    "Display", "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
     "DISPLAY_ORDER", "PUBLISHED_HEADER", "metric_direction", "fmt_value", "fmt_mean_std", "fmt_delta_ci", "fmt_num",
     "format_display",
     "tex_escape", "best_mask", "md_cell", "markdown_table", "latex_table", "render_markdown",
@@ -148,58 +150,70 @@ def fmt_num(v: Any, missing: str = MISSING) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def format_display(summary, group_cols: Sequence[str] | None = None):
+@dataclass
+class Display:
+    """An experiment's human table (``table``: a pandas DataFrame of string cells) and what the renderers
+    need beside it; :func:`format_display` makes it, :func:`kdbench.report.build_table` adds the rest."""
+
+    table: Any
+    #: header -> ``(summary column, "max"|"min"|None)``, for bolding
+    columns: dict[str, tuple[str | None, str | None]]
+    #: the group columns (the first ``len(group_cols)`` columns of ``table``, left-aligned)
+    group_cols: list[str]
+    summary: Summary
+    experiment: str | None = None
+    caption: str | None = None
+    #: rows of the "Failed runs" section (:func:`kdbench.report.frame.failed_rows`)
+    failed: list[dict] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+
+def format_display(summary: Summary, group_cols: Sequence[str] | None = None) -> Display:
     """The human table: one string cell per (group, metric), '97.31 ± 0.12' ('97.31 ± n/a' for one seed),
     deltas with their 95 % interval ('+0.26 [-0.05, +0.57]'); all-empty columns dropped.
 
-    ``attrs["columns"]`` maps each header to ``(summary column, "max"|"min"|None)``, for bolding.
+    :attr:`Display.columns` maps each header to ``(summary column, "max"|"min"|None)``, for bolding.
     """
     import pandas as pd
 
-    group_cols = list(group_cols or summary.attrs.get("group_cols") or ["variant"])
-    metrics = [m for m in summary.attrs.get("metrics") or DEFAULT_METRICS if f"{m}_mean" in summary.columns]
+    group_cols = list(group_cols or summary.group_cols or ["variant"])
+    src = summary.table
+    metrics = [m for m in summary.metrics or DEFAULT_METRICS if f"{m}_mean" in src.columns]
     data: dict[str, list[str]] = {}
     colmap: dict[str, tuple[str | None, str | None]] = {}
     for c in group_cols:
         h = GROUP_HEADERS.get(c, c)
-        data[h] = [str(v) if c == "variant" else fmt_num(v) for v in summary[c].tolist()]
+        data[h] = [str(v) if c == "variant" else fmt_num(v) for v in src[c].tolist()]
         colmap[h] = (None, None)
-    data["n"] = [str(int(v)) for v in summary["n"].tolist()]
+    data["n"] = [str(int(v)) for v in src["n"].tolist()]
     colmap["n"] = ("n", None)
     ordered = [c for c in DISPLAY_ORDER if c in metrics or c in DERIVED_SPEC]
     ordered += [m for m in metrics if m not in ordered]
     for c in ordered:
         if c in DERIVED_SPEC:
-            if c not in summary.columns:
+            if c not in src.columns:
                 continue
             header, better, dec, signed, missing = DERIVED_SPEC[c]
-            vals = summary[c].astype(float).tolist()
+            vals = src[c].astype(float).tolist()
             if all(math.isnan(v) for v in vals):
                 continue
-            if f"{c}_lo" in summary.columns and f"{c}_hi" in summary.columns:
+            if f"{c}_lo" in src.columns and f"{c}_hi" in src.columns:
                 data[header] = [fmt_delta_ci(v, lo, hi, dec, missing=missing)
-                                for v, lo, hi in zip(vals, summary[f"{c}_lo"].tolist(), summary[f"{c}_hi"].tolist())]
+                                for v, lo, hi in zip(vals, src[f"{c}_lo"].tolist(), src[f"{c}_hi"].tolist())]
             else:
                 data[header] = [fmt_value(v, 1.0, dec, signed=signed, missing=missing) for v in vals]
             colmap[header] = (c, better)
             continue
         header, scale, dec = METRIC_SPEC.get(c, (c, 1.0, 4))
-        means = summary[f"{c}_mean"].astype(float).tolist()
-        stds = summary[f"{c}_std"].astype(float).tolist()
+        means = src[f"{c}_mean"].astype(float).tolist()
+        stds = src[f"{c}_std"].astype(float).tolist()
         if all(math.isnan(v) for v in means) and c not in ("last_test_acc", "best_test_acc"):
             continue
         data[header] = [fmt_mean_std(m, s, scale, dec, no_std="na") for m, s in zip(means, stds)]
         colmap[header] = (f"{c}_mean", metric_direction(c))
-    data["failed"] = [str(int(v)) for v in summary["n_failed"].tolist()]
+    data["failed"] = [str(int(v)) for v in src["n_failed"].tolist()]
     colmap["failed"] = ("n_failed", None)
-    display = pd.DataFrame(data)
-    display.attrs["columns"] = colmap
-    display.attrs["group_cols"] = group_cols
-    display.attrs["summary"] = summary.copy()
-    display.attrs["teacher_acc"] = summary.attrs.get("teacher_acc", math.nan)
-    display.attrs["published_teacher_pct"] = summary.attrs.get("published_teacher_pct", math.nan)
-    display.attrs["published_refs"] = list(summary.attrs.get("published_refs") or [])
-    return display
+    return Display(pd.DataFrame(data), colmap, group_cols, replace(summary, table=src.copy()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ def _sample_metric(src: str) -> str:
     return {"teacher_kept": "last_test_acc", "teacher_kept_nll": "last_test_nll"}.get(src, src.removesuffix("_mean"))
 
 
-def best_mask(display_df, summary=None) -> list[list[bool]]:
+def best_mask(display: Display) -> list[list[bool]]:
     """Per cell: is it the best value of its column (max or min), and is that earned (:data:`BOLD_RULE`)?
 
     The one best row of a column is marked when, for every other row of its configuration
@@ -237,17 +251,16 @@ def best_mask(display_df, summary=None) -> list[list[bool]]:
     interval that contains 0 or cannot be computed (one seed), a best row with nothing to beat, or a
     summary without per-seed samples: nothing marked.
     """
-    colmap = display_df.attrs.get("columns") or {}
-    summary = summary if summary is not None else display_df.attrs.get("summary")
-    mask = [[False] * len(display_df.columns) for _ in range(len(display_df))]
-    if summary is None or len(summary) != len(display_df):
+    table, summary = display.table, display.summary
+    mask = [[False] * len(table.columns) for _ in range(len(table))]
+    if len(summary.table) != len(table):
         return mask
-    groups = [config_group_of(summary, i) for i in range(len(summary))]
-    for j, h in enumerate(display_df.columns):
-        src, better = colmap.get(h, (None, None))
-        if better is None or src not in summary.columns:
+    groups = [config_group_of(summary, i) for i in range(len(summary.table))]
+    for j, h in enumerate(table.columns):
+        src, better = display.columns.get(h, (None, None))
+        if better is None or src not in summary.table.columns:
             continue
-        vals = [to_float(v) for v in summary[src].tolist()]
+        vals = [to_float(v) for v in summary.table[src].tolist()]
         ok = [i for i, v in enumerate(vals) if not math.isnan(v)]
         if len(ok) < 2:
             continue
@@ -303,8 +316,8 @@ def latex_table(df, caption: str, *, label: str | None = None, bold: list[list[b
                            column_format="l" * n_left + "r" * (len(tex.columns) - n_left))
 
 
-def _published_note(display_df) -> str | None:
-    refs = display_df.attrs.get("published_refs") or []
+def _published_note(display: Display) -> str | None:
+    refs = display.summary.published_refs
     if not refs:
         return None
     parts = []
@@ -313,23 +326,23 @@ def _published_note(display_df) -> str | None:
     return "Published top-1 (%, not re-run here): " + " | ".join(parts) + "."
 
 
-def render_markdown(display_df, caption: str, failed: list[dict] | None = None) -> str:
+def render_markdown(display: Display, caption: str) -> str:
     """``table.md``: caption, protocol note, teacher accuracy, the table and the failed runs."""
     import pandas as pd
 
     lines = [f"# {caption}", "", PROTOCOL_NOTE + "."]
-    t = to_float(display_df.attrs.get("teacher_acc"))
-    pt = to_float(display_df.attrs.get("published_teacher_pct"))
+    summary = display.summary
+    t = to_float(summary.teacher_acc)
+    pt = to_float(summary.published_teacher_pct)
     extra = []
     if not math.isnan(t):
         extra.append(f"Teacher top-1: {100 * t:.2f}%" + (f" (published: {pt:.2f}%)." if not math.isnan(pt) else "."))
     elif not math.isnan(pt):
         extra.append(f"Teacher top-1: published {pt:.2f}%.")
-    cols = set(display_df.columns)
+    cols = set(display.table.columns)
     if "Δ vs KD (pp)" in cols or "Δ vs scratch (pp)" in cols:
         extra.append(DELTA_NOTE)
-    summary = display_df.attrs.get("summary")
-    if summary is not None and "n" in summary.columns and (summary["n"] == 1).any():
+    if "n" in summary.table.columns and (summary.table["n"] == 1).any():
         extra.append(f"{NA}: one seed, so no spread and no interval.")
     if "teacher kept (%)" in cols:
         extra.append("teacher kept = (student − scratch) / (teacher − scratch), top-1 last; teacher kept, NLL = "
@@ -338,34 +351,34 @@ def render_markdown(display_df, caption: str, failed: list[dict] | None = None) 
         extra.append("failed: runs of the group that did not complete (not in the means).")
     if extra:
         lines += ["", " ".join(extra)]
-    note = _published_note(display_df)
+    note = _published_note(display)
     if note:
         lines += ["", note]
-    n_left = len(display_df.attrs.get("group_cols") or ["variant"])
-    align = ["left" if j < n_left else "right" for j in range(len(display_df.columns))]
-    lines += ["", markdown_table(display_df, colalign=align), "", "## Failed runs", ""]
-    if failed:
-        fdf = pd.DataFrame(failed, columns=["run_id", "variant", "seed", "status", "error"]).astype(object)
+    n_left = len(display.group_cols or ["variant"])
+    align = ["left" if j < n_left else "right" for j in range(len(display.table.columns))]
+    lines += ["", markdown_table(display.table, colalign=align), "", "## Failed runs", ""]
+    if display.failed:
+        fdf = pd.DataFrame(display.failed, columns=["run_id", "variant", "seed", "status", "error"]).astype(object)
         lines.append(markdown_table(fdf.map(lambda v: "" if v is None else v)))
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
 
 
-def render_latex(display_df, caption: str, summary=None, label: str | None = None) -> str:
+def render_latex(display: Display, caption: str, label: str | None = None) -> str:
     """``table.tex``: the display table, a column's best value in bold when earned (:data:`BOLD_RULE`),
     caption with the protocol, the intervals and the bold rule."""
     cap = tex_escape(caption) + ". " + tex_escape(PROTOCOL_NOTE) + "; " + tex_escape(BOLD_RULE) + "."
-    if "Δ vs KD (pp)" in display_df.columns or "Δ vs scratch (pp)" in display_df.columns:
+    if "Δ vs KD (pp)" in display.table.columns or "Δ vs scratch (pp)" in display.table.columns:
         cap += " " + tex_escape(DELTA_NOTE)
-    note = _published_note(display_df)
+    note = _published_note(display)
     if note:
-        pt = to_float(display_df.attrs.get("published_teacher_pct"))
+        pt = to_float(display.summary.published_teacher_pct)
         if not math.isnan(pt):
             note = note.replace("Published top-1 (%, ", f"Published top-1 (%, teacher {pt:.2f}, ", 1)
         cap += " " + tex_escape(note)
-    return latex_table(display_df, cap, label=label, bold=best_mask(display_df, summary),
-                       n_left=len(display_df.attrs.get("group_cols") or ["variant"]), position_float="centering")
+    return latex_table(display.table, cap, label=label, bold=best_mask(display),
+                       n_left=len(display.group_cols or ["variant"]), position_float="centering")
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,25 +398,17 @@ def write_text_files(out_dir: str | os.PathLike, files: Mapping[str, tuple[str, 
     return paths
 
 
-def write_tables(display_df, out_dir: str | os.PathLike, caption: str, summary=None,
-                 failed: list[dict] | None = None) -> dict[str, Path]:
+def write_tables(display: Display, out_dir: str | os.PathLike, caption: str) -> dict[str, Path]:
     """Write ``table.md``, ``table.tex`` (every column), ``table_paper.tex`` (the compact one) and
-    ``table.csv`` into ``out_dir``; return their paths.
-
-    ``summary`` (numeric, for the CSV and for choosing the bold cells) and ``failed`` (rows for the
-    "Failed runs" section) default to what :func:`kdbench.report.build_table` left in ``display_df.attrs``.
-    """
-    summary = summary if summary is not None else display_df.attrs.get("summary")
-    failed = failed if failed is not None else display_df.attrs.get("failed") or []
+    ``table.csv`` (the numeric summary behind ``display``) into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
-    exp = display_df.attrs.get("experiment") or out_dir.name
+    exp = display.experiment or out_dir.name
     label = "tab:" + re.sub(r"[^A-Za-z0-9]+", "-", str(exp)).strip("-")
-    csv_df = summary if summary is not None else display_df
     return write_text_files(out_dir, {
-        "md": ("table.md", render_markdown(display_df, caption, failed)),
-        "tex": ("table.tex", render_latex(display_df, caption, summary, label=label)),
-        "paper": ("table_paper.tex", render_paper_latex(display_df, caption, summary, label=label + "-paper")),
-        "csv": ("table.csv", csv_df.to_csv(index=False)),
+        "md": ("table.md", render_markdown(display, caption)),
+        "tex": ("table.tex", render_latex(display, caption, label=label)),
+        "paper": ("table_paper.tex", render_paper_latex(display, caption, label=label + "-paper")),
+        "csv": ("table.csv", display.summary.table.to_csv(index=False)),
     })
 
 
@@ -412,18 +417,18 @@ PAPER_COLUMNS = ("top-1 last (%)", "top-1 best-epoch (%)", "published top-1 (%)"
                  "NLL last")
 
 
-def render_paper_latex(display_df, caption: str, summary=None, label: str | None = None) -> str:
+def render_paper_latex(display: Display, caption: str, label: str | None = None) -> str:
     """``table_paper.tex``: the compact table for a paper (fits a column: the grid columns, n and at
     most six metrics as mean ± std); every other column stays in ``table.csv`` / ``table.tex``."""
-    n_left = len(display_df.attrs.get("group_cols") or ["variant"])
-    left = list(display_df.columns[:n_left])
-    keep = left + [c for c in ("n",) if c in display_df.columns] + [c for c in PAPER_COLUMNS if c in display_df.columns]
-    compact = display_df[keep].copy()
-    compact.attrs.update(display_df.attrs)
+    table = display.table
+    n_left = len(display.group_cols or ["variant"])
+    left = list(table.columns[:n_left])
+    keep = left + [c for c in ("n",) if c in table.columns] + [c for c in PAPER_COLUMNS if c in table.columns]
+    compact = table[keep].copy()
     if "Δ vs KD (pp)" in compact.columns:  # the interval is in the full table; here the difference only
         compact["Δ vs KD (pp)"] = [str(v).split(" [")[0] for v in compact["Δ vs KD (pp)"].tolist()]
-    mask = best_mask(display_df, summary)
-    bold = [[row[list(display_df.columns).index(c)] for c in keep] for row in mask] if mask is not None else None
+    mask = best_mask(display)
+    bold = [[row[list(table.columns).index(c)] for c in keep] for row in mask]
     cap = (tex_escape(caption) + ". Test set; " + tex_escape(PROTOCOL_NOTE)
            + ". Intervals and every other column: table.tex / table.csv.")
     return latex_table(compact, cap, label=label, bold=bold, n_left=n_left, position_float="centering")

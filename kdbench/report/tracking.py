@@ -96,16 +96,16 @@ def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str
         mode = "offline"
     wdir = out_dir.parent
     wdir.mkdir(parents=True, exist_ok=True)
-    run_ids = sorted(str(r) for r in display.attrs.get("run_ids") or [])
+    run_ids = sorted(str(r) for r in display.run_ids)
     run = wandb.init(project=settings.get("project") or os.environ.get("WANDB_PROJECT", "kdbench"),
                      entity=settings.get("entity") or os.environ.get("WANDB_ENTITY"),
                      group=experiment, job_type="report", name=f"report-{experiment}", mode=mode, dir=str(wdir),
                      config={"experiment": experiment, "n_runs": len(run_ids), "run_ids": run_ids,
-                             "group_cols": [str(c) for c in display.attrs.get("group_cols") or []]},
+                             "group_cols": [str(c) for c in display.group_cols]},
                      reinit="create_new", settings=wandb.Settings(console="off", silent=True))
     try:
-        clean = summary.astype(object).where(summary.notna(), None)
-        payload: dict[str, Any] = {"report/table": wandb.Table(dataframe=display.astype(str)),
+        clean = summary.table.astype(object).where(summary.table.notna(), None)
+        payload: dict[str, Any] = {"report/table": wandb.Table(dataframe=display.table.astype(str)),
                                    "report/summary": wandb.Table(dataframe=clean)}
         payload.update({f"report/{k}": wandb.Image(str(p)) for k, p in plots.items()})
         run.log(payload)
