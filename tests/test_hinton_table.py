@@ -240,3 +240,32 @@ def test_the_long_teacher_rerun_gets_its_own_table_targets_and_the_short_rows_be
     shutil.rmtree(results / "runs")
     assert hinton.main(["--results", str(results), "--records", str(out / "records")]) == 0
     assert (out / "table.md").read_text() == md
+
+
+def test_machine_sizes_and_published_numbers_come_from_records_and_one_source(results):
+    """No number typed into the text: the machine is the records' device and host, the image counts their
+    ``dataset_info`` (and the diagnostics' own counts), the published numbers :mod:`kdbench.studies.published`."""
+    from kdbench.studies.published import HINTON_2015
+
+    runs = results / "runs" / "hinton_mnist"
+    for p in runs.glob("*.json"):
+        r = json.loads(p.read_text())
+        r |= {"device": "NVIDIA H100 80GB HBM3", "host": "node7"}
+        r["dataset_info"]["sizes"]["train"] = 50_000
+        write_record(p, r)
+    study = hinton.collect(runs)
+    note = hinton.protocol_note(study)
+    assert "Machine: NVIDIA H100 80GB HBM3, host node7 (the records' device and host)" in note
+    assert "CPU" not in note and "trained on 45,000 images (5,000 of the 50,000 held out" in note
+    md = hinton.render_markdown(study)
+    assert f"(published: {100 * HINTON_2015.gap_closed:.0f}%)" in md and HINTON_2015.source in md
+    assert f"{HINTON_2015.kd_errors} errors at T = {HINTON_2015.kd_tau:g}" in md
+    assert study.table.set_index("model")["published_errors"].tolist() == [
+        HINTON_2015.teacher_errors, HINTON_2015.scratch_errors, HINTON_2015.kd_errors]
+    rows = [{k: 0 for k in ("seed", "teacher_train_errors", "kd_train_errors", "scratch_train_errors",
+                            "kd_copies_teacher_train_mistakes", "teacher_test_errors", "kd_test_errors",
+                            "kd_test_errors_shared_with_teacher", "scratch_test_errors",
+                            "scratch_test_errors_shared_with_teacher", "kd_agreement_with_teacher_test",
+                            "scratch_agreement_with_teacher_test")} | {"n_train": 45_000, "n_test": 2_000}]
+    text = hinton.render_diagnostics(rows)
+    assert "on the 45,000 training images" in text and "on the 2,000 test images" in text and "55,000" not in text

@@ -46,24 +46,28 @@ from kdbench.report.tables import (
     markdown_table,
     write_text_files,
 )
+from kdbench.studies.published import HINTON_2015
 
 EXPERIMENT = "hinton_mnist"
 #: issue 15 part 2: the same students distilled from one teacher trained to (close to) the paper's quality
 LONG_EXPERIMENT = "hinton_mnist_long"
 #: the targets of that re-run: teacher at most ~75 errors, distilled student at most ~90, gap closed >= 80 %
 LONG_TARGETS = {"teacher_errors": 75, "kd_errors": 90, "gap_closed": 0.80}
-MAIN_TAU = 20.0
+#: the distilled row is at the paper's temperature
+MAIN_TAU = HINTON_2015.kd_tau
 EXPECTED_SEEDS = (0, 1, 2)
 EXPECTED_TAUS = (1.0, 2.0, 4.0, 8.0, 20.0)
 TAU_SEED = 0
-N_TEST_DEFAULT = 10_000
+#: the test-set size of records without ``dataset_info`` (MNIST's, the paper's)
+N_TEST_DEFAULT = HINTON_2015.n_test
 
 ROW_TEACHER = "teacher 784-1200-1200-10"
 ROW_SCRATCH = "student 784-800-800-10 from scratch"
-ROW_KD = "student distilled at T=20"
+ROW_KD = f"student distilled at T={MAIN_TAU:g}"
 ROWS = (ROW_TEACHER, ROW_SCRATCH, ROW_KD)
-#: Hinton, Vinyals & Dean 2015 (arXiv 1503.02531), section 3: test errors out of 10,000
-PUBLISHED = {ROW_TEACHER: 67, ROW_SCRATCH: 146, ROW_KD: 74}
+#: the published test errors of each row (:data:`kdbench.studies.published.HINTON_2015`)
+PUBLISHED = {ROW_TEACHER: HINTON_2015.teacher_errors, ROW_SCRATCH: HINTON_2015.scratch_errors,
+             ROW_KD: HINTON_2015.kd_errors}
 
 TABLE_COLUMNS = ("model", "published_errors", "errors_mean", "errors_std", "n_seeds", "seeds", "errors_per_seed",
                  "test_acc", "ece", "nll", "agreement", "kl_to_teacher")
@@ -91,7 +95,7 @@ def load_hinton_records(records_dir: str | Path, experiment: str | None = EXPERI
 
 
 def n_test_of(rec: dict) -> int:
-    """Size of the test split the record was evaluated on (``dataset_info.sizes.test``), else 10,000."""
+    """Size of the test split the record was evaluated on (``dataset_info.sizes.test``), else :data:`N_TEST_DEFAULT`."""
     info = rec.get("dataset_info") or {}
     n = (info.get("sizes") or {}).get("test")
     return int(n) if n else N_TEST_DEFAULT
@@ -309,7 +313,8 @@ def _cfg(rec: dict, *path: str, default: Any = None) -> Any:
 
 
 def protocol_note(study: Study) -> str:
-    """Protocol, schedule, seeds and machine, read from the records' resolved configs."""
+    """Protocol, schedule, seeds, data sizes and machine, read from the records (resolved configs,
+    ``dataset_info``, ``device`` and ``host``)."""
     recs = study.complete or study.records
     kd = next((r for r in recs if r.get("variant") == "kd"), None)
     any_rec = kd or recs[0]
@@ -320,14 +325,16 @@ def protocol_note(study: Study) -> str:
     info = any_rec.get("dataset_info") or {}
     n_train_full = (info.get("sizes") or {}).get("train")
     n_train = f"{int(n_train_full) - int(val):,}" if n_train_full and val else "?"
+    n_full = f"{int(n_train_full):,}" if n_train_full else "?"
     devices = sorted({str(r.get("device")) for r in recs if r.get("device")})
+    hosts = sorted({str(r.get("host")) for r in recs if r.get("host")})
     alpha = _alpha(kd) if kd else math.nan
     seeds = sorted({str(s) for s in study.table["seeds"] for s in str(s).split()} - {""})
     return "\n".join([
         f"Protocol: LAST-epoch test metrics (no checkpoint selection), errors = round((1 − acc) × {study.n_test:,}); "
         f"mean ± std (ddof = 1) over seeds {', '.join(seeds) or 'n/a'}; seed s distils from its own teacher "
         "(teacher seed = s), so the teacher row is over the same seeds, one teacher per registry key.",
-        f"Data: MNIST, trained on {n_train} images ({val:,} of the 60,000 held out for validation), tested on "
+        f"Data: MNIST, trained on {n_train} images ({val:,} of the {n_full} held out for validation), tested on "
         f"the {study.n_test:,} test images."
         if isinstance(val, int) else "Data: MNIST.",
         f"Teacher: 784-1200-1200-10, dropout 0.2 input / 0.5 hidden, max-norm 15, ±2 px jitter "
@@ -340,8 +347,8 @@ def protocol_note(study: Study) -> str:
         f"momentum {optim.get('momentum', '?')} nesterov={optim.get('nesterov', '?')} weight decay "
         f"{optim.get('weight_decay', '?')}, {_cfg(any_rec, 'sched', 'name', default='?')} schedule. "
         f"Distilled: loss = α·CE + (1 − α)·T²·KL(p_teacher^T ‖ p_student^T), α = {alpha:g}, T = {MAIN_TAU:g}.",
-        f"Published: Hinton, Vinyals & Dean (2015), arXiv 1503.02531, §3. Machine: CPU (2 cores) "
-        f"[records: {'; '.join(devices) or 'n/a'}], shared with other jobs.",
+        f"Published: {HINTON_2015.source}. Machine: {'; '.join(devices) or 'n/a'}"
+        + (f", host {', '.join(hosts)}" if hosts else "") + " (the records' device and host), shared with other jobs.",
     ])
 
 
@@ -406,7 +413,8 @@ def render_long(long: Study, short: Study | None) -> str:
               "cached teacher signal; students, data and recipe are those of the short-teacher table below, "
               "whose teacher and distilled rows are repeated here as the comparison (its scratch row is the "
               "same configuration, trained again here: another thread count, so not bit-identical).", "",
-              f"Gap closed by distillation at the long teacher: {100 * gap:.0f}% (published 91%; short teacher: "
+              f"Gap closed by distillation at the long teacher: {100 * gap:.0f}% (published "
+              f"{100 * HINTON_2015.gap_closed:.0f}%; short teacher: "
               f"{100 * gap_closed(short.table):.0f}%)." if short is not None and not math.isnan(gap) else "",
               "", "Targets (issue 15):", *lines, ""]
     return "\n".join(parts)
@@ -425,13 +433,12 @@ def render_markdown(study: Study, long: Study | None = None) -> str:
     parts += [markdown(display_table(study.table)), "", protocol_note(study), ""]
     gap = gap_closed(study.table)
     if not math.isnan(gap):
-        pub = (PUBLISHED[ROW_SCRATCH] - PUBLISHED[ROW_KD]) / (PUBLISHED[ROW_SCRATCH] - PUBLISHED[ROW_TEACHER])
         parts += [f"Gap closed by distillation, (scratch − distilled) / (scratch − teacher) in mean errors: "
-                  f"{100 * gap:.0f}% (published: {100 * pub:.0f}%).", ""]
+                  f"{100 * gap:.0f}% (published: {100 * HINTON_2015.gap_closed:.0f}%).", ""]
     if len(study.tau):
         parts += [f"## Temperature (distilled student, seed {TAU_SEED}, last epoch)", "",
                   markdown(display_tau(study.tau)), "",
-                  "Published: with ≥ 300 units per layer all T above 8 worked about equally; 74 errors at T = 20.",
+                  f"Published: {HINTON_2015.tau_note}; {HINTON_2015.kd_errors} errors at T = {HINTON_2015.kd_tau:g}.",
                   ""]
     wt = wall_times(study)
     if len(wt):
@@ -475,8 +482,8 @@ def plot_tau_curve(study: Study, out_path: str | Path) -> Path:
     if not math.isnan(kd_m):
         ax.errorbar([MAIN_TAU * 1.08], [kd_m], yerr=[0 if math.isnan(kd_s) else kd_s], fmt="s", color="tab:purple",
                     capsize=3, label=f"distilled at T={MAIN_TAU:g}, mean ± std of {int(tab.loc[ROW_KD, 'n_seeds'])}")
-    ax.plot([MAIN_TAU], [PUBLISHED[ROW_KD]], "*", ms=13, color="black",
-            label=f"published, T={MAIN_TAU:g}: {PUBLISHED[ROW_KD]}")
+    ax.plot([HINTON_2015.kd_tau], [PUBLISHED[ROW_KD]], "*", ms=13, color="black",
+            label=f"published, T={HINTON_2015.kd_tau:g}: {PUBLISHED[ROW_KD]}")
     ax.set_xscale("log", base=2)
     ticks = sorted(set(EXPECTED_TAUS) | set(study.tau["tau"].tolist() if len(study.tau) else []))
     ax.set_xticks(ticks)
@@ -646,8 +653,9 @@ def render_diagnostics(rows: list[dict]) -> str:
     return "\n".join([
         "# Diagnostics: the saved last-epoch weights, re-evaluated (no training)", "",
         markdown(show), "",
-        "Errors are counts of wrong argmax predictions (eval mode: no dropout, no jitter) on the 55,000 "
-        "training images the models were fitted on and on the 10,000 test images. Regenerate with "
+        "Errors are counts of wrong argmax predictions (eval mode: no dropout, no jitter) on the "
+        f"{rows[0]['n_train']:,} training images the models were fitted on and on the {rows[0]['n_test']:,} test "
+        "images. Regenerate with "
         "`python -m kdbench.studies.hinton --diagnose` (needs `results/teachers/` and "
         "`results/checkpoints/hinton_mnist/`).", ""])
 
