@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ def check_every(value: int | str, accelerator: str) -> int:
     return (1 if accelerator == "cpu" else 50) if value == "auto" else int(value)
 
 
-class _EpochSync(Callback):
+class EpochSync(Callback):
     """Keep the in-memory loaders on the module's device and their shuffling keyed to the epoch.
 
     With several processes (DDP), each rank iterates only its shard of every epoch's training
@@ -116,21 +116,26 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def _usable_checkpoint(path: Path) -> int | None:
+def usable_checkpoint(path: Path) -> int | None:
     """The number of epochs a readable checkpoint has done; one that cannot be read (a disk fault, a
     copy cut short) is set aside, not resumed from (None)."""
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
         return int(ckpt.get("epoch", -1)) + 1
     except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, ...
-        _set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         return None
 
 
-def _set_aside(path: Path, why: str) -> None:
+def set_aside(path: Path, why: str, doing: str = "resuming") -> None:
+    """Move an unreadable checkpoint out of the way (``<name>.unreadable``), with a warning."""
     aside = path.with_name(path.name + ".unreadable")
     os.replace(path, aside)
-    log.warning("cannot resume from %s (%s); moved it to %s and starting from scratch", path, why, aside.name)
+    if doing == "resuming":
+        log.warning("cannot resume from %s (%s); moved it to %s and starting from scratch", path, why, aside.name)
+    else:
+        log.warning("cannot read %s (%s); moved it to %s: its run reports its last weights as best", path, why,
+                    aside.name)
 
 
 def build_trainer(spec: FitSpec, ckpt_dir: Path | None, logger=None, callbacks: list | None = None) -> pl.Trainer:
@@ -182,7 +187,7 @@ def configured_callbacks(cfg: Mapping[str, Any], has_logger: bool) -> list[Callb
     return out
 
 
-class _Eta(Callback):
+class Eta(Callback):
     """After every training epoch: ``progress.json`` in the run's checkpoint folder (epoch, epochs,
     seconds per epoch, ETA; what a sweep shows for its running jobs) and, when Lightning's progress
     bar is off, one line ``<label>: epoch 3/20, 12.1 s/epoch, about 3.4 min left``."""
@@ -215,6 +220,42 @@ class _Eta(Callback):
             print(f"{self.label}: epoch {done}/{total}, {per:.1f} s/epoch, about {left / 60:.1f} min left", flush=True)
 
 
+def prepare(modules: Sequence[DistillModule], signal, spec: FitSpec, data: TensorData) -> bool:
+    """The hardware settings of a fit, applied in one place for a single run and for every member of a
+    fused group: flush-to-zero on CPU, channels-last memory format (``auto``: on a GPU, for images) for the
+    students and the signal's teacher, and ``torch.compile`` (``auto``: on a GPU). Returns channels_last."""
+    acc = resolve_accelerator(spec.accelerator)
+    if acc == "cpu":
+        # confident softmaxes produce subnormal floats in the backward pass, which run ~100x slower on x86
+        torch.set_flush_denormal(True)
+    channels_last = (acc in ("gpu", "cuda")) if spec.channels_last == "auto" else bool(spec.channels_last)
+    if channels_last and data.is_image:
+        for m in modules:
+            m.to(memory_format=torch.channels_last)
+        if hasattr(signal, "to_memory_format"):
+            signal.to_memory_format(torch.channels_last)
+    if resolve_compile(spec.compile, acc):
+        compile_models(modules, signal)
+    return channels_last
+
+
+def resume_point(last_ckpt: Path | None, best_ckpts: Sequence[Path], resume: bool, what: str,
+                 max_epochs: int) -> str | None:
+    """The ``last.ckpt`` to resume from, or None to start from scratch: none asked for or none there, one
+    that cannot be read (set aside), or one whose best weights (``best_ckpts``) are lost (a resumed run
+    could not test them, so it starts over). Says so when it resumes."""
+    if not resume or last_ckpt is None or not last_ckpt.exists():
+        return None
+    done = usable_checkpoint(last_ckpt)
+    if done is None:
+        return None
+    if any(b.exists() and usable_checkpoint(b) is None for b in best_ckpts):
+        set_aside(last_ckpt, "its best.ckpt is unreadable")
+        return None
+    print(f"kdbench: resuming {what} from epoch {done} of {max_epochs} ({last_ckpt})", flush=True)
+    return str(last_ckpt)
+
+
 def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_dir: Path | None = None,
                  logger=None, resume: bool = True, extra_callbacks: list | None = None) -> FitResult:
     """Train ``module`` for ``spec.max_epochs``, then test the last and the best (by val accuracy) weights.
@@ -222,20 +263,10 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     With ``ckpt_dir``, ``last.ckpt`` is saved after every epoch and a later call with the same
     directory resumes from it.
     """
-    acc = resolve_accelerator(spec.accelerator)
-    if acc == "cpu":
-        # confident softmaxes produce subnormal floats in the backward pass, which run ~100x slower on x86
-        torch.set_flush_denormal(True)
-    channels_last = (acc in ("gpu", "cuda")) if spec.channels_last == "auto" else bool(spec.channels_last)
-    if channels_last and data.is_image:
-        module = module.to(memory_format=torch.channels_last)
-        if hasattr(module.signal, "to_memory_format"):
-            module.signal.to_memory_format(torch.channels_last)
-    if resolve_compile(spec.compile, acc):
-        compile_models(module)
+    channels_last = prepare([module], module.signal, spec, data)
     train, val, test = make_loaders(data, spec, channels_last)
     label = f"kdbench {ckpt_dir.parent.name}/{ckpt_dir.name}" if ckpt_dir is not None else "kdbench"
-    callbacks = [_EpochSync([train, val, test], train), _Eta(label, ckpt_dir, echo=not spec.progress)]
+    callbacks = [EpochSync([train, val, test], train), Eta(label, ckpt_dir, echo=not spec.progress)]
     callbacks += list(extra_callbacks or [])
     ckpt_cb = None
     if ckpt_dir is not None:
@@ -244,21 +275,12 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
                                   save_top_k=1, enable_version_counter=False)
         # its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only in epochs where the
         # monitored metric improved, and resumption needs the latest epoch
-        last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
-                                  enable_version_counter=False)
-        callbacks += [ckpt_cb, last_cb]  # best first: trainer.checkpoint_callback is the best one
+        callbacks += [ckpt_cb, last_checkpoint(ckpt_dir)]  # best first: trainer.checkpoint_callback is the best one
     callbacks += configured_callbacks(spec.callbacks, has_logger=bool(logger))
     trainer = build_trainer(spec, ckpt_dir, logger, callbacks)
     last_ckpt = ckpt_dir / "last.ckpt" if ckpt_dir is not None else None
-    done = _usable_checkpoint(last_ckpt) if (resume and last_ckpt is not None and last_ckpt.exists()) else None
-    resume_from = str(last_ckpt) if done is not None else None
-    best_ckpt = ckpt_dir / "best.ckpt" if ckpt_dir is not None else None
-    if resume_from and best_ckpt.exists() and _usable_checkpoint(best_ckpt) is None:
-        # the best epoch's weights are lost: a resumed run could not test them, so it starts over
-        _set_aside(last_ckpt, "its best.ckpt is unreadable")
-        resume_from = None
-    if resume_from:
-        print(f"kdbench: resuming {ckpt_dir.name} from epoch {done} of {spec.max_epochs} ({last_ckpt})", flush=True)
+    resume_from = resume_point(last_ckpt, [ckpt_dir / "best.ckpt"] if ckpt_dir is not None else [], resume,
+                               ckpt_dir.name if ckpt_dir is not None else "", spec.max_epochs)
     try:
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume_from)
     except torch.multiprocessing.ProcessRaisedException as e:  # ddp_spawn: a child's exception, as text
@@ -276,37 +298,81 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
         module.history, temps = _history_in(last_ckpt)
         module.val_temperature, module.teacher_temperature = temps.get("student"), temps.get("teacher")
         tester = build_trainer(replace(spec, devices=1, strategy="auto"), None, logger,
-                               [_EpochSync([test], train)])
-    history = copy.deepcopy(module.history)
-
-    tester.test(module, dataloaders=test, verbose=False)
-    last = {"epoch": history[-1]["epoch"] if history else trainer.current_epoch - 1,
-            "val": _val_of(history[-1]) if history else {}, "test": dict(module.last_test)}
-    reliability = {"last": module.last_reliability}
-    teacher_test = dict(module.last_teacher_test)
-    best = last
-    if ckpt_cb is not None and ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).exists():
-        # testing the best checkpoint loads its weights; put the final weights back afterwards, so the
-        # caller (e.g. the teacher registry) keeps the model whose "last" metrics it records
-        final_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        # weights_only: a file planted in a shared results folder cannot run code when read back
-        tester.test(module, dataloaders=test, ckpt_path=ckpt_cb.best_model_path, verbose=False, weights_only=True)
-        best_i = max(range(len(history)), key=lambda i: (history[i].get("val_acc", -1), -i)) if history else None
-        best = {"epoch": history[best_i]["epoch"] if best_i is not None else None,
-                "val": _val_of(history[best_i]) if best_i is not None else {}, "test": dict(module.last_test)}
-        reliability["best"] = module.last_reliability
-        module.load_state_dict(final_state)
-    module.history = history
-    return FitResult(last=last, best=best, teacher_test=teacher_test, history=history, reliability=reliability,
-                     resumed_from=resume_from, deterministic=torch.are_deterministic_algorithms_enabled())
+                               [EpochSync([test], train)])
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    (res,) = test_last_and_best(tester, module, [module], [best], test, resumed_from=resume_from)
+    return res
 
 
-def compile_models(module: DistillModule) -> None:
-    """``torch.compile`` the student in place (its state-dict keys, hence checkpoints, are unchanged)
-    and the teacher of an online signal that is not being trained."""
-    module.student.compile()
-    teacher = getattr(module.signal, "teacher", None)
-    if isinstance(teacher, torch.nn.Module) and not getattr(module.signal, "grad", False):
+def last_checkpoint(folder: Path) -> ModelCheckpoint:
+    """The callback that writes ``last.ckpt`` (the latest epoch, what a resumed fit starts from) into ``folder``."""
+    return ModelCheckpoint(dirpath=str(folder), filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+
+
+def test_last_and_best(tester: pl.Trainer, target: pl.LightningModule, members: Sequence[DistillModule],
+                       best_ckpts: Sequence[Path | None], test: TensorLoader, *,
+                       resumed_from: str | None) -> list[FitResult]:
+    """Test the last weights of every member of ``target`` (one DistillModule, or a fused group of them),
+    then each one's best (its ``best_ckpts`` entry, by val accuracy) in one more pass; put the final
+    weights and histories back afterwards, so a caller (e.g. the teacher registry) keeps the model whose
+    ``last`` metrics it records. A member without a readable best checkpoint reports its last weights as best."""
+    histories = [copy.deepcopy(m.history) for m in members]
+    tester.test(target, dataloaders=test, verbose=False)
+    lasts = [dict(m.last_test) for m in members]
+    rel = [{"last": m.last_reliability} for m in members]
+    teacher_tests = [dict(m.last_teacher_test) for m in members]
+    finals: dict[int, dict] = {}
+    for i, (m, path) in enumerate(zip(members, best_ckpts, strict=True)):
+        if path is None or not path.exists():
+            continue
+        final = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        if load_weights(m, path):
+            finals[i] = final
+    bests: dict[int, dict] = {}
+    if finals:
+        tester.test(target, dataloaders=test, verbose=False)
+        for i in finals:
+            bests[i] = dict(members[i].last_test)
+            rel[i]["best"] = members[i].last_reliability
+    out = []
+    for i, m in enumerate(members):
+        if i in finals:
+            m.load_state_dict(finals[i])
+        m.history = hist = histories[i]
+        last = {"epoch": hist[-1]["epoch"] if hist else tester.current_epoch - 1,
+                "val": val_of(hist[-1]) if hist else {}, "test": lasts[i]}
+        best = last
+        if i in bests:
+            b = max(range(len(hist)), key=lambda k: (hist[k].get("val_acc", -1), -k)) if hist else None
+            best = {"epoch": hist[b]["epoch"] if b is not None else None,
+                    "val": val_of(hist[b]) if b is not None else {}, "test": bests[i]}
+        out.append(FitResult(last=last, best=best, teacher_test=teacher_tests[i], history=hist, reliability=rel[i],
+                             resumed_from=resumed_from, deterministic=torch.are_deterministic_algorithms_enabled()))
+    return out
+
+
+def load_weights(module: DistillModule, path: Path) -> bool:
+    """Load a checkpoint's weights (and its fitted temperatures) into ``module`` for testing; a file that
+    cannot be read is set aside (False). weights_only: a file planted in a shared results folder cannot
+    run code when read back."""
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, ...
+        set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "testing")
+        return False
+    module.load_state_dict(ck["state_dict"])
+    module.on_load_checkpoint(ck)  # temperatures (and a trained teacher's weights); not the RNG outside a fit
+    return True
+
+
+def compile_models(modules: Sequence[DistillModule], signal) -> None:
+    """``torch.compile`` each student in place (its state-dict keys, hence checkpoints, are unchanged)
+    and, once, the teacher of an online signal that is not being trained."""
+    for m in modules:
+        m.student.compile()
+    teacher = getattr(signal, "teacher", None)
+    if isinstance(teacher, torch.nn.Module) and not getattr(signal, "grad", False):
         teacher.compile()
 
 
@@ -321,9 +387,6 @@ def _history_in(ckpt: Path) -> tuple[list[dict], dict]:
     return list(state.get("kdbench_history", [])), dict(state.get("kdbench_temperature") or {})
 
 
-def _val_of(row: dict) -> dict:
+def val_of(row: dict) -> dict:
+    """A history row's validation metrics, without their ``val_`` prefix."""
     return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
-
-
-#: public names for the pieces :mod:`kdbench.fused` builds its own fit from
-EpochSync, Eta, usable_checkpoint = _EpochSync, _Eta, _usable_checkpoint

@@ -1,4 +1,4 @@
-"""Atomic file writes: readers see the old file or the new one, never a partial one.
+"""Files: atomic writes (readers see the old file or the new one, never a partial one), and paths.
 
 Every file kdbench writes (records, tables, plots, checkpoints, registry entries, data caches)
 goes through :func:`atomic_write`: the bytes go to a temporary file created exclusively
@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["abs_path", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, mode: int | None = None) -> Path:
@@ -57,3 +57,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int | None = None) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=mode)
+
+
+def abs_path(path: str | os.PathLike) -> Path:
+    """``path`` relative to where the command was started (Hydra changes the working folder of its jobs)."""
+    import hydra
+
+    return Path(hydra.utils.to_absolute_path(str(path)))

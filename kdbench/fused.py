@@ -22,16 +22,12 @@ devices, fp16 with a loss scaler.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import sys
 import time
-import traceback
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +37,7 @@ import torch.nn as nn
 
 from kdbench.distill import DistillModule
 from kdbench.errors import ConfigError, DivergedError
+from kdbench.files import abs_path
 
 log = logging.getLogger("kdbench")
 
@@ -97,8 +94,6 @@ def _first_difference(a: dict, b: dict) -> str | None:
 def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[str]) -> None:
     """Refuse, with one line naming the first differing (or unsupported) key, jobs that cannot share a
     process: their batch streams or teachers differ, or a job does something a fused group cannot."""
-    from kdbench.runner import abs_path
-
     for cfg, conf, rid in zip(cfgs, confs, run_ids, strict=True):
         if cfg.get("teacher_only"):
             raise ConfigError("teacher_only", f"job {rid} only trains its teacher: nothing to fuse")
@@ -215,7 +210,7 @@ class FusedModule(pl.LightningModule):
     optimizer and scheduler each, stepped in turn); every hook is the member's own."""
 
     def __init__(self, members: Sequence[Member], *, clip: Sequence[float | None], rng: Sequence[dict],
-                 ckpt_dirs: Sequence[Path | None] = (), run_ids: Sequence[str] = (), on_epoch_end=None):
+                 ckpt_dirs: Sequence[Path | None] = (), run_ids: Sequence[str] = (), loggers: Sequence[list] = ()):
         super().__init__()
         self.automatic_optimization = False
         self.members = nn.ModuleList(members)
@@ -224,7 +219,8 @@ class FusedModule(pl.LightningModule):
         self.rng = list(rng)
         self.ckpt_dirs = list(ckpt_dirs) or [None] * len(members)
         self.run_ids = list(run_ids)
-        self.on_epoch_end_fn = on_epoch_end
+        #: each student's own loggers (what it logged goes to them after every epoch and every test)
+        self.member_loggers = list(loggers) or [[] for _ in members]
         self.scheds: list = []
         self.dead: dict[int, DivergedError] = {}
         self._sched_states: list | None = None  # from a resumed checkpoint, for configure_optimizers
@@ -304,8 +300,18 @@ class FusedModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._each("on_train_epoch_end")
-        if self.on_epoch_end_fn is not None:
-            self.on_epoch_end_fn(self)
+        opts = self._optimizers()
+        for i, m in self.live():
+            if self.member_loggers[i]:  # the learning rate, as Lightning's LearningRateMonitor logs it
+                m.logged[f"lr-{type(opts[i].optimizer).__name__}"] = float(opts[i].param_groups[0]["lr"])
+        self._flush_logs()
+
+    def _flush_logs(self) -> None:
+        for i, m in self.live():
+            if m.logged:
+                for lg in self.member_loggers[i]:
+                    lg.log_metrics({**m.logged, "epoch": m.current_epoch}, step=m.steps)
+            m.logged = {}
 
     # ---- evaluation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -382,24 +388,11 @@ class FusedModule(pl.LightningModule):
         for m in self.members:
             m.on_test_epoch_end()
 
+    def on_test_end(self) -> None:
+        self._flush_logs()
+
 
 # ---- one group, end to end -------------------------------------------------------------------------
-class _Job:
-    """One student's run: its config, ids, paths, record, module, loggers."""
-
-    def __init__(self, cfg, conf, run_id, overrides):
-        from kdbench.runner import abs_path
-
-        self.cfg, self.conf, self.run_id, self.overrides = cfg, conf, run_id, list(overrides)
-        self.record_path = abs_path(cfg.paths.runs_dir) / cfg.experiment_name / f"{run_id}.json"
-        self.ckpt_dir = abs_path(cfg.paths.checkpoints_dir) / cfg.experiment_name / run_id
-        self.record: dict = {}
-        self.module: Member | None = None
-        self.spec = None
-        self.loggers: list = []
-        self.wandb_dir = None
-
-
 def run_group(cfgs: Sequence, overrides: Sequence[Sequence[str]] | None = None) -> list[dict]:
     """Train the jobs ``cfgs`` (composed train configs) as one fused group; returns their records (those
     already complete as they are). Raises KDBenchError before any work when the group cannot be fused."""
@@ -415,37 +408,24 @@ def run_group(cfgs: Sequence, overrides: Sequence[Sequence[str]] | None = None) 
 
 def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
     from kdbench import teachers
-    from kdbench.config import check_class_counts, is_scratch, resolve, unusual_values, validate
-    from kdbench.identity import run_id_of
-    from kdbench.records import complete_record, run_lock
-    from kdbench.runner import abs_path, build_student_module, load_data, new_record
+    from kdbench.config import check_class_counts, is_scratch
+    from kdbench.lifecycle import Job, claimed
+    from kdbench.runner import build_student_module, load_data, new_record
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
 
     t0 = time.time()
     if not cfgs:
         raise ConfigError("fuse", "a fused group needs at least one job")
-    for cfg in cfgs:
-        validate(cfg)
-        for w in unusual_values(cfg):
-            log.warning(w)
-    confs = [resolve(c) for c in cfgs]
-    ids = [run_id_of(c) for c in confs]
+    every = [Job.of(c, o) for c, o in zip(cfgs, overrides, strict=True)]
+    ids = [j.run_id for j in every]
     if len(set(ids)) < len(ids):
         dup = next(r for r in ids if ids.count(r) > 1)
         raise ConfigError("fuse", f"two jobs of the group are the same run ({dup})")
-    check_fusable(cfgs, confs, ids)
-    jobs, done = [], {}
+    check_fusable(cfgs, [j.conf for j in every], ids)
     # in run-id order: the group's checkpoint is the same whatever order the jobs were given in
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
-    for i in order:
-        cfg, conf, rid, ov = cfgs[i], confs[i], ids[i], overrides[i]
-        job = _Job(cfg, conf, rid, ov)
-        rec = None if cfg.force else complete_record(job.record_path)
-        if rec is not None:
-            print(f"kdbench: {rid} already complete, record {job.record_path}")
-            done[rid] = rec
-        else:
-            jobs.append(job)
+    every.sort(key=lambda j: j.run_id)
+    done = {j.run_id: rec for j in every if (rec := j.complete()) is not None}
+    jobs = [j for j in every if j.run_id not in done]
     if not jobs:
         return [done[r] for r in ids]
 
@@ -468,212 +448,89 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
                                            teacher_meta=tmeta))
 
     # one student per job, each drawn under its own seed; its RNG stream starts where an unfused run's does
-    rng = []
+    rng = {}
     for j in jobs:
         scratch = is_scratch(j.cfg)
         signal = build_signal("none") if scratch else shared
         j.module, j.spec = build_student_module(j.cfg, j.conf, data, signal, module_cls=Member)
-        rng.append({"torch": torch.get_rng_state()}
-                   | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}))
+        rng[j.run_id] = ({"torch": torch.get_rng_state()}
+                         | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}))
         j.record = new_record(j.cfg, j.conf, j.run_id, data, signal, None if scratch else tmeta, j.overrides)
-        j.record.update(fused=len(jobs), fused_with=[o.run_id for o in jobs if o is not j])
 
-    with ExitStack() as locks:
-        for j in jobs:
-            locks.enter_context(run_lock(j.ckpt_dir.parent / f"{j.run_id}.lock", j.record_path, j.run_id, wait=True))
-        return _fit_group(jobs, data, shared, rng, done, ids, t0=t0, trap=trap)
+    with claimed(jobs, wait=True) as (pending, finished):  # a job done meanwhile by another process is left out
+        done.update(finished)
+        if pending:
+            for j in pending:
+                j.record.update(fused=len(pending), fused_with=[o.run_id for o in pending if o is not j])
+            out = _fit_group(pending, data, shared, [rng[j.run_id] for j in pending], t0=t0, trap=trap)
+            done.update(out)
+    return [done[r] for r in ids]
 
 
-def _fit_group(jobs: list[_Job], data, shared, rng, done: dict, ids: list[str], *, t0: float, trap) -> list[dict]:
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def _fit_group(jobs: list, data, shared, rng, *, t0: float, trap) -> dict[str, dict]:
+    """Drive the group's members through one life each (:mod:`kdbench.lifecycle`): one Trainer, one
+    teacher pass per batch, K students; returns their records by run id."""
+    from kdbench import lifecycle
+    from kdbench.engine import (
+        EpochSync,
+        Eta,
+        build_trainer,
+        last_checkpoint,
+        make_loaders,
+        prepare,
+        resume_point,
+        test_last_and_best,
+    )
 
-    from kdbench import teachers, tracking
-    from kdbench.config import resolve_accelerator
-    from kdbench.engine import EpochSync, Eta, build_trainer, make_loaders, usable_checkpoint
-    from kdbench.records import summary, write_record
-    from kdbench.runner import abs_path
-
-    for j in jobs:
-        write_record(j.record_path, j.record)
     spec0 = jobs[0].spec
-    exit_codes = dict.fromkeys(range(len(jobs)), 0)
     fused = None
+    note = f"the same group (fused, {len(jobs)} students) resumes from its last checkpoint"
     try:
-        for j in jobs:
-            c, cfg = j.conf, j.cfg
-            art = tracking.log_teacher(c.get("logger"), j.record["teacher"], abs_path(cfg.paths.wandb_dir))
-            j.loggers = tracking.make_loggers(
-                c.get("logger"), run_id=j.run_id,
-                name=tracking.run_name(c["distill"]["variant"], c["seed"], j.record["overrides"]),
-                config={**c, **({"teacher_artifact": art} if art else {}), "fused": len(jobs)},
-                fresh=bool(cfg.force), group_tags=[c["distill"]["variant"], c["dataset"]["name"]],
-                wandb_dir=abs_path(cfg.paths.wandb_dir), experiment=cfg.experiment_name,
-                csv_dir=abs_path(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None,
-                own_run=True)
-            j.wandb_dir = tracking.define_summaries(j.loggers)
-            for lg in j.loggers:
-                lg.log_hyperparams(dict(j.module.hparams))
-            j.ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-        acc = resolve_accelerator(spec0.accelerator)
-        if acc == "cpu":
-            torch.set_flush_denormal(True)  # as engine.fit_and_test
-        channels_last = (acc in ("gpu", "cuda")) if spec0.channels_last == "auto" else bool(spec0.channels_last)
-        if channels_last and data.is_image:
+        with lifecycle.living(jobs, trap, t0, fused=len(jobs), resumes=note):
             for j in jobs:
-                j.module.to(memory_format=torch.channels_last)
-            if shared is not None and hasattr(shared.inner, "to_memory_format"):
-                shared.inner.to_memory_format(torch.channels_last)
-        train, val, test = make_loaders(data, spec0, channels_last)
-
-        def epoch_end(module: FusedModule) -> None:
-            _after_epoch(module, jobs)
-
-        fused = FusedModule([j.module for j in jobs], clip=[j.spec.gradient_clip_val for j in jobs], rng=rng,
-                            ckpt_dirs=[j.ckpt_dir for j in jobs], run_ids=[j.run_id for j in jobs],
-                            on_epoch_end=epoch_end)
-        etas = [Eta(f"kdbench {j.cfg.experiment_name}/{j.run_id}", j.ckpt_dir, echo=not spec0.progress) for j in jobs]
-        # the group's last.ckpt (every student's weights, optimizer, scheduler, history, RNG) in a folder
-        # of its own beside the students' (named by their run ids): a re-run of the same group resumes it
-        gdir = group_dir(jobs)
-        gdir.mkdir(parents=True, exist_ok=True)
-        last_cb = ModelCheckpoint(dirpath=str(gdir), filename="last", monitor=None, save_top_k=1,
-                                  enable_version_counter=False)
-        trainer = build_trainer(replace(spec0, gradient_clip_val=None, callbacks={}), gdir, None,
-                                [EpochSync([train, val, test], train), *etas, last_cb])
-        last = gdir / "last.ckpt"
-        resume = all(bool(j.cfg.resume) and not j.cfg.force for j in jobs) and last.exists()
-        epochs_done = usable_checkpoint(last) if resume else None
-        resumed_from = str(last) if epochs_done is not None else None
-        if resumed_from:
-            print(f"kdbench: resuming fused group {gdir.name} from epoch {epochs_done} of {spec0.max_epochs} "
-                  f"({last})", flush=True)
-        trainer.fit(fused, train_dataloaders=train, val_dataloaders=val, ckpt_path=resumed_from)
-        histories = [copy.deepcopy(j.module.history) for j in jobs]
-
-        # test: the last weights of every student, then each one's best (by its val accuracy)
-        live = [i for i in range(len(jobs)) if i not in fused.dead]
-        trainer.test(fused, dataloaders=test, verbose=False)
-        lasts = {i: dict(jobs[i].module.last_test) for i in live}
-        rel = {i: {"last": jobs[i].module.last_reliability} for i in live}
-        teacher_tests = {i: dict(jobs[i].module.last_teacher_test) for i in live}
-        _flush_logs(jobs, live)
-        finals = {i: {k: v.detach().clone() for k, v in jobs[i].module.state_dict().items()} for i in live}
-        has_best = {i for i in live if (jobs[i].ckpt_dir / "best.ckpt").exists()}
-        for i in has_best:
-            ck = torch.load(str(jobs[i].ckpt_dir / "best.ckpt"), map_location="cpu", weights_only=True)
-            m = jobs[i].module
-            m.load_state_dict(ck["state_dict"])
-            temps = ck.get("kdbench_temperature") or {}
-            m.val_temperature, m.teacher_temperature = temps.get("student"), temps.get("teacher")
-        bests = {}
-        if has_best:
-            trainer.test(fused, dataloaders=test, verbose=False)
-            bests = {i: dict(jobs[i].module.last_test) for i in has_best}
-            for i in has_best:
-                rel[i]["best"] = jobs[i].module.last_reliability
-            _flush_logs(jobs, sorted(has_best))
-        for i in live:
-            jobs[i].module.load_state_dict(finals[i])
-            jobs[i].module.history = histories[i]
-
-        for i, j in enumerate(jobs):
-            m, hist = j.module, histories[i]
-            if i in fused.dead:
-                e = fused.dead[i]
-                j.record.update(status="diverged", error=str(e), diverged_step=e.step, history=m.history)
-                exit_codes[i] = 3
-                continue
-            last = {"epoch": hist[-1]["epoch"] if hist else trainer.current_epoch - 1,
-                    "val": _val_of(hist[-1]) if hist else {}, "test": lasts[i]}
-            best = last
-            if i in bests:
-                b = max(range(len(hist)), key=lambda k: (hist[k].get("val_acc", -1), -k)) if hist else None
-                best = {"epoch": hist[b]["epoch"] if b is not None else None,
-                        "val": _val_of(hist[b]) if b is not None else {}, "test": bests[i]}
-            j.record.update(status="debug" if j.conf.get("debug") else "complete",
-                            metrics={"last": last, "best": best}, history=hist, reliability=rel[i],
-                            deterministic=torch.are_deterministic_algorithms_enabled(), resumed_from=resumed_from)
-            tt = teacher_tests[i]
-            if j.record["teacher"] is not None and tt:
-                warning = teachers.drift(j.record["teacher"].get("test"), tt, int(len(data.test_y)))
-                if warning:
-                    j.record["teacher"]["drift"] = warning
-                j.record["teacher"].update(registry_test=j.record["teacher"].get("test"), test=tt)
-            tracking.log_final(j.loggers, last, best, tt, j.record)
-    except BaseException as e:
-        dead = fused.dead if fused is not None else {}
-        for i, j in enumerate(jobs):
-            if i in dead or j.record.get("status") in ("complete", "debug"):
-                continue
-            hist = j.module.history if j.module is not None else []
-            if trap.signum is not None:
-                from kdbench.interrupts import RunInterrupted
-
-                sig = RunInterrupted(trap.signum)
-                j.record.update(status="interrupted", error=f"{sig} after {len(hist)} epoch(s) (fused group of "
-                                                             f"{len(jobs)}: the same group resumes from its last "
-                                                             "checkpoint)",
-                                history=hist)
-                exit_codes[i] = sig.exit_code
-            else:
-                j.record.update(status="failed", error=f"{type(e).__name__}: {e}".strip()[:2000],
-                                traceback=traceback.format_exc(limit=8)[-4000:], history=hist)
-                exit_codes[i] = 1
-        for i, err in dead.items():
-            jobs[i].record.update(status="diverged", error=str(err), diverged_step=err.step, history=jobs[i].module.history)
-            exit_codes[i] = 3
-        raise
+                for lg in j.loggers:  # what Lightning does for the loggers it is given (the members log themselves)
+                    lg.log_hyperparams(dict(j.module.hparams))
+                j.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            channels_last = prepare([j.module for j in jobs], shared, spec0, data)
+            train, val, test = make_loaders(data, spec0, channels_last)
+            fused = FusedModule([j.module for j in jobs], clip=[j.spec.gradient_clip_val for j in jobs], rng=rng,
+                                ckpt_dirs=[j.ckpt_dir for j in jobs], run_ids=[j.run_id for j in jobs],
+                                loggers=[j.loggers for j in jobs])
+            etas = [Eta(f"kdbench {j.cfg.experiment_name}/{j.run_id}", j.ckpt_dir, echo=not spec0.progress)
+                    for j in jobs]
+            # the group's last.ckpt (every student's weights, optimizer, scheduler, history, RNG) in a folder
+            # of its own beside the students' (named by their run ids): a re-run of the same group resumes it
+            gdir = group_dir(jobs)
+            gdir.mkdir(parents=True, exist_ok=True)
+            trainer = build_trainer(replace(spec0, gradient_clip_val=None, callbacks={}), gdir, None,
+                                    [EpochSync([train, val, test], train), *etas, last_checkpoint(gdir)])
+            resume = all(bool(j.cfg.resume) and not j.cfg.force for j in jobs)
+            resumed_from = resume_point(gdir / "last.ckpt", [j.ckpt_dir / "best.ckpt" for j in jobs], resume,
+                                        f"fused group {gdir.name}", spec0.max_epochs)
+            try:
+                trainer.fit(fused, train_dataloaders=train, val_dataloaders=val, ckpt_path=resumed_from)
+            finally:
+                for i, e in fused.dead.items():
+                    lifecycle.diverged(jobs[i], e)
+            live = [i for i in range(len(jobs)) if i not in fused.dead]
+            results = test_last_and_best(trainer, fused, [jobs[i].module for i in live],
+                                         [jobs[i].ckpt_dir / "best.ckpt" for i in live], test,
+                                         resumed_from=resumed_from)
+            for i, res in zip(live, results, strict=True):
+                lifecycle.finish(jobs[i], res, int(len(data.test_y)))
     finally:
-        for i, j in enumerate(jobs):
-            j.record.update(wall_time_s=round(time.time() - t0, 3), wandb_dir=j.wandb_dir,
-                            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            write_record(j.record_path, j.record)
-            tracking.finish_loggers(j.loggers, exit_codes[i])
-    out = {}
-    for j in jobs:
-        j.record["record_path"] = str(j.record_path)
-        if j.record.get("status") in ("complete", "debug"):
-            print(summary(j.record, j.record_path))
-        else:
-            print(f"kdbench: {j.run_id} {j.record.get('status')}: {j.record.get('error')}", file=sys.stderr)
-        out[j.run_id] = j.record
+        out = {j.run_id: lifecycle.announce(j) for j in jobs}
     if fused.dead:
-        first = min(fused.dead)
-        raise fused.dead[first]
-    return [out.get(r) or done[r] for r in ids]
+        raise fused.dead[min(fused.dead)]
+    return out
 
 
-def group_dir(jobs: list[_Job]) -> Path:
+def group_dir(jobs: Sequence) -> Path:
     """The fused group's own checkpoint folder, beside its first student's (named by the sorted run ids)."""
     import hashlib
 
     digest = hashlib.sha256(" ".join(sorted(j.run_id for j in jobs)).encode()).hexdigest()[:10]
     return jobs[0].ckpt_dir.parent / f"fused-{len(jobs)}-{digest}"
-
-
-def _val_of(row: dict) -> dict:
-    return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
-
-
-def _flush_logs(jobs: list[_Job], which) -> None:
-    for i in which:
-        m = jobs[i].module
-        if m.logged and jobs[i].loggers:
-            for lg in jobs[i].loggers:
-                lg.log_metrics({**m.logged, "epoch": m.current_epoch}, step=m.steps)
-        m.logged = {}
-
-
-def _after_epoch(module: FusedModule, jobs: list[_Job]) -> None:
-    """After each epoch: each live student's metrics (and learning rate) to its own loggers."""
-    opts = module._optimizers()
-    live = [i for i, _ in module.live()]
-    for i in live:
-        m = jobs[i].module
-        if jobs[i].loggers:
-            m.logged[f"lr-{type(opts[i].optimizer).__name__}"] = float(opts[i].param_groups[0]["lr"])
-    _flush_logs(jobs, live)
 
 
 # ---- command line -------------------------------------------------------------------------------------
@@ -692,8 +549,7 @@ def split_jobs(argv: Sequence[str]) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     from kdbench.config import compose_job
-    from kdbench.errors import KDBenchError
-    from kdbench.interrupts import RunInterrupted
+    from kdbench.errors import exit_codes
     from kdbench.runner import quiet_libraries
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -703,19 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     quiet_libraries()
     jobs = split_jobs(argv)
-    try:
-        cfgs = [compose_job(j) for j in jobs]
-        run_group(cfgs, jobs)
-    except RunInterrupted as e:
-        print(f"kdbench: {e}; records say 'interrupted' (run them again to start over)", file=sys.stderr)
-        return e.exit_code
-    except KDBenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
-        return 2
-    except DivergedError as e:
-        print(f"kdbench: error: {e}; record status 'diverged'", file=sys.stderr)
-        return 3
-    return 0
+    with exit_codes(run=True, interrupted="records say 'interrupted' (run the group again to resume)") as ec:
+        run_group([compose_job(j) for j in jobs], jobs)
+    return ec.code or 0
 
 
 if __name__ == "__main__":

@@ -9,28 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
-import traceback
 import warnings
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from kdbench.config import check_class_counts, is_scratch, resolve, unusual_values, validate
-from kdbench.errors import ConfigError, DivergedError
-from kdbench.identity import run_id_of
+from kdbench.config import check_class_counts, is_scratch, validate
+from kdbench.errors import ConfigError
+from kdbench.files import abs_path
 from kdbench.provenance import device_name, in_multirun, overrides, versions
-from kdbench.records import complete_record, jsonable, run_lock, summary, write_record
+from kdbench.records import jsonable
 
 log = logging.getLogger("kdbench")
-
-
-def abs_path(path: Any) -> Path:
-    return Path(hydra.utils.to_absolute_path(str(path)))
 
 
 def load_data(dataset: dict):
@@ -59,28 +51,18 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, trap) -> dict:
-    from kdbench import teachers
+    from kdbench import lifecycle, teachers
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
 
     t0 = time.time()
-    validate(cfg)
-    if int(cfg.get("fuse", 1)) != 1:
+    if int(cfg.get("fuse", 1)) != 1:  # before validation: a fused sweep's key, not this command's
+        validate(cfg)
         raise ConfigError("fuse", f"fuse={cfg.fuse} fuses the jobs of a sweep: run `python -m kdbench.sweep ... "
                                   f"fuse={cfg.fuse}` (one run of kdbench.train is one job)")
-    for w in unusual_values(cfg):
-        log.warning(w)
-        print(f"kdbench: warning: {w}", file=sys.stderr)
-    conf = resolve(cfg)  # every `auto` resolved, credentials redacted: what is hashed and recorded
-    run_id = run_id_of(conf)
-    ignored = sorted(set(cfg.distill) - set(conf["distill"]))
-    if ignored:
-        log.warning("distill.%s: not read by method %s (ignored)", ", distill.".join(ignored), conf["distill"]["method"])
-    runs_dir, ckpt_root = abs_path(cfg.paths.runs_dir), abs_path(cfg.paths.checkpoints_dir)
-    record_path = runs_dir / cfg.experiment_name / f"{run_id}.json"
-    done = None if cfg.force else complete_record(record_path)
+    job = lifecycle.Job.of(cfg, overrides())
+    conf = job.conf
+    done = job.complete()
     if done is not None:
-        log.info("run %s is already complete (%s); skipping (force=true re-runs it)", run_id, record_path)
-        print(f"kdbench: {run_id} already complete, record {record_path}")
         return done
 
     # data -> teacher signal
@@ -91,7 +73,8 @@ def _run(cfg: DictConfig, trap) -> dict:
     teacher, tmeta = None, None
     if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:
         teacher, tmeta = teachers.for_run(conf["teacher"], conf["dataset"], trainer, data,
-                                          teachers_dir=abs_path(cfg.paths.teachers_dir), checkpoints_dir=ckpt_root,
+                                          teachers_dir=abs_path(cfg.paths.teachers_dir),
+                                          checkpoints_dir=abs_path(cfg.paths.checkpoints_dir),
                                           eval_batch_size=conf["dataset"]["eval_batch_size"], log=log.info)
     if cfg.teacher_only:
         acc = (tmeta.get("test") or {}).get("acc")
@@ -100,15 +83,19 @@ def _run(cfg: DictConfig, trap) -> dict:
         return {"teacher": tmeta, "metrics": {}}
     signal = build_signal(conf["teacher_signal"], teacher=teacher, conf=conf, data=data, teacher_meta=tmeta)
 
-    # student -> method -> module
-    module, spec = build_student_module(cfg, conf, data, signal)
-    record = new_record(cfg, conf, run_id, data, signal, tmeta, overrides())
-    with run_lock(ckpt_root / cfg.experiment_name / f"{run_id}.lock", record_path, run_id, wait=in_multirun()):
-        done = None if cfg.force else complete_record(record_path)
-        if done is not None:  # another job of the sweep was this run, and finished it while we waited
-            print(f"kdbench: {run_id} already complete, record {record_path}")
-            return done
-        return _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, t0=t0, trap=trap)
+    # student -> method -> module -> the job's life
+    job.module, job.spec = build_student_module(cfg, conf, data, signal)
+    job.record = new_record(cfg, conf, job.run_id, data, signal, tmeta, job.overrides)
+    with lifecycle.claimed([job], wait=in_multirun()) as (pending, done):
+        if not pending:  # another job of the sweep was this run, and finished it while we waited
+            return done[job.run_id]
+        with lifecycle.living([job], trap, t0):
+            from kdbench.engine import fit_and_test
+
+            res = fit_and_test(job.module, data, job.spec, ckpt_dir=job.ckpt_dir, logger=job.loggers or None,
+                               resume=bool(cfg.resume) and not cfg.force)
+            lifecycle.finish(job, res, int(len(data.test_y)))
+    return lifecycle.announce(job)
 
 
 def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
@@ -184,67 +171,6 @@ def _true_law(data):
     from kdbench.data.text import markov_oracle
 
     return markov_oracle(data)  # a metric only: never the run's teacher
-
-
-def _fit_and_record(cfg, conf, run_id, record_path, record, module, data, spec, *, t0: float, trap) -> dict:
-    """Write the ``running`` record, fit and test, then the final record (whatever ended the run) and close W&B."""
-    from kdbench import teachers, tracking
-    from kdbench.engine import fit_and_test
-
-    d = conf["distill"]
-    ckpt_root = abs_path(cfg.paths.checkpoints_dir)
-    write_record(record_path, record)
-
-    # fit / test -> record
-    wandb_dir, exit_code = None, 0
-    try:
-        art = tracking.log_teacher(conf.get("logger"), record["teacher"], abs_path(cfg.paths.wandb_dir))
-        loggers = tracking.make_loggers(
-            conf.get("logger"), run_id=run_id, name=tracking.run_name(d["variant"], conf["seed"], record["overrides"]),
-            config={**conf, **({"teacher_artifact": art} if art else {})}, fresh=bool(cfg.force),
-            group_tags=[d["variant"], conf["dataset"]["name"]], wandb_dir=abs_path(cfg.paths.wandb_dir),
-            experiment=cfg.experiment_name,
-            csv_dir=abs_path(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None)
-        wandb_dir = tracking.define_summaries(loggers)
-        res = fit_and_test(module, data, spec, ckpt_dir=ckpt_root / cfg.experiment_name / run_id,
-                           logger=loggers or None, resume=bool(cfg.resume) and not cfg.force)
-        # a debug run (debug=fast|limit|overfit) ran, but on a few batches: never a result
-        record.update(status="debug" if conf.get("debug") else "complete",
-                      metrics={"last": res.last, "best": res.best}, history=res.history,
-                      reliability=res.reliability, deterministic=res.deterministic, resumed_from=res.resumed_from)
-        if record["teacher"] is not None and res.teacher_test:
-            warning = teachers.drift(record["teacher"].get("test"), res.teacher_test, int(len(data.test_y)))
-            if warning:
-                log.warning("teacher %s: %s", record["teacher"].get("name"), warning)
-                record["teacher"]["drift"] = warning
-            record["teacher"].update(registry_test=record["teacher"].get("test"), test=res.teacher_test)
-        tracking.log_final(loggers, res.last, res.best, res.teacher_test, record)
-    except DivergedError as e:
-        record.update(status="diverged", error=str(e), diverged_step=e.step, history=module.history)
-        exit_code = 3
-        raise
-    except BaseException as e:
-        if trap.signum is not None:  # Ctrl-C / SIGTERM, whatever Lightning turned it into
-            from kdbench.interrupts import RunInterrupted
-
-            sig = RunInterrupted(trap.signum)
-            done = len(module.history)
-            record.update(status="interrupted", error=f"{sig} after {done} epoch(s); the next invocation resumes "
-                                                     "from the last checkpoint", history=module.history)
-            exit_code = sig.exit_code
-        else:
-            record.update(status="failed", error=f"{type(e).__name__}: {e}".strip()[:2000],
-                          traceback=traceback.format_exc(limit=8)[-4000:], history=module.history)
-            exit_code = 1
-        raise
-    finally:
-        record.update(wall_time_s=round(time.time() - t0, 3), wandb_dir=wandb_dir,
-                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_record(record_path, record)
-        tracking.finish_wandb(exit_code)
-    record["record_path"] = str(record_path)
-    print(summary(record, record_path))
-    return record
 
 
 _NOISE = (".*does not have many workers.*", ".*The `srun` command is available.*", ".*LeafSpec.*",

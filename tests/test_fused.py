@@ -30,6 +30,23 @@ def _close(a, b, path="") -> None:
         assert a == b, (path, a, b)
 
 
+#: what a fused member's record may say differently from the separate run's: the group, the clock, the machine
+#: and where its files went (the two runs below differ only in their experiment name, sep / fus)
+VOLATILE = {"fused", "fused_with", "wall_time_s", "started_at", "finished_at", "host", "pid", "record_path",
+            "wandb_dir"}
+
+
+def _same_record(separate: dict, fused: dict) -> None:
+    """The whole record, structurally (a field added later cannot drift silently), but VOLATILE."""
+    import json
+
+    def norm(rec):
+        text = json.dumps({k: v for k, v in rec.items() if k not in VOLATILE})
+        return json.loads(text.replace('"sep"', '"fus"').replace("/sep/", "/fus/"))
+
+    _close(norm(separate), norm(fused))
+
+
 def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_path, monkeypatch):
     from kdbench.fused import run_group
     from kdbench.signals.online import OnlineSignal
@@ -47,13 +64,13 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
     separate = []
     for g in GROUP:
         calls["n"] = 0
-        separate.append(run(compose(*SMALL, *extra, *g, "experiment_name=sep")))
+        separate.append(run(compose(*SMALL, *extra, *g, "experiment_name=sep", "logger=wandb")))
         if g[0] == "distill=kd":
             one_run = calls["n"]
     # the fused students log to W&B (offline): one W&B run each, beside one another in this process
     cfgs = [compose(*SMALL, *extra, *g, "experiment_name=fus", "logger=wandb") for g in GROUP]
     calls["n"] = 0
-    fused = run_group(cfgs, [list(g) for g in GROUP])
+    fused = run_group(cfgs)
     assert calls["n"] == one_run > 0  # one teacher pass per batch for the whole group (train, val, test)
     ids = [r["run_id"] for r in separate]
     assert [r["run_id"] for r in fused] == ids  # the unfused run ids
@@ -69,8 +86,9 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
             _close(s["teacher"]["test"], f["teacher"]["test"], "teacher")
         ck = tmp_path / "results" / "checkpoints" / "fus" / f["run_id"]
         assert (ck / "best.ckpt").is_file() and (ck / "progress.json").is_file()
-        # the record's schema is the unfused one plus the two fused keys
+        # the record's schema is the unfused one plus the two fused keys, and every other field is equal
         assert set(f) - set(s) == {"fused", "fused_with"}
+        _same_record(s, f)
     dirs = {r["wandb_dir"] for r in fused}
     assert len(dirs) == 3 and None not in dirs
     assert len(list((tmp_path / "results" / "wandb").glob("offline-run-*-fus-*"))) == 3
@@ -202,3 +220,31 @@ def test_a_diverging_student_does_not_stop_its_group(compose, tmp_path):
             (read_record(p) for p in (tmp_path / "results" / "runs" / "div").glob("*.json"))}
     assert recs[1e30]["status"] == "diverged" and recs[1e30]["diverged_step"] is not None
     assert recs[0.05]["status"] == "complete" and len(recs[0.05]["history"]) == 2
+
+
+@pytest.mark.slow  # ~110 s on the 2-core CPU: inductor compiles 4 models for 3 batch shapes each
+def test_compile_true_compiles_the_single_run_and_every_fused_member(compose, monkeypatch):
+    """trainer.compile=true on CPU (inductor): the single run's student and each fused member's are compiled
+    modules when they train, and their records say so (a fused job once recorded compile: true uncompiled)."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("inductor needs a C compiler on CPU, and this machine has none")
+    from kdbench import lifecycle
+    from kdbench.fused import run_group
+    from kdbench.train import run
+
+    seen: dict[str, bool] = {}
+    real = lifecycle.finish
+
+    def spy(job, res, n_test):  # the job's own module, as it was trained
+        seen[job.run_id] = job.module.student._compiled_call_impl is not None
+        real(job, res, n_test)
+
+    monkeypatch.setattr(lifecycle, "finish", spy)
+    tiny = ("trainer.max_epochs=1", "teacher.recipe.epochs=1", "trainer.compile=true", "debug=limit")
+    single = run(compose(*tiny, "experiment_name=one"))
+    group = run_group([compose(*tiny, "distill=kd", f"distill.tau={t}", "experiment_name=grp") for t in (2, 4)])
+    recs = [single, *group]
+    assert all(r["config"]["trainer"]["compile"] is True for r in recs)
+    assert seen == {r["run_id"]: True for r in recs}

@@ -76,13 +76,13 @@ def test_compile_models_compiles_student_and_frozen_teacher_in_place_keeping_sta
     student, teacher = build_model("mlp", 10, (1, 8, 8), hidden=[16]), build_model("mlp", 10, (1, 8, 8), hidden=[32])
     keys = list(student.state_dict())
     module = DistillModule(student, 10, OptimSpec(), SchedSpec(), signal=OnlineSignal(teacher))
-    compile_models(module)
+    compile_models([module], module.signal)
     assert module.student._compiled_call_impl is not None and teacher._compiled_call_impl is not None
     assert list(module.student.state_dict()) == keys  # checkpoints stay loadable either way
     trained = build_model("mlp", 10, (1, 8, 8), hidden=[32])
     m2 = DistillModule(build_model("mlp", 10, (1, 8, 8), hidden=[16]), 10, OptimSpec(), SchedSpec(),
                        signal=OnlineSignal(trained, grad=True))
-    compile_models(m2)
+    compile_models([m2], m2.signal)
     assert trained._compiled_call_impl is None  # a teacher being trained is left alone
 
 
