@@ -131,6 +131,25 @@ def test_fused_group_equals_separate_runs_and_skips_when_complete(compose, tmp_p
     again = run_group([compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP])
     assert [r["finished_at"] for r in again] == [r["finished_at"] for r in fused]
 
+    # a second process that found the group unfinished, then waited on its locks while the first finished
+    # it: completion is checked again under the locks, so the complete records are not re-opened
+    from kdbench.lifecycle import Job
+
+    real_complete, first_look = Job.complete, set()
+
+    def stale_first_look(job):
+        if job.run_id not in first_look:  # what it saw before the locks: still running
+            first_look.add(job.run_id)
+            return None
+        return real_complete(job)
+
+    monkeypatch.setattr(Job, "complete", stale_first_look)
+    late = run_group([compose(*SMALL, *extra, *g, "experiment_name=fus") for g in GROUP])
+    assert first_look == set(ids)
+    assert [r["finished_at"] for r in late] == [r["finished_at"] for r in fused]
+    assert [read_record(tmp_path / "results" / "runs" / "fus" / f"{r}.json")["finished_at"] for r in ids] == \
+        [r["finished_at"] for r in fused]
+
 
 @pytest.mark.parametrize(("override", "key"), [
     ("data_seed=7", "data_seed"),
