@@ -622,16 +622,9 @@ def test_bf16_matches_reference_on_rounded_inputs():
 @pytest.mark.parametrize(
     "call,name",
     [
-        (lambda s, t, y: kd_loss(s, t, y, kl="jsd", jsd_beta=1.5), "jsd_beta"),
-        (lambda s, t, y: kd_loss(s, t, y, kl="skew_forward", skew_lambda=-0.1), "skew_lambda"),
-        (lambda s, t, y: kd_loss(s, t, y, standardize=1), "standardize"),
-        (lambda s, t, y: dkd_loss(s, t, y, alpha=-1.0), "alpha"),
-        (lambda s, t, y: dkd_loss(s, t, y, beta=float("nan")), "beta"),
-        (lambda s, t, y: dkd_loss(s, t, y, tau=0.0), "tau"),
         (lambda s, t, y: dkd_loss(s, t, None), "labels"),
         (lambda s, t, y: dkd_loss(s[:, :1], t[:, :1], y), "student_logits"),
         (lambda s, t, y: dkd_loss(s, t[:1], y), "teacher_logits"),
-        (lambda s, t, y: dist_loss(s, t, gamma=-2.0), "gamma"),
         (lambda s, t, y: dist_loss(s, t, labels=y[:1]), "labels"),
         (lambda s, t, y: standardize_logits(s, eps=-1.0), "eps"),
     ],
@@ -640,3 +633,31 @@ def test_bad_arguments(call, name):
     s, t, y = case((3, 4), seed=26)
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         call(s, t, y)
+
+
+@pytest.mark.parametrize(
+    "method,params,key",
+    [
+        ("kd", {"alpha": 1.5}, "alpha"),
+        ("kd", {"alpha": float("nan")}, "alpha"),
+        ("kd", {"tau": 0.0}, "tau"),
+        ("kd", {"tau": float("inf")}, "tau"),
+        ("kd", {"kl": "jsd", "jsd_beta": 1.5}, "jsd_beta"),
+        ("kd", {"kl": "skew_forward", "skew_lambda": -0.1}, "skew_lambda"),
+        ("kd", {"standardize": 1}, "standardize"),
+        ("kd", {"tau_squared": "yes"}, "tau_squared"),
+        ("dkd", {"dkd_alpha": -1.0}, "dkd_alpha"),
+        ("dkd", {"dkd_beta": float("nan")}, "dkd_beta"),
+        ("dkd", {"tau": 0.0}, "tau"),
+        ("dist", {"dist_gamma": -2.0}, "dist_gamma"),
+    ],
+)
+def test_parameter_values_are_checked_once_when_the_method_is_built(method, params, key):
+    """The losses check shapes and dtypes on every step; a parameter's range is checked by the method
+    that passes it, once, when it is built (a one-line ConfigError naming the key)."""
+    from kdbench.errors import ConfigError
+    from kdbench.methods import build_method
+
+    with pytest.raises(ConfigError) as e:
+        build_method(method, params)
+    assert e.value.key == f"distill.{key}"
