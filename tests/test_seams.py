@@ -47,7 +47,7 @@ def _top(mod: str) -> str:
     return mod.split(".")[0]
 
 
-@pytest.mark.parametrize("name", [m for m in MODULES if m == "kdbench.losses" or m.startswith("kdbench.methods")])
+@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith(("kdbench.losses", "kdbench.methods"))])
 def test_losses_and_methods_import_no_framework(name):
     bad = [m for m, _ in _imports(MODULES[name]) if _top(m) in FRAMEWORKS]
     assert not bad, f"{name} imports {bad}"
