@@ -1,10 +1,9 @@
-"""Config validation: every bad value is rejected before any work, with one line naming the key."""
+"""Config validation and ``auto`` resolution: every bad value is rejected before any work, with one line
+naming the key. Single keys are :mod:`kdbench.schema`'s; here are the rules that span several keys."""
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,6 @@ from typing import Any
 from kdbench.credentials import redact, reject_secrets
 from kdbench.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
-AUGMENTS = ("none", "default", "crop_flip", "flip", "jitter")
-PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
-WANDB_MODES = ("offline", "online", "disabled")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 #: the configs: kdbench/conf, a link to the top-level conf/ in a checkout, real files once installed
 #: (absolute, so Hydra reads the folder however kdbench was started: -m, a console script, -c)
 CONF_DIR = str((Path(__file__).parent / "conf").resolve())
@@ -85,27 +77,6 @@ def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def _number(cfg, key: str) -> float:
-    v = _get(cfg, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(key, f"must be a number, got {v!r}")
-    return float(v)
-
-
-def _positive_int(cfg, key: str, allow_zero: bool = False) -> int:
-    v = _get(cfg, key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(key, f"must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
-    return v
-
-
-def _choice(cfg, key: str, allowed) -> str:
-    v = _get(cfg, key)
-    if v not in allowed:
-        raise ConfigError(key, f"unknown value {v!r}; allowed: {', '.join(map(str, allowed))}")
-    return v
-
-
 def is_scratch(cfg) -> bool:
     """A student trained on labels alone: no method, no teacher signal, no teacher."""
     return not _get(cfg, "distill.enabled", True) or _get(cfg, "distill.method", "kd") == "none"
@@ -146,108 +117,34 @@ def resolve(cfg) -> dict:
     return c
 
 
-def validate_distill(cfg) -> None:
-    """The method and its parameters (each method checks its own: one schema, the method's fields)."""
-    from omegaconf import OmegaConf
-
-    from kdbench.methods import build_method, method_names
-    from kdbench.signals import signal_names
-
-    _choice(cfg, "distill.method", ["none"] + method_names())
-    _choice(cfg, "teacher_signal", signal_names())
-    for key in ("enabled", "teacher_train_mode", "teacher_grad"):
-        if not isinstance(_get(cfg, f"distill.{key}"), bool):
-            raise ConfigError(f"distill.{key}", f"must be true or false, got {_get(cfg, f'distill.{key}')!r}")
-    if not is_scratch(cfg):
-        d = _get(cfg, "distill")
-        build_method(_get(cfg, "distill.method"), OmegaConf.to_container(d, resolve=True) if hasattr(d, "_get_node")
-                     else dict(d))
-
-
-def validate_optim(cfg, prefix: str) -> None:
-    _choice(cfg, f"{prefix}optim.name", OPTIMIZERS)
-    lr = _number(cfg, f"{prefix}optim.lr")
-    if lr < 0:
-        raise ConfigError(f"{prefix}optim.lr", f"must be >= 0, got {lr:g}")
-    for key in ("momentum", "weight_decay"):
-        if _get(cfg, f"{prefix}optim.{key}") is not None:
-            v = _number(cfg, f"{prefix}optim.{key}")
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{prefix}optim.{key}", f"must be a finite number >= 0, got {v:g}")
-    _choice(cfg, f"{prefix}sched.name", SCHEDULERS)
-    if _get(cfg, f"{prefix}sched.name") == "multistep":
-        ms = _get(cfg, f"{prefix}sched.milestones")
-        if ms is None or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in ms):
-            raise ConfigError(f"{prefix}sched.milestones", f"must be a list of non-negative epochs, got {ms!r}")
-
-
 def validate(cfg) -> None:
-    """Check everything that can be checked without loading data or weights."""
-    from kdbench.data import dataset_names
-    from kdbench.models import model_names
+    """Check everything that can be checked without loading data or weights: every key against the
+    schema (its kind, range and choices), then the rules that span several keys."""
+    from kdbench import schema
+    from kdbench.kinds import I
 
     reject_secrets(cfg)  # first: a credential is refused whatever else is wrong
-    validate_distill(cfg)
-    ds = _get(cfg, "dataset.name")
-    if ds not in dataset_names():
-        raise ConfigError("dataset.name", f"unknown dataset {ds!r}; valid: {', '.join(dataset_names())}")
-    models = model_names()
-    if _get(cfg, "student.arch") not in models:
-        raise ConfigError("student.arch", f"unknown model {_get(cfg, 'student.arch')!r}; valid: {', '.join(models)}")
-    if not is_scratch(cfg) and _get(cfg, "teacher.arch") not in models + ["oracle"]:
-        raise ConfigError("teacher.arch", f"unknown model {_get(cfg, 'teacher.arch')!r}; valid: oracle, "
-                                          f"{', '.join(models)}")
-    if _get(cfg, "teacher.arch") == "oracle" and not is_scratch(cfg) and ds not in ("synthetic", "markov"):
-        raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic and dataset=markov")
-    _positive_int(cfg, "trainer.max_epochs")
-    _positive_int(cfg, "dataset.batch_size")
-    _positive_int(cfg, "dataset.eval_batch_size")
-    _choice(cfg, "dataset.augment", AUGMENTS)
-    vs = _get(cfg, "dataset.val_size", 0)
-    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or vs < 0 or (isinstance(vs, float) and vs >= 1):
-        raise ConfigError("dataset.val_size", f"must be a count (an integer >= 0; 0 = validate on test) or a "
-                                              f"fraction in (0, 1), got {vs!r}")
-    for key in ("train_subset", "test_subset"):
-        if _get(cfg, f"dataset.{key}") is not None:
-            _positive_int(cfg, f"dataset.{key}")
-    for key in ("seed", "data_seed"):
-        v = _get(cfg, key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ConfigError(key, f"must be an integer, got {v!r}")
-        if not 0 <= v < 2**32:  # what the RNGs accept (numpy's seed range)
-            raise ConfigError(key, f"must be in [0, 2**32 - 1], got {v}")
-    for key in ("experiment_name", "distill.variant"):  # they become folder and file names
-        v = _get(cfg, key)
-        if not isinstance(v, str) or not _NAME.fullmatch(v):
-            raise ConfigError(key, f"must be a plain name (letters, digits, '.', '_', '-'; not starting with '.'), "
-                                   f"got {v!r}: it names a folder under the results folder")
-    _choice(cfg, "trainer.accelerator", ACCELERATORS)
-    ltb = _get(cfg, "trainer.limit_train_batches")
-    if ltb is not None and (isinstance(ltb, bool) or not isinstance(ltb, (int, float)) or ltb <= 0
-                            or (isinstance(ltb, float) and ltb > 1)):
-        raise ConfigError("trainer.limit_train_batches", f"must be null, a batch count >= 1 or a fraction in (0, 1], "
-                                                         f"got {ltb!r} (0 would record a run that never trained)")
-    cfe = _get(cfg, "trainer.check_finite_every", "auto")
-    if cfe != "auto" and (isinstance(cfe, bool) or not isinstance(cfe, int) or cfe < 1):
-        raise ConfigError("trainer.check_finite_every", f"must be auto or a positive integer, got {cfe!r}")
-    _choice(cfg, "trainer.precision", PRECISIONS)
+    schema.check(cfg)
+    if not is_scratch(cfg):
+        teacher = _get(cfg, "teacher.arch")
+        if teacher == "oracle" and _get(cfg, "dataset.name") not in ("synthetic", "markov"):
+            raise ConfigError("teacher.arch", "the oracle teacher exists only for dataset=synthetic and dataset=markov")
+        if teacher != "oracle":  # only the oracle needs no training
+            I(1).check("teacher.recipe.epochs", _get(cfg, "teacher.recipe.epochs"))
+        validate_method(cfg)
     validate_devices(cfg)
-    validate_optim(cfg, "")
-    if not is_scratch(cfg) and _get(cfg, "teacher.arch") != "oracle":
-        _positive_int(cfg, "teacher.recipe.epochs")
-        _positive_int(cfg, "teacher.recipe.batch_size")
-        validate_optim(cfg, "teacher.recipe.")
-    for k in ("student.kwargs", "teacher.kwargs"):
-        v = _get(cfg, k)
-        if v is not None and not hasattr(v, "keys"):
-            raise ConfigError(k, f"must be a mapping of model arguments, got {v!r}")
-    logger = _get(cfg, "logger") or {}
-    if "wandb" in logger:
-        _choice(cfg, "logger.wandb.mode", WANDB_MODES)
-    from kdbench import schema
-
-    schema.check(cfg)  # the floor under the checks above: every key known, every value of its kind
     check_output_folders(cfg)
+
+
+def validate_method(cfg) -> None:
+    """The method checks its own parameters (``distill.*`` beyond the harness's keys) as it is built."""
+    from omegaconf import OmegaConf
+
+    from kdbench.methods import build_method
+
+    d = _get(cfg, "distill")
+    build_method(_get(cfg, "distill.method"), OmegaConf.to_container(d, resolve=True) if hasattr(d, "_get_node")
+                 else dict(d))
 
 
 #: strategies that run a multi-device fit in processes spawned from this one (results come back to it)
@@ -255,15 +152,12 @@ MULTI_DEVICE_STRATEGIES = ("ddp_spawn",)
 
 
 def validate_devices(cfg) -> None:
-    """``trainer.devices`` is a count; more than one needs a strategy whose processes are spawned from this one.
+    """More than one device (``trainer.devices``) needs a strategy whose processes are spawned from this one.
 
     Lightning's plain ``ddp`` re-launches ``sys.argv`` in every extra process: under Hydra's ``-m`` that
     re-runs the whole sweep in each child, so it is refused (as are strategies this harness never tested).
     """
     dev = _get(cfg, "trainer.devices", 1)
-    if isinstance(dev, bool) or not isinstance(dev, int) or dev < 1:
-        raise ConfigError("trainer.devices", f"must be a positive integer (how many devices), got {dev!r}; "
-                                             "pick GPUs with CUDA_VISIBLE_DEVICES")
     strategy = _get(cfg, "trainer.strategy", "auto")
     if dev > 1 and strategy not in MULTI_DEVICE_STRATEGIES:
         raise ConfigError("trainer.strategy", f"trainer.devices>1 is supported with trainer.strategy=ddp_spawn only, "

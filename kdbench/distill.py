@@ -19,11 +19,14 @@ import torch.nn as nn
 from kdbench.errors import DivergedError
 from kdbench.losses import kd_loss_terms
 from kdbench.metrics import ClassificationMetrics
+from kdbench.optim import Steps, build_optimizer, build_schedule
 from kdbench.signals import NoSignal
 
 
 @dataclass
 class OptimSpec:
+    """The ``optim`` config section; ``name``: a registered optimizer (:mod:`kdbench.optim`)."""
+
     name: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -34,16 +37,14 @@ class OptimSpec:
 
 @dataclass
 class SchedSpec:
-    name: str = "none"  # none | multistep | cosine | onecycle
+    """The ``sched`` config section; ``name``: a registered schedule (:mod:`kdbench.optim`)."""
+
+    name: str = "none"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     min_lr: float = 0.0
     pct_start: float = 0.25
     warmup_epochs: int = 0
-
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("none", "multistep", "cosine", "onecycle")
 
 
 def rng_state() -> dict:
@@ -336,36 +337,8 @@ class DistillModule(pl.LightningModule):
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         params = list(self.student.parameters()) + list(getattr(self.signal, "trainable_parameters", []))
-        o = self.optim_spec
-        if o.name == "sgd":
-            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                  nesterov=o.nesterov)
-        elif o.name == "adamw":
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        else:
-            raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
-        s = self.sched_spec
+        opt = build_optimizer(params, self.optim_spec)
         epochs = max(1, int(self.trainer.max_epochs))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // epochs)
-        warm = int(s.warmup_epochs * steps_per_epoch)
-        if s.name == "none":
-            return opt
-        if s.name == "multistep":
-            # milestones are epochs; stepped per optimisation step so warm-up composes
-            milestones = [int(m) * steps_per_epoch for m in s.milestones]
-            fn = lambda step: s.gamma ** sum(step >= m for m in milestones)  # noqa: E731
-        elif s.name == "cosine":
-            ratio = s.min_lr / o.lr if o.lr else 0.0
-            fn = lambda step: ratio + (1 - ratio) * 0.5 * (  # noqa: E731
-                1 + math.cos(math.pi * min(1.0, max(0, step - warm) / max(1, total - warm))))
-        elif s.name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=s.pct_start)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        else:
-            raise ValueError(f"sched.name: unknown scheduler {s.name!r}; valid: {', '.join(SCHEDULERS)}")
-        if warm > 0:
-            base = fn
-            fn = lambda step: base(step) * min(1.0, (step + 1) / warm)  # noqa: E731
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        per_epoch = max(1, total // epochs)
+        return build_schedule(opt, self.sched_spec, Steps(total, per_epoch, int(self.sched_spec.warmup_epochs * per_epoch)))

@@ -1,106 +1,140 @@
-"""One table of every config key kdbench reads, its kind and its range: checked for every run.
+"""One table of every config key kdbench reads: its kind, range and choices, checked for every run.
 
-:func:`check` walks the composed config and refuses, with one line naming the key, a value of the
-wrong kind or outside its range, and a key that nothing reads (``+trainer.fast_dev_run=true`` would
-otherwise be recorded as if it had happened). ``distill.*`` is each method's own schema
-(:mod:`kdbench.methods`); ``student.kwargs.*`` / ``teacher.kwargs.*`` are checked against the
-model builder's signature. :mod:`kdbench.config` keeps the checks with tailored messages; this table
-is the floor under them, so a new key cannot be forgotten (``tests/test_schema.py`` walks it).
+:func:`check` walks the composed config and refuses, with one line naming the key and what it may
+be, a value of the wrong kind, outside its range or not among its choices, and a key that nothing
+reads (``+trainer.fast_dev_run=true`` would otherwise be recorded as if it had happened). Choices
+that name things (methods, teacher signals, datasets, models, augmentations, optimizers, schedules,
+cache dtypes) are read from their registries when checked, so a registered plugin is valid with no
+second edit. ``distill.*`` beyond the harness's own keys are the method's parameters, which the method
+checks as it is built (:func:`kdbench.methods.build_method`); ``student.kwargs.*`` /
+``teacher.kwargs.*`` are checked against the model builder's signature. Rules that span several keys
+live in :func:`kdbench.config.validate`. The vocabulary (:class:`Spec`) is :mod:`kdbench.kinds`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from kdbench.errors import ConfigError
+from kdbench.kinds import ANY, S0, B, C, I, N, R, S, Spec
 
 
-@dataclass(frozen=True)
-class Spec:
-    kind: str  # bool | int | number | str | choice | list | any
-    lo: float | None = None
-    hi: float | None = None
-    optional: bool = False  # null allowed
-    choices: tuple = ()
-    item: str | None = None  # list items: int | number | str
-    hi_open: bool = False
+# ---- choices read from the registries -----------------------------------------------------------
+def _methods() -> tuple:
+    from kdbench.methods import method_names
 
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(map(str, self.choices))
-        rng = ""
-        if self.lo is not None and self.hi is not None:
-            rng = f" in [{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-        elif self.lo is not None:
-            rng = f" >= {self.lo:g}"
-        what = {"bool": "true or false", "int": "an integer", "number": "a number", "str": "a string",
-                "list": f"a list of {self.item or 'values'}", "any": "any value"}[self.kind] + rng
-        return what + (" or null" if self.optional else "")
+    return ("none", *method_names())  # none: a student trained on labels alone
 
 
-B, S, ANY = Spec("bool"), Spec("str"), Spec("any")
-S0 = Spec("str", optional=True)
+def _signals() -> list[str]:
+    from kdbench.signals import signal_names
+
+    return signal_names()
 
 
-def I(lo: float | None = None, hi: float | None = None, optional: bool = False) -> Spec:  # noqa: E743
-    return Spec("int", lo, hi, optional)
+def _datasets() -> list[str]:
+    from kdbench.data import dataset_names
+
+    return dataset_names()
 
 
-def N(lo: float | None = None, hi: float | None = None, optional: bool = False, hi_open: bool = False) -> Spec:
-    return Spec("number", lo, hi, optional, hi_open=hi_open)
+def _models() -> list[str]:
+    from kdbench.models import model_names
+
+    return model_names()
 
 
-def C(*choices: Any) -> Spec:
-    return Spec("choice", choices=tuple(choices))
+def _teachers() -> tuple:
+    return ("oracle", *_models())  # oracle: the data's own law (config.validate: synthetic and markov only)
 
 
-SEED = I(0, 2**32 - 1)
-_OPTIM = {"name": S, "lr": N(0), "momentum": N(0, optional=True), "weight_decay": N(0, optional=True),
-          "nesterov": B, "betas": Spec("list", item="number")}
-_SCHED = {"name": S, "milestones": Spec("list", item="int"), "gamma": N(0), "min_lr": N(0), "warmup_epochs": I(0),
-          "pct_start": N(0, 1)}
+def _augments() -> tuple:
+    from kdbench.data.augment import augment_names
+
+    return ("default", *augment_names())  # default: the dataset's own family
+
+
+def _optimizers() -> list[str]:
+    from kdbench.optim import optimizer_names
+
+    return optimizer_names()
+
+
+def _schedulers() -> list[str]:
+    from kdbench.optim import scheduler_names
+
+    return scheduler_names()
+
+
+def _cache_dtypes() -> tuple:
+    from kdbench.signals.cached import DTYPES
+
+    return ("auto", *DTYPES)
+
+
+AUTO_BOOL = C("auto", True, False)
+SEED = I(0, 2**32 - 1, says="an integer in [0, 2**32 - 1]")  # what the RNGs accept (numpy's seed range)
+#: it becomes a folder or file name
+PLAIN_NAME = Spec("name", why=": it names a folder under the results folder")
+KWARGS = Spec("map", says="a mapping of model arguments")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true")
+_OPTIM = {"name": R(_optimizers, "optimizer"), "lr": N(0), "momentum": N(0, optional=True),
+          "weight_decay": N(0, optional=True), "nesterov": B, "betas": Spec("list", item=N())}
+_SCHED = {"name": R(_schedulers, "scheduler"), "milestones": Spec("list", item=I(0), says="a list of non-negative epochs"),
+          "gamma": N(0), "min_lr": N(0), "warmup_epochs": I(0), "pct_start": N(0, 1)}
 
 #: every key kdbench reads (a ``*`` segment: any name there); the values a run may take
 SCHEMA: dict[str, Spec] = {
-    "seed": SEED, "data_seed": SEED, "experiment_name": S, "tags": Spec("list", item="str"),
-    "teacher_signal": S, "resume": B, "teacher_only": B, "force": B, "fuse": I(1),
-    "teacher_cache.dtype": C("auto", "float32", "bfloat16", "float16"), "teacher_cache.max_gb": N(0),
-    "teacher_cache.on_device": C("auto", True, False),
+    "seed": SEED, "data_seed": SEED, "experiment_name": PLAIN_NAME, "tags": Spec("list", item=S),
+    "teacher_signal": R(_signals, "teacher signal"), "resume": B, "teacher_only": B, "force": B, "fuse": I(1),
+    "teacher_cache.dtype": R(_cache_dtypes, "value"), "teacher_cache.max_gb": N(0),
+    "teacher_cache.on_device": AUTO_BOOL,
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),
+    # the harness's own distill keys; every other distill.* is a parameter of the method, which checks it
+    "distill.variant": PLAIN_NAME, "distill.method": R(_methods, "method"), "distill.enabled": B,
+    "distill.teacher_train_mode": B, "distill.teacher_grad": B, "distill.*": ANY,
     # dataset (every dataset's keys; each loader reads its own)
-    "dataset.name": S, "dataset.root": S0, "dataset.cache_dir": S0, "dataset.download": B,
-    "dataset.batch_size": I(1), "dataset.eval_batch_size": I(1), "dataset.augment": S,
-    "dataset.val_size": N(0), "dataset.split_seed": SEED, "dataset.train_subset": I(1, optional=True),
+    "dataset.name": R(_datasets, "dataset"), "dataset.root": S0, "dataset.cache_dir": S0, "dataset.download": B,
+    "dataset.batch_size": I(1), "dataset.eval_batch_size": I(1), "dataset.augment": R(_augments, "augmentation"),
+    "dataset.val_size": Spec("count_or_fraction", lo=0, hi_open=True,
+                             says="a count (an integer >= 0; 0 = validate on test) or a fraction in (0, 1)"),
+    "dataset.split_seed": SEED, "dataset.train_subset": I(1, optional=True),
     "dataset.test_subset": I(1, optional=True), "dataset.test_fraction": N(0, 1, hi_open=True),
     "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1, optional=True), "dataset.n_test": I(1, optional=True),
     "dataset.num_classes": I(2), "dataset.seed": SEED,
     # sequence data (markov, bytes_text)
     "dataset.seq_len": I(2), "dataset.vocab": I(2), "dataset.branching": I(1), "dataset.prompt_len": I(0),
     # models
-    "student.arch": S, "student.num_classes": I(2, optional=True), "student.kwargs.*": ANY,
-    "teacher.arch": S, "teacher.num_classes": I(2, optional=True), "teacher.kwargs.*": ANY,
+    "student.arch": R(_models, "model"), "student.num_classes": I(2, optional=True), "student.kwargs": KWARGS,
+    "student.kwargs.*": ANY,
+    "teacher.arch": R(_teachers, "model"), "teacher.num_classes": I(2, optional=True), "teacher.kwargs": KWARGS,
+    "teacher.kwargs.*": ANY,
     "teacher.checkpoint": S0, "teacher.seed": SEED, "teacher.train_if_missing": B,
-    "teacher.recipe.epochs": I(0), "teacher.recipe.batch_size": I(1), "teacher.recipe.augment": S,  # epochs 0: oracle
+    "teacher.recipe.epochs": I(0), "teacher.recipe.batch_size": I(1),  # epochs 0: the oracle (config.validate)
+    "teacher.recipe.augment": R(_augments, "augmentation"),
     **{f"teacher.recipe.optim.{k}": v for k, v in _OPTIM.items()},
     **{f"teacher.recipe.sched.{k}": v for k, v in _SCHED.items()},
     **{f"optim.{k}": v for k, v in _OPTIM.items()},
     **{f"sched.{k}": v for k, v in _SCHED.items()},
     # trainer
-    "trainer.max_epochs": I(1), "trainer.accelerator": S, "trainer.devices": I(1), "trainer.strategy": S,
-    "trainer.precision": S, "trainer.deterministic": C("auto", True, False),
-    "trainer.compile": C("auto", True, False), "trainer.channels_last": C("auto", True, False),
-    "trainer.check_finite_every": ANY, "trainer.progress": B, "trainer.limit_train_batches": N(0, optional=True),
+    "trainer.max_epochs": I(1), "trainer.accelerator": C("auto", "cpu", "gpu", "cuda"),
+    "trainer.devices": I(1, says="a positive integer (how many devices)", why="; pick GPUs with CUDA_VISIBLE_DEVICES"),
+    "trainer.strategy": S, "trainer.precision": C(*PRECISIONS), "trainer.deterministic": AUTO_BOOL,
+    "trainer.compile": AUTO_BOOL, "trainer.channels_last": AUTO_BOOL,
+    "trainer.check_finite_every": I(1, also=("auto",)), "trainer.progress": B,
+    "trainer.limit_train_batches": Spec("count_or_fraction", lo=1, optional=True,
+                                        says="null, a batch count >= 1 or a fraction in (0, 1]",
+                                        why=" (0 would record a run that never trained)"),
     "trainer.gradient_clip_val": N(0, optional=True), "trainer.log_every_n_steps": I(1),
     # where things go
     "paths.results_dir": S, "paths.runs_dir": S, "paths.teachers_dir": S, "paths.checkpoints_dir": S,
     "paths.wandb_dir": S, "paths.data_dir": S,
     # trackers
-    "logger.csv.save_dir": S, "logger.wandb.project": S, "logger.wandb.entity": S0, "logger.wandb.mode": S,
-    "logger.wandb.group": S0, "logger.wandb.job_type": S, "logger.wandb.tags": Spec("list", item="str"),
+    "logger.csv.save_dir": S, "logger.wandb.project": S, "logger.wandb.entity": S0,
+    "logger.wandb.mode": C("offline", "online", "disabled"),
+    "logger.wandb.group": S0, "logger.wandb.job_type": S, "logger.wandb.tags": Spec("list", item=S),
     "logger.wandb.name": S0, "logger.wandb.notes": S0,
     # debug=fast|limit|overfit (conf/debug/): Lightning's own debugging switches; such runs are recorded
     # with status "debug", never as results
@@ -115,8 +149,8 @@ SCHEMA: dict[str, Spec] = {
     "pair.*": ANY,
 }
 
-#: sections checked elsewhere: the method's own schema, Hydra's own node
-SKIP = ("distill", "hydra")
+#: Hydra's own node (not kdbench's settings)
+SKIP = ("hydra",)
 
 
 def spec_of(key: str) -> Spec | None:
@@ -141,35 +175,6 @@ def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def _ok(spec: Spec, v: Any) -> bool:
-    if v is None:
-        return spec.optional or spec.kind == "any"
-    if spec.kind == "any":
-        return True
-    if spec.kind == "bool":
-        return isinstance(v, bool)
-    if spec.kind == "str":
-        return isinstance(v, str)
-    if spec.kind == "choice":
-        return any(v == c and type(v) is type(c) for c in spec.choices)
-    if spec.kind == "list":
-        if not isinstance(v, (list, tuple)):
-            return False
-        item = {"int": I(), "number": N(), "str": S}.get(spec.item or "", ANY)
-        return all(_ok(item, x) for x in v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    if spec.kind == "int" and not isinstance(v, int):
-        return False
-    if not math.isfinite(v):
-        return False
-    if spec.lo is not None and v < spec.lo:
-        return False
-    if spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi):
-        return False
-    return True
-
-
 def check(cfg: Any) -> None:
     """Every key known, every value of its kind and range; raises :class:`ConfigError` naming the first bad key."""
     from omegaconf import OmegaConf
@@ -183,8 +188,7 @@ def check(cfg: Any) -> None:
             hint = f"; known keys of {group}: {', '.join(known)}" if known else ""
             raise ConfigError(key, "not a kdbench setting: nothing reads it, so it would be recorded without "
                                    f"having any effect{hint}")
-        if not _ok(spec, v):
-            raise ConfigError(key, f"must be {spec.describe()}, got {v!r}")
+        spec.check(key, v)
     for who in ("student", "teacher"):
         arch, kwargs = (c.get(who) or {}).get("arch"), (c.get(who) or {}).get("kwargs")
         if arch and isinstance(kwargs, Mapping) and kwargs:
@@ -196,7 +200,7 @@ def check_model_kwargs(prefix: str, arch: str, kwargs: Mapping) -> None:
     from kdbench.models import get_spec, model_names
 
     if arch not in model_names():
-        return  # the arch itself is refused by config.validate
+        return  # the oracle, or an unknown arch (refused by its own key above)
     params = inspect.signature(get_spec(arch).builder).parameters
     open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = {n: p for n, p in params.items() if n not in ("num_classes", "in_shape")
@@ -213,7 +217,7 @@ def check_model_kwargs(prefix: str, arch: str, kwargs: Mapping) -> None:
         if default is inspect.Parameter.empty or default is None:
             continue
         spec = _spec_like(default)
-        if not _ok(spec, v):
+        if spec.refusal(v) is not None:
             raise ConfigError(f"{prefix}.{k}", f"must be {spec.describe()} (as model {arch!r} takes it), got {v!r}")
     if passed_on:
         import torch
@@ -240,7 +244,7 @@ def _spec_like(default: Any) -> Spec:
         return N(0, 1, hi_open=True) if 0.0 <= default < 1.0 else N(0)
     if isinstance(default, (list, tuple)):
         kinds = {type(x) for x in default}
-        return Spec("list", item="int" if kinds == {int} else "number" if kinds <= {int, float} else None)
+        return Spec("list", item=I() if kinds == {int} else N() if kinds <= {int, float} else None)
     if isinstance(default, str):
         return S
     return ANY

@@ -32,18 +32,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "crop_flip", "jitter", "flip")
+#: the registry: name -> (zero padding of the random crop, whether a left-right flip follows)
+_SPEC: dict[str, tuple[int, bool]] = {}
 
-#: name -> (zero padding of the random crop, whether a left-right flip follows)
-_SPEC: dict[str, tuple[int, bool]] = {"none": (0, False), "crop_flip": (4, True), "jitter": (2, False),
-                                      "flip": (0, True)}
+
+def register_augment(name: str, *, pad: int, flip: bool) -> None:
+    """A family of views: a random crop of the image zero-padded by ``pad``, then (``flip``) a random
+    left-right mirror; ``dataset.augment=<name>``."""
+    if name == "default":
+        raise ValueError("'default' is not a family: dataset.augment=default names each dataset's own")
+    if name in _SPEC and _SPEC[name] != (pad, flip):
+        raise ValueError(f"an augmentation named {name!r} is already registered ({_SPEC[name]})")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+    _SPEC[name] = (pad, bool(flip))
+
+
+for _name, _pad, _flip in (("none", 0, False), ("crop_flip", 4, True), ("jitter", 2, False), ("flip", 0, True)):
+    register_augment(_name, pad=_pad, flip=_flip)
+del _name, _pad, _flip
+
+#: the built-in families
+AUGMENTS = tuple(_SPEC)
+
+
+def augment_names() -> list[str]:
+    """Every registered family, built-in ones first (what ``dataset.augment`` accepts, besides ``default``)."""
+    return list(_SPEC)
 
 
 def _spec(name: str) -> tuple[int, bool]:
     try:
         return _SPEC[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTS)}") from None
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(_SPEC)}") from None
 
 
 def num_views(name: str) -> int:

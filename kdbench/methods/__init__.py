@@ -7,6 +7,11 @@ trained from scratch has no method (plain cross-entropy).
 Adding a method is one file in this package (a class decorated with :func:`register_method`)
 plus one config file in ``conf/distill/`` naming it (``method: <name>`` and its parameters): the
 package's modules are discovered on first lookup, so nothing else needs to import the new file.
+
+A method declares what each parameter may be (``tau: float = param(4.0, N(0, lo_open=True))``, the
+vocabulary of :mod:`kdbench.kinds`; a parameter without one may be any value of its default's kind)
+and :func:`build_method` checks them, once, as it builds the method: a bad value is a one-line
+ConfigError naming ``distill.<key>``, before any work (``config.validate`` builds it too).
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["HARNESS_KEYS", "Method", "build_method", "check", "method_names", "method_params", "register_method"]
+from kdbench.kinds import N, Spec, like
+
+__all__ = ["HARNESS_KEYS", "Method", "build_method", "method_names", "method_params", "method_specs", "register_method"]
 
 #: ``distill.*`` keys the harness reads itself (every other key is a parameter of the method)
 HARNESS_KEYS = ("variant", "method", "enabled", "teacher_train_mode", "teacher_grad")
+#: a softmax temperature: any finite number > 0
+TAU = N(0, lo_open=True)
 
 
 @runtime_checkable
@@ -31,34 +40,6 @@ class Method(Protocol):
     needs_teacher: bool
 
     def __call__(self, student_logits: Tensor, teacher: Any, batch: Any) -> dict[str, Tensor]: ...
-
-
-def check(ok: bool, key: str, message: str) -> None:
-    """Reject a bad method parameter with one line naming its config key (``distill.<key>``)."""
-    if not ok:
-        from kdbench.errors import ConfigError
-
-        raise ConfigError(f"distill.{key}", message)
-
-
-def number(value: Any, key: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
-    """A finite number within bounds, or a one-line ConfigError naming ``distill.<key>``."""
-    import math
-
-    check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
-    check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
-    if lo is not None and hi is not None and not lo_open:
-        check(lo <= value <= hi, key, f"must be in [{lo:g}, {hi:g}], got {value:g}")
-    if lo is not None:
-        check(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo:g}, got {value:g}")
-    if hi is not None:
-        check(value <= hi, key, f"must be <= {hi:g}, got {value:g}")
-    return float(value)
-
-
-def flag(value: Any, key: str) -> bool:
-    check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
-    return value
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
@@ -108,6 +89,19 @@ def method_defaults(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
+def method_specs(name: str) -> dict[str, Spec]:
+    """What each parameter of method ``name`` may be: its declared :class:`~kdbench.kinds.Spec`, or the
+    kind of its default."""
+    import inspect
+
+    _discover()
+    cls = _REGISTRY[name]
+    declared = {f.name: f.metadata["spec"] for f in dataclasses.fields(cls) if f.init and "spec" in f.metadata} \
+        if dataclasses.is_dataclass(cls) else {}
+    sig = inspect.signature(cls).parameters
+    return {k: declared.get(k) or like(sig[k].default if k in sig else None) for k in method_params(name)}
+
+
 def unused_keys(name: str, params: Mapping[str, Any]) -> list[str]:
     """The ``distill.*`` keys that method ``name`` does not read (a shared recipe's ``alpha`` under DKD).
 
@@ -117,7 +111,7 @@ def unused_keys(name: str, params: Mapping[str, Any]) -> list[str]:
 
     _discover()
     if name not in _REGISTRY:
-        raise ConfigError("distill.method", f"unknown method {name!r}; valid: none, {', '.join(method_names())}")
+        raise ConfigError("distill.method", f"unknown method {name!r}; allowed: none, {', '.join(method_names())}")
     wanted = method_params(name)
     known = {k for m in _REGISTRY for k in method_params(m)}
     for k in params:
@@ -129,7 +123,8 @@ def unused_keys(name: str, params: Mapping[str, Any]) -> list[str]:
 
 def build_method(name: str, params: Mapping[str, Any]) -> Method:
     """The method ``name`` from the ``distill`` config (keys it does not read are left out; see
-    :func:`unused_keys`); each method checks its own parameters with one-line ConfigErrors."""
+    :func:`unused_keys`), its parameters checked against :func:`method_specs` (one-line ConfigErrors)."""
     unused_keys(name, params)
-    wanted = method_params(name)
-    return _REGISTRY[name](**{k: v for k, v in params.items() if k in wanted})
+    specs = method_specs(name)
+    kwargs = {k: specs[k].check(f"distill.{k}", v) for k, v in params.items() if k in specs}
+    return _REGISTRY[name](**kwargs)

@@ -13,24 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdbench.kinds import N, param
 from kdbench.losses import dist_terms
-from kdbench.methods import number, register_method
+from kdbench.methods import TAU, register_method
 
 
 @register_method("dist")
 @dataclass(frozen=True)
 class DIST:
-    ce_weight: float = 1.0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-    tau: float = 1.0
+    ce_weight: float = param(1.0, N(0))
+    dist_beta: float = param(1.0, N(0))
+    dist_gamma: float = param(1.0, N(0))
+    tau: float = param(1.0, TAU)
 
     needs_teacher = True
-
-    def __post_init__(self) -> None:
-        for key in ("ce_weight", "dist_beta", "dist_gamma"):
-            number(getattr(self, key), key, lo=0.0)
-        number(self.tau, "tau", lo=0.0, lo_open=True)
 
     def __call__(self, student_logits: Tensor, teacher: Tensor | None, batch) -> dict[str, Tensor]:
         if not isinstance(teacher, Tensor):

@@ -13,30 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdbench.kinds import B, I, N, param
 from kdbench.losses import dkd_terms
-from kdbench.methods import check, flag, number, register_method
+from kdbench.methods import TAU, register_method
 
 
 @register_method("dkd")
 @dataclass
 class DKD:
-    ce_weight: float = 1.0
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    tau: float = 4.0
-    warmup_epochs: int = 20
-    standardize: bool = False
+    ce_weight: float = param(1.0, N(0))
+    dkd_alpha: float = param(1.0, N(0))
+    dkd_beta: float = param(8.0, N(0))
+    tau: float = param(4.0, TAU)
+    warmup_epochs: int = param(20, I(0))
+    standardize: bool = param(False, B)
     _epoch: int = field(default=0, init=False, repr=False)
 
     needs_teacher = True
-
-    def __post_init__(self) -> None:
-        for key in ("ce_weight", "dkd_alpha", "dkd_beta"):
-            number(getattr(self, key), key, lo=0.0)
-        number(self.tau, "tau", lo=0.0, lo_open=True)
-        check(isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
-              and self.warmup_epochs >= 0, "warmup_epochs", f"must be a non-negative integer, got {self.warmup_epochs!r}")
-        flag(self.standardize, "standardize")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop at the start of every epoch (0-based)."""

@@ -12,43 +12,28 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from kdbench.kinds import B, C, N, param
 from kdbench.losses import KL_DIRECTIONS, KL_REDUCTIONS, TOPK_MODES, kd_loss_terms, topk_kd_loss_terms
-from kdbench.methods import check, flag, number, register_method
+from kdbench.methods import TAU, register_method
 
 
 @register_method("kd")
 @dataclass(frozen=True)
 class KD:
-    alpha: float = 0.5
-    tau: float = 4.0
-    kl: str = "forward"
-    tau_squared: bool = True
-    kl_reduction: str = "sum"
-    student_tau_one: bool = False
-    standardize: bool = False
-    jsd_beta: float = 0.5
-    skew_lambda: float = 0.1
-    ce_weight: float | None = None
-    kd_weight: float | None = None
-    topk_mode: str = "renorm"
+    alpha: float = param(0.5, N(0, 1))
+    tau: float = param(4.0, TAU)
+    kl: str = param("forward", C(*KL_DIRECTIONS))
+    tau_squared: bool = param(True, B)
+    kl_reduction: str = param("sum", C(*KL_REDUCTIONS))
+    student_tau_one: bool = param(False, B)
+    standardize: bool = param(False, B)
+    jsd_beta: float = param(0.5, N(0, 1))
+    skew_lambda: float = param(0.1, N(0, 1))
+    ce_weight: float | None = param(None, N(0, optional=True))
+    kd_weight: float | None = param(None, N(0, optional=True))
+    topk_mode: str = param("renorm", C(*TOPK_MODES))
 
     needs_teacher = True
-
-    def __post_init__(self) -> None:
-        number(self.alpha, "alpha", lo=0.0, hi=1.0)
-        number(self.tau, "tau", lo=0.0, lo_open=True)
-        check(self.kl in KL_DIRECTIONS, "kl", f"unknown value {self.kl!r}; allowed: {', '.join(KL_DIRECTIONS)}")
-        check(self.kl_reduction in KL_REDUCTIONS, "kl_reduction",
-              f"unknown value {self.kl_reduction!r}; allowed: {', '.join(KL_REDUCTIONS)}")
-        for key in ("tau_squared", "student_tau_one", "standardize"):
-            flag(getattr(self, key), key)
-        number(self.jsd_beta, "jsd_beta", lo=0.0, hi=1.0)
-        number(self.skew_lambda, "skew_lambda", lo=0.0, hi=1.0)
-        for key in ("ce_weight", "kd_weight"):
-            if getattr(self, key) is not None:
-                number(getattr(self, key), key, lo=0.0)
-        check(self.topk_mode in TOPK_MODES, "topk_mode",
-              f"unknown value {self.topk_mode!r}; allowed: {', '.join(TOPK_MODES)}")
 
     def __call__(self, student_logits: Tensor, teacher, batch) -> dict[str, Tensor]:
         if hasattr(teacher, "log_probs"):  # a sparse (top-k) teacher signal (signals.TopK): captured log-probs

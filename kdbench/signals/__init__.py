@@ -22,6 +22,9 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+#: the splits a signal serves (``signal(batch, split)``), in the order they are stored
+SPLITS = ("train", "val", "test")
+
 
 class TopK(NamedTuple):
     """A sparse teacher signal: the k largest classes per position and their log-probabilities at

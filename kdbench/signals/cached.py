@@ -35,7 +35,7 @@ from torch import Tensor
 from kdbench.data import TensorLoader
 from kdbench.data import augment as aug
 from kdbench.errors import ConfigError
-from kdbench.signals import register_signal, table_for
+from kdbench.signals import SPLITS, register_signal, table_for
 
 log = logging.getLogger("kdbench")
 
@@ -179,7 +179,7 @@ class CachedSignal:
 
     def __init__(self, folder: Path, meta: dict, on_device: bool | str = "auto"):
         self.folder, self.meta, self.on_device = folder, meta, on_device
-        self.tables = {s: _open(folder, s, meta["dtype"]) for s in ("train", "val", "test")
+        self.tables = {s: _open(folder, s, meta["dtype"]) for s in SPLITS
                        if (folder / f"{s}.npy").exists()}
         self.device = torch.device("cpu")
         self.resident = False  # the tables are in the device's memory (looked up there, no copy per batch)

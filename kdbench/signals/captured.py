@@ -30,10 +30,9 @@ import torch
 
 from kdbench.errors import ConfigError
 from kdbench.files import atomic_write, atomic_write_text
-from kdbench.signals import TopK, register_signal, table_for
+from kdbench.signals import SPLITS, TopK, register_signal, table_for
 
 HEADER = "header.json"
-SPLITS = ("train", "val", "test")
 
 
 def write_store(out: Path, header: dict, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
