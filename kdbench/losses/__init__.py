@@ -7,6 +7,8 @@
   skew KL, the tau**2 switch, logit standardization and the ablation switches.
 * :mod:`~kdbench.losses.dkd_dist`: DKD (Zhao et al. 2022) and DIST (Huang et al. 2022).
 * :mod:`~kdbench.losses.topk`: KD from a sparse (top-k) teacher, renormalised or with a tail bucket.
+* :mod:`~kdbench.losses.features`: feature distillation (AT, NST, SP, HCL, RKD, PKT, FitNet, VID, OFD,
+  CRD's NCE), equal to mdistiller's / RepDistiller's functions.
 
 Everything is computed in float32 (float64 inputs stay float64). The losses check shapes and dtypes;
 parameter values are checked once, when a method is built (:mod:`kdbench.methods`).
@@ -15,6 +17,24 @@ parameter values are checked once, when a method is built (:mod:`kdbench.methods
 from __future__ import annotations
 
 from kdbench.losses.dkd_dist import dist_loss, dist_terms, dkd_loss, dkd_terms
+from kdbench.losses.features import (
+    at_loss,
+    crd_momentum_update,
+    crd_nce_loss,
+    crd_normalizer,
+    crd_scores,
+    fitnet_loss,
+    hcl_loss,
+    nst_loss,
+    ofd_loss,
+    ofd_margin,
+    pkt_loss,
+    pool_to_smaller,
+    rkd_loss,
+    sp_loss,
+    vid_log_scale_init,
+    vid_loss,
+)
 from kdbench.losses.kd import (
     KL_DIRECTIONS,
     KL_REDUCTIONS,
@@ -29,14 +49,30 @@ __all__ = [
     "KL_DIRECTIONS",
     "KL_REDUCTIONS",
     "TOPK_MODES",
+    "at_loss",
+    "crd_momentum_update",
+    "crd_nce_loss",
+    "crd_normalizer",
+    "crd_scores",
     "dist_loss",
     "dist_terms",
     "dkd_loss",
     "dkd_terms",
+    "fitnet_loss",
+    "hcl_loss",
     "kd_loss",
     "kd_loss_terms",
     "kl_divergence",
+    "nst_loss",
+    "ofd_loss",
+    "ofd_margin",
+    "pkt_loss",
+    "pool_to_smaller",
+    "rkd_loss",
+    "sp_loss",
     "standardize_logits",
     "topk_kd_loss",
     "topk_kd_loss_terms",
+    "vid_log_scale_init",
+    "vid_loss",
 ]
