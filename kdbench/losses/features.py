@@ -4,7 +4,9 @@ feature methods, with the values and student gradients that mdistiller / RepDist
 Each function returns its term alone, unweighted (no CE, no method weight, no warm-up), as a 0-d
 tensor in float32 (float64 inputs stay float64; bf16 / fp16 inputs are cast up first). Nothing is
 detached: a gradient reaches every input that requires one (kdbench hands teacher features over
-detached; CRD's teacher-side embedding is trained through its scores).
+detached; CRD's teacher-side embedding is trained through its scores). Student gradients equal the
+references'; where those compute teacher terms without gradient (RKD, NST's teacher-teacher kernel,
+OFD's target) a teacher that requires one gets it here.
 
 * Lists of maps (``at_loss``, ``nst_loss``, ``sp_loss``, ``hcl_loss``): one ``[N, C, H, W]`` map per
   stage on each side, the terms summed over stages. AT and NST average-pool the larger map of a pair
@@ -471,6 +473,6 @@ def crd_nce_loss(x: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
     x = x.to(compute_dtype(x))
     noise = (x.shape[1] - 1) / float(n_data)
     positive, negatives = x[:, 0], x[:, 1:]
-    log_d1 = torch.log(positive / (positive + noise + eps))
-    log_d0 = torch.log(noise / (negatives + noise + eps))
+    log_d1 = torch.log(positive / (positive + (noise + eps)))
+    log_d0 = torch.log(noise / (negatives + (noise + eps)))
     return -(log_d1.sum() + log_d0.sum()) / x.shape[0]
