@@ -23,15 +23,15 @@ run: $(STAMP) ## quickstart: teacher + KD ablation on the embedded digits data, 
 	$(PY) -m kdbench.quickstart $(ARGS)
 
 test: $(STAMP) browser ## the fast test suite (slow tests excluded)
-	$(PY) -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
 
 browser: ## a headless Chromium (Debian's package) for the HTML report's test; best effort, needs root + apt
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "note: no chromium (apt-get install chromium): the HTML report's browser test will be skipped"
 
-test-slow: $(STAMP) ## only the slow tests (kill/resume, DDP, CIFAR slice, long sweeps)
-	$(PY) -m pytest -q -m slow $(ARGS)
+test-slow: $(STAMP) ## only the slow tests (kill/resume, DDP, wheel install, submitit sweep, ...)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check kdbench tests

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import assert_records_close
+
 CNN = ("teacher=mnist_cnn", "teacher.kwargs.width=8", "teacher.recipe.epochs=1", "dataset.augment=crop_flip",
        "dataset.val_size=200", "trainer.max_epochs=2", "logger=none")
 
@@ -60,8 +62,11 @@ def test_cached_run_trains_exactly_like_online(compose, val_size):
     cached = run(compose(*CNN, "teacher_signal=cached", "experiment_name=ca", f"dataset.val_size={val_size}"))
     assert online["run_id"] != cached["run_id"]
     assert [h["train_loss"] for h in cached["history"]] == [h["train_loss"] for h in online["history"]]
-    assert cached["metrics"] == online["metrics"]
-    assert cached["teacher"]["test"] == online["teacher"]["test"]
+    # the cache computes val/test logits at the training batch size, the online teacher at the eval batch
+    # size: equal values whose last bits depend on the CPU's kernels for each shape, which the fitted
+    # temperatures (and the ECE/NLL after scaling) carry into the 8th digit (AMD EPYC vs Intel)
+    assert_records_close(cached["metrics"], online["metrics"], rel=1e-6)
+    assert_records_close(cached["teacher"]["test"], online["teacher"]["test"], rel=1e-6)
 
 
 def test_a_cache_that_cannot_fit_is_refused_before_any_work(compose, tmp_path):

@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.slow  # builds and installs a wheel: `make test-slow`
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):

@@ -260,9 +260,10 @@ def _tiny_train(model, marker: str):
     """A real (if short) training function: it writes weights; it also logs that it ran."""
     import torch
 
-    with open(marker, "a") as f:
-        f.write(f"trained by {os.getpid()}\n")
+    t0 = time.time()
     time.sleep(0.4)  # long enough that every other process arrives while it trains
+    with open(marker, "a") as f:
+        f.write(f"trained by {os.getpid()} from {t0!r} to {time.time()!r}\n")
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for p in model.parameters():
@@ -270,27 +271,33 @@ def _tiny_train(model, marker: str):
     return {"acc": 0.5}
 
 
-def _register_teacher(entry: str, marker: str, start_at: float):
+def _register_teacher(entry: str, marker: str, barrier):
     from functools import partial
 
     from kdbench.teachers import get_or_train
 
-    _wait_until(start_at)
+    barrier.wait(timeout=120)  # every worker is up: they ask for the entry together
+    asked_at = time.time()
     model, meta, trained = get_or_train(Path(entry), _tiny_build, "mlp", 10, partial(_tiny_train, marker=marker),
                                         {"seed": 0}, log=lambda m: None)
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode() + v.numpy().tobytes())
-    return trained, h.hexdigest(), meta["test"]
+    return trained, h.hexdigest(), meta["test"], asked_at
 
 
 def test_parallel_registration_trains_the_teacher_once(pool, tmp_path):
     entry, marker = tmp_path / "teachers" / "digits-mlp-s0-abc", tmp_path / "trainings.log"
-    start = time.time() + 1.5
-    outs = list(pool.map(_register_teacher, [str(entry)] * N_PROCS, [str(marker)] * N_PROCS, [start] * N_PROCS))
-    assert marker.read_text().count("trained by") == 1
-    assert sum(trained for trained, _, _ in outs) == 1
-    assert len({digest for _, digest, _ in outs}) == 1 and all(m == {"acc": 0.5} for _, _, m in outs)
+    with mp.get_context("forkserver").Manager() as manager:
+        barrier = manager.Barrier(N_PROCS)
+        outs = list(pool.map(_register_teacher, [str(entry)] * N_PROCS, [str(marker)] * N_PROCS,
+                             [barrier] * N_PROCS))
+    (line,) = marker.read_text().splitlines()  # trained once
+    trained_until = float(line.split(" to ")[1])
+    # the workers overlapped: each asked while the one training held the lock (not one after another)
+    assert max(asked_at for *_, asked_at in outs) < trained_until
+    assert sum(trained for trained, *_ in outs) == 1
+    assert len({digest for _, digest, *_ in outs}) == 1 and all(m == {"acc": 0.5} for _, _, m, _ in outs)
     assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "model.safetensors"]
 
 

@@ -39,7 +39,8 @@ def _check_table_matches_records(results, experiment="quickstart"):
 
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"],
+    pytest.param(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"],
+                 marks=pytest.mark.slow),  # a process per job through submitit: `make test-slow`
 ])
 def test_2x2_grid_through_launcher_matches_table(tmp_path, monkeypatch, launcher):
     rc, results = _sweep(tmp_path, monkeypatch, "distill=kd,none", "seed=0,1", *launcher)
