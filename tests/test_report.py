@@ -325,11 +325,19 @@ def test_wandb_logging_uses_report_job_and_finishes(results, monkeypatch):
     def spy(**kw):
         run = real_init(**kw)
         seen.update(kw)
+        finish = run.finish
+
+        def finished(*a, **k):
+            seen["finished"] = seen.get("finished", 0) + 1
+            return finish(*a, **k)
+
+        run.finish = finished
         return run
 
     monkeypatch.setattr(wandb, "init", spy)
     out = report.make_report(results / "runs", EXP, out_dir=results / "wb", wandb_log=True)
     assert seen["job_type"] == "report" and seen["group"] == EXP and seen["mode"] == "disabled"
+    assert seen["finished"] == 1  # the report's W&B run was closed, once
     assert (results / "wb" / "table.md").exists() and set(out["plots"]) == {"reliability", "learning_curves", "seed_bars", "acc_vs_ece"}
 
 
