@@ -38,8 +38,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
                                       checkpoints_dir=Path(cfg.paths.checkpoints_dir).absolute(),
                                       eval_batch_size=conf["dataset"]["eval_batch_size"], log=print)
     teacher.eval()
-    a = conf["dataset"].get("augment", "default")
-    family = (data.default_augment if a in ("default", None) else a) if data.is_image else "none"
+    family = aug.family_of(conf["dataset"].get("augment"), data) if data.is_image else "none"
     n_views = aug.num_views(family) if views == "all" else 1
     want = {"k": k, "capture_tau": tau, "family": family if views == "all" else "none",
             "dataset": teachers.dataset_identity(conf["dataset"], data), "teacher_key": tmeta.get("key")}

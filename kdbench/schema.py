@@ -51,9 +51,9 @@ def _teachers() -> tuple:
 
 
 def _augments() -> tuple:
-    from kdbench.data.augment import augment_names
+    from kdbench.data.augment import DEFAULT, augment_names
 
-    return ("default", *augment_names())  # default: the dataset's own family
+    return (DEFAULT, *augment_names())  # default: the dataset's own family
 
 
 def _optimizers() -> list[str]:

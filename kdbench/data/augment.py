@@ -32,6 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: ``dataset.augment=default``: each dataset's own family (``TensorData.default_augment``)
+DEFAULT = "default"
+
+
 #: the registry: name -> (zero padding of the random crop, whether a left-right flip follows)
 _SPEC: dict[str, tuple[int, bool]] = {}
 
@@ -39,7 +43,7 @@ _SPEC: dict[str, tuple[int, bool]] = {}
 def register_augment(name: str, *, pad: int, flip: bool) -> None:
     """A family of views: a random crop of the image zero-padded by ``pad``, then (``flip``) a random
     left-right mirror; ``dataset.augment=<name>``."""
-    if name == "default":
+    if name == DEFAULT:
         raise ValueError("'default' is not a family: dataset.augment=default names each dataset's own")
     if name in _SPEC and _SPEC[name] != (pad, flip):
         raise ValueError(f"an augmentation named {name!r} is already registered ({_SPEC[name]})")
@@ -54,6 +58,11 @@ del _name, _pad, _flip
 
 #: the built-in families
 AUGMENTS = tuple(_SPEC)
+
+
+def family_of(name: str | None, data) -> str:
+    """The family a run of ``data`` augments with: ``default`` (or unset) is the dataset's own."""
+    return data.default_augment if name in (DEFAULT, None) else name
 
 
 def augment_names() -> list[str]:

@@ -54,8 +54,7 @@ def storage_dtype(conf: dict) -> str:
 
 
 def augment_family(conf: dict, data) -> str:
-    a = conf["dataset"].get("augment", "default")
-    return data.default_augment if a in ("default", None) else a
+    return aug.family_of(conf["dataset"].get("augment"), data)
 
 
 def plan(conf: dict, data) -> dict:

@@ -188,8 +188,7 @@ def preflight(conf: dict, data) -> None:
                                                       f"examples, the run {count}")
     if data.is_tokens:
         check_alignment(Path(_store(conf)), h, data)
-    a = conf["dataset"].get("augment", "default")
-    family = (data.default_augment if a in ("default", None) else a) if data.is_image else "none"
+    family = aug.family_of(conf["dataset"].get("augment"), data) if data.is_image else "none"
     views = aug.num_views(family)
     if int(h["views"]["train"]) != views or (views > 1 and h.get("family") != family):
         raise ConfigError("teacher_capture.path", f"the run augments with {family!r} ({views} views per image); the "
