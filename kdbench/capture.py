@@ -25,6 +25,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     from kdbench.config import resolve, validate
     from kdbench.data import augment as aug
     from kdbench.data import load_dataset, split_train_val
+    from kdbench.teachers import train as teacher_training
 
     validate(cfg)
     conf = resolve(cfg)
@@ -33,7 +34,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     data = split_train_val(load_dataset(d), d["val_size"], seed=d["split_seed"])
     if not 1 <= k <= data.num_classes:
         raise ConfigError("--k", f"must be in [1, {data.num_classes}] (the dataset's classes), got {k}")
-    teacher, tmeta = teachers.for_run(conf["teacher"], conf["dataset"], conf["trainer"], data,
+    teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], conf["trainer"], data,
                                       teachers_dir=Path(cfg.paths.teachers_dir).absolute(),
                                       checkpoints_dir=Path(cfg.paths.checkpoints_dir).absolute(),
                                       eval_batch_size=conf["dataset"]["eval_batch_size"], log=print)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from kdbench.errors import DivergedError
+from kdbench.features import Out, forward_with
 from kdbench.losses import kd_loss_terms
 from kdbench.metrics import ClassificationMetrics
 from kdbench.optim import Steps, build_optimizer, build_schedule
@@ -109,8 +110,15 @@ class DistillModule(pl.LightningModule):
     """Train ``student`` with ``method`` on the outputs of ``signal``; ``method=None`` is plain cross-entropy."""
 
     def __init__(self, student: nn.Module, num_classes: int, optim: OptimSpec, sched: SchedSpec, *,
-                 method=None, signal=None, check_finite_every: int = 1, reference: nn.Module | None = None):
+                 method=None, signal=None, check_finite_every: int = 1, reference: nn.Module | None = None,
+                 parts: nn.Module | None = None):
         super().__init__()
+        #: a feature method's trainable modules and per-sample state (regressors, embeddings, memory banks):
+        #: optimised with the student and checkpointed with it, never part of the deployed student
+        self.parts = parts
+        needs = getattr(method, "needs", None)
+        #: what a feature method reads of each side (None: a logit method, the student's logits only)
+        self.needs = needs if needs is not None and needs.features else None
         # the data's true law (dataset=markov), for the test metric kl_to_true; not a submodule, so it is
         # neither trained nor written into checkpoints
         object.__setattr__(self, "_reference", reference)
@@ -144,7 +152,7 @@ class DistillModule(pl.LightningModule):
         self._eval_teacher_bytes = 0
         self.save_hyperparameters({"method": repr(method), "signal": self.signal.kind, "optim": asdict(optim),
                                    "sched": asdict(sched), "num_classes": num_classes},
-                                  ignore=["student", "method", "signal"])
+                                  ignore=["student", "method", "signal", "parts"])
 
     def setup(self, stage: str) -> None:
         # the teacher lives outside the module: follow the student onto its device
@@ -157,10 +165,15 @@ class DistillModule(pl.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        s = self.student(batch.x)
-        if self.method is None:
+        if self.needs is not None:  # a feature method: what it asked for, from the step's one forward pass
+            out = forward_with(self.student, batch.x, self.needs.student)
+            s, t = out.logits, self.signal(batch, "train")
+            terms = self.method(out, t if isinstance(t, Out) else Out(t), batch, self.parts)
+        elif self.method is None:
+            s = self.student(batch.x)
             terms = kd_loss_terms(s, None, batch.y, alpha=1.0)
         else:
+            s = self.student(batch.x)
             terms = self.method(s, self.signal(batch, "train"), batch)
         loss = terms["loss"]
         self._watch_finite(loss, s)
@@ -337,6 +350,7 @@ class DistillModule(pl.LightningModule):
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         params = list(self.student.parameters()) + list(getattr(self.signal, "trainable_parameters", []))
+        params += list(self.parts.parameters()) if self.parts is not None else []
         opt = build_optimizer(params, self.optim_spec)
         epochs = max(1, int(self.trainer.max_epochs))
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -91,6 +91,13 @@ def _first_difference(a: dict, b: dict) -> str | None:
     return None
 
 
+def _is_feature_method(d: Mapping) -> bool:
+    from kdbench.methods import build_method
+    from kdbench.runner import is_feature_method
+
+    return is_feature_method(build_method(d["method"], d))
+
+
 def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[str]) -> None:
     """Refuse, with one line naming the first differing (or unsupported) key, jobs that cannot share a
     process: their batch streams or teachers differ, or a job does something a fused group cannot."""
@@ -107,6 +114,9 @@ def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[st
             raise ConfigError("trainer.precision", f"job {rid}: 16-mixed shares one loss scaler between the "
                                                    "students of a fused group; use bf16-mixed or fuse=1")
         d = conf.get("distill") or {}
+        if d.get("method") not in (None, "none") and _is_feature_method(d):
+            raise ConfigError("distill.method", f"job {rid}: method {d['method']} reads features and trains its own "
+                                                "modules; fused groups share logits only (use fuse=1)")
         for k in ("teacher_grad", "teacher_train_mode"):
             if _uses_teacher(conf) and d.get(k):
                 raise ConfigError(f"distill.{k}", f"job {rid}: each student would change the shared teacher "
@@ -407,11 +417,11 @@ def run_group(cfgs: Sequence, overrides: Sequence[Sequence[str]] | None = None) 
 
 
 def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
-    from kdbench import teachers
     from kdbench.config import check_class_counts, is_scratch
     from kdbench.lifecycle import Job, claimed
     from kdbench.runner import build_student_module, load_data, new_record
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
+    from kdbench.teachers import train as teacher_training
 
     t0 = time.time()
     if not cfgs:
@@ -440,7 +450,7 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
         tc = tjob.conf
         preflight_signal(tc["teacher_signal"], tc, data)
         if needs_teacher(tc["teacher_signal"]):
-            teacher, tmeta = teachers.for_run(tc["teacher"], tc["dataset"], tc["trainer"], data,
+            teacher, tmeta = teacher_training.for_run(tc["teacher"], tc["dataset"], tc["trainer"], data,
                                               teachers_dir=abs_path(tjob.cfg.paths.teachers_dir),
                                               checkpoints_dir=abs_path(tjob.cfg.paths.checkpoints_dir),
                                               eval_batch_size=tc["dataset"]["eval_batch_size"], log=log.info)
@@ -455,7 +465,8 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
         j.module, j.spec = build_student_module(j.cfg, j.conf, data, signal, module_cls=Member)
         rng[j.run_id] = ({"torch": torch.get_rng_state()}
                          | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}))
-        j.record = new_record(j.cfg, j.conf, j.run_id, data, signal, None if scratch else tmeta, j.overrides)
+        j.record = new_record(j.cfg, j.conf, j.run_id, data, signal, None if scratch else tmeta, j.overrides,
+                              j.module)
 
     with claimed(jobs, wait=True) as (pending, finished):  # a job done meanwhile by another process is left out
         done.update(finished)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from kdbench.config import check_class_counts, is_scratch, validate
 from kdbench.errors import ConfigError
+from kdbench.features import probe
 from kdbench.files import abs_path
 from kdbench.provenance import device_name, in_multirun, overrides, versions
 from kdbench.records import jsonable
@@ -51,8 +52,9 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, trap) -> dict:
-    from kdbench import lifecycle, teachers
+    from kdbench import lifecycle
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
+    from kdbench.teachers import train as teacher_training
 
     t0 = time.time()
     if int(cfg.get("fuse", 1)) != 1:  # before validation: a fused sweep's key, not this command's
@@ -70,9 +72,10 @@ def _run(cfg: DictConfig, trap) -> dict:
     check_class_counts(data.num_classes, cfg)
     scratch, trainer = is_scratch(cfg), conf["trainer"]
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
+    preflight_features(conf, data)
     teacher, tmeta = None, None
     if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:
-        teacher, tmeta = teachers.for_run(conf["teacher"], conf["dataset"], trainer, data,
+        teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], trainer, data,
                                           teachers_dir=abs_path(cfg.paths.teachers_dir),
                                           checkpoints_dir=abs_path(cfg.paths.checkpoints_dir),
                                           eval_batch_size=conf["dataset"]["eval_batch_size"], log=log.info)
@@ -85,7 +88,7 @@ def _run(cfg: DictConfig, trap) -> dict:
 
     # student -> method -> module -> the job's life
     job.module, job.spec = build_student_module(cfg, conf, data, signal)
-    job.record = new_record(cfg, conf, job.run_id, data, signal, tmeta, job.overrides)
+    job.record = new_record(cfg, conf, job.run_id, data, signal, tmeta, job.overrides, job.module)
     with lifecycle.claimed([job], wait=in_multirun()) as (pending, done):
         if not pending:  # another job of the sweep was this run, and finished it while we waited
             return done[job.run_id]
@@ -113,6 +116,11 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     student = build_model(conf["student"]["arch"], data.num_classes, data.input_shape,
                           **(conf["student"].get("kwargs") or {}))
     method = None if scratch else build_method(d["method"], d)
+    parts = None
+    if is_feature_method(method):  # its trainable modules, built from the two sides' shapes, under the seed
+        signal.request(method.needs.teacher)
+        parts = build_parts(method, probe(student, data.input_shape, method.needs.student),
+                            signal.probe(data.input_shape, method.needs.teacher), len(data.train_y))
     dbg = conf.get("debug") or {}
     spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]), extra=debug_trainer_args(dbg),
                                 callbacks=dict(conf.get("callbacks") or {}),
@@ -122,12 +130,60 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     module = (module_cls or DistillModule)(
         student, data.num_classes, OptimSpec(**conf["optim"]), SchedSpec(**conf["sched"]), method=method,
         signal=signal, check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]),
-        reference=_true_law(data))
+        reference=_true_law(data), parts=parts)
     return module, spec
 
 
-def new_record(cfg, conf: dict, run_id: str, data, signal, tmeta: dict | None, job_overrides: list[str]) -> dict:
-    """A run's record as it starts (status ``running``)."""
+def is_feature_method(method) -> bool:
+    """A method that reads intermediate features (its ``needs``), and may own trainable modules."""
+    needs = getattr(method, "needs", None)
+    return needs is not None and needs.features
+
+
+def build_parts(method, student_out, teacher_out, n_train: int):
+    """A feature method's trainable modules (and per-sample state) for these shapes and a training set of
+    ``n_train`` examples (None when it has none)."""
+    build = getattr(method, "build", None)
+    return build(student_out, teacher_out, n_train) if callable(build) else None
+
+
+def preflight_features(conf: dict, data) -> None:
+    """Before any work, refuse a feature method that the run cannot feed: a teacher signal that gives
+    only logits (cached, captured), or a pair whose shapes the method cannot use (probed on freshly
+    built models of the two architectures, outside the run's random streams)."""
+    import torch
+
+    from kdbench.methods import build_method
+    from kdbench.models import build_model
+    from kdbench.signals import gives_features
+
+    d = conf["distill"]
+    if d.get("method") in (None, "none"):
+        return
+    method = build_method(d["method"], d)
+    if not is_feature_method(method):
+        return
+    needs, kind = method.needs, conf["teacher_signal"]
+    if needs.teacher != ("logits",) and not gives_features(kind):
+        raise ConfigError("teacher_signal", f"method {d['method']} reads the teacher's features "
+                                            f"({', '.join(needs.teacher)}); teacher_signal={kind} gives only its "
+                                            "outputs: use teacher_signal=online")
+    s_arch, t_arch = conf["student"]["arch"], conf["teacher"]["arch"]
+    try:
+        with torch.random.fork_rng():
+            s = build_model(s_arch, data.num_classes, data.input_shape, **(conf["student"].get("kwargs") or {}))
+            t = build_model(t_arch, data.num_classes, data.input_shape, **(conf["teacher"].get("kwargs") or {}))
+            build_parts(method, probe(s, data.input_shape, needs.student), probe(t, data.input_shape, needs.teacher),
+                        len(data.train_y))
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+        raise ConfigError("distill.method", f"method {d['method']} cannot distil {t_arch} -> {s_arch}: "
+                                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def new_record(cfg, conf: dict, run_id: str, data, signal, tmeta: dict | None, job_overrides: list[str],
+               module=None) -> dict:
+    """A run's record as it starts (status ``running``); ``module``: the run's DistillModule, whose
+    parameters it counts (the deployed student's, and a feature method's training-only ones)."""
     scratch, d, trainer = is_scratch(cfg), conf["distill"], conf["trainer"]
     record: dict[str, Any] = {
         "run_id": run_id, "experiment": cfg.experiment_name, "variant": d["variant"], "seed": int(conf["seed"]),
@@ -143,6 +199,10 @@ def new_record(cfg, conf: dict, run_id: str, data, signal, tmeta: dict | None, j
         # what was asked for; replaced by what Lightning actually set once the fit is done
         "deterministic": trainer["deterministic"] not in (False, None),
     }
+    if module is not None:
+        parts = getattr(module, "parts", None)
+        record["params"] = {"student": sum(p.numel() for p in module.student.parameters()),
+                            "training_only": sum(p.numel() for p in parts.parameters()) if parts is not None else 0}
     if (tmeta or getattr(signal, "header", None)) and not scratch:  # a captured signal names its teacher
         t = tmeta or {**signal.header["teacher"], "path": None, "capture": str(conf["teacher_capture"]["path"])}
         record["teacher"] = {k: t.get(k) for k in ("key", "name", "arch", "test", "path", "capture") if k in t}

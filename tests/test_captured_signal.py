@@ -41,7 +41,7 @@ def test_capture_store_and_jsonl_round_trip(store, tmp_path):
 
 
 def test_captured_run_needs_no_teacher_and_matches_online_at_k_equal_c(store, compose, monkeypatch):
-    import kdbench.teachers as teachers
+    import kdbench.teachers.train as teacher_training
     from kdbench.train import run
 
     online = run(compose(*CNN, "distill.tau=4", "experiment_name=on"))
@@ -49,7 +49,7 @@ def test_captured_run_needs_no_teacher_and_matches_online_at_k_equal_c(store, co
     def no_teacher(*a, **k):
         raise AssertionError("a captured run must not load a teacher")
 
-    monkeypatch.setattr(teachers, "for_run", no_teacher)
+    monkeypatch.setattr(teacher_training, "for_run", no_teacher)
     rec = run(compose(*CNN, "distill.tau=4", "teacher_signal=captured", f"teacher_capture.path={store}",
                       "experiment_name=cap"))
     assert rec["status"] == "complete" and rec["teacher_signal"] == "captured"

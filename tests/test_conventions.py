@@ -211,18 +211,9 @@ def test_the_cycle_finder_sees_every_kind_of_import(tmp_path):
     assert find_cycle(import_graph(tmp_path)) is None
 
 
-#: the one edge left that closes cycles: kdbench/teachers/__init__.py re-exports train.for_run, so every
-#: user of the registry (the cached and captured signals: dataset_identity) depends on teacher training
-#: (config, distill -> signals, engine). Delete it here once the package stops importing its train module.
-PENDING = {("kdbench.teachers", "kdbench.teachers.train")}
-
-
 def test_no_import_cycle_between_kdbench_modules():
     """No module reaches itself through imports, even through imports inside functions and registry
     discovery: each module can be read, tested and changed without the ones that use it."""
     graph = import_graph(REPO)
-    for a, b in PENDING:
-        assert b in graph[a], f"{a} no longer imports {b}: remove it from PENDING"
-        graph[a].discard(b)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

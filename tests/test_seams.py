@@ -71,35 +71,6 @@ def test_nothing_imports_train_and_no_private_cross_module_imports():
                 assert not private, f"{name} imports private {private} from {mod}"
 
 
-def test_no_import_cycle_between_kdbench_modules():
-    """The module graph (function-local imports included; a package and its own submodules excepted) is
-    acyclic: the old config -> train -> teachers -> config circle only worked through local imports."""
-    graph: dict[str, set[str]] = {}
-    for name, path in MODULES.items():
-        deps = set()
-        for mod, names in _imports(path):
-            for cand in [f"{mod}.{n}" for n in names] + [mod]:
-                if cand in MODULES:
-                    deps.add(cand)
-                    break
-        # a submodule importing its own package (a registry) or a package importing its submodules is not a cycle
-        graph[name] = {d for d in deps if d != name and not d.startswith(name + ".") and not name.startswith(d + ".")}
-    state: dict[str, int] = {}
-
-    def visit(n: str, stack: list[str]) -> None:
-        state[n] = 1
-        for d in sorted(graph.get(n, ())):
-            if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [n, d]))
-            if d not in state:
-                visit(d, stack + [n] if d else stack)
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            visit(n, [])
-
-
 @pytest.mark.parametrize(("module", "function"), [("runner", "_run"), ("fused", "_run_group"), ("fused", "_fit_group")])
 def test_run_reads_in_one_pass(module, function):
     """The functions that do a run's work (``runner.run`` is a wrapper around ``_run``; train.py is the

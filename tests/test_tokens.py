@@ -109,11 +109,11 @@ def test_a_token_capture_holds_one_top_k_per_position_and_round_trips_through_js
 
 
 def test_captured_equals_online_at_k_equal_v_with_no_teacher_in_memory(capture_store, compose, monkeypatch):
-    import kdbench.teachers as teachers
+    import kdbench.teachers.train as teacher_training
     from kdbench.train import run
 
     online = run(compose(*MARKOV, "teacher=oracle", "distill.tau=2", "experiment_name=on"))
-    monkeypatch.setattr(teachers, "for_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no teacher")))
+    monkeypatch.setattr(teacher_training, "for_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no teacher")))
     cap = run(compose(*MARKOV, "teacher=oracle", "distill.tau=2", "teacher_signal=captured",
                       f"teacher_capture.path={capture_store}", "experiment_name=cap"))
     assert cap["status"] == "complete" and cap["teacher_signal"] == "captured"

@@ -20,11 +20,13 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from kdbench.kinds import N, Spec, like
 
-__all__ = ["HARNESS_KEYS", "Method", "build_method", "method_names", "method_params", "method_specs", "register_method"]
+__all__ = ["HARNESS_KEYS", "Method", "build_method", "feature_terms", "method_names", "method_params", "method_specs",
+           "register_method"]
 
 #: ``distill.*`` keys the harness reads itself (every other key is a parameter of the method)
 HARNESS_KEYS = ("variant", "method", "enabled", "teacher_train_mode", "teacher_grad")
@@ -43,6 +45,19 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def feature_terms(student_logits: Tensor, batch: Any, ce_weight: float, **weighted: tuple[float, Tensor]) -> dict:
+    """A feature method's terms: ``ce_weight * CE(student, y)`` plus each ``name=(weight, term)``; the
+    returned dict holds the loss, ``ce`` and every unweighted term (what the run logs)."""
+    import torch.nn.functional as F
+
+    logits = student_logits if student_logits.dtype == torch.float64 else student_logits.float()
+    ce = F.cross_entropy(logits, batch.y)
+    loss = ce_weight * ce
+    for w, term in weighted.values():
+        loss = loss + w * term
+    return {"loss": loss, "ce": ce, **{k: term for k, (_, term) in weighted.items()}}
 
 
 def register_method(name: str):

@@ -93,9 +93,18 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        f = self.features(x)
-        logits = self.classifier(self.dropout(f))
-        return (logits, f) if return_features else logits
+        if not return_features:
+            return self.classifier(self.dropout(self.features(x)))
+        # the zoo's feature contract: each block's map after its ReLU (and before it, after BatchNorm)
+        stages, preact = [], []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in (1, 5):
+                preact.append(x.clone())  # the ReLU that follows works in place
+            elif i in (2, 6):
+                stages.append(x)
+        logits = self.classifier(self.dropout(x))
+        return logits, {"pooled": x, "stages": stages, "preact_stages": preact}
 
 
 @register_model("mnist_cnn", family="cnn", description="small 2-block CNN with BatchNorm")

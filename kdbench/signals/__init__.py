@@ -66,6 +66,7 @@ class NoSignal:
 _REGISTRY: dict[str, Callable[..., TeacherSignal]] = {"none": lambda **_: NoSignal()}
 _PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
 _NO_TEACHER: set[str] = {"none"}
+_FEATURES: set[str] = set()
 
 
 def table_for(tables: dict, split: str):
@@ -77,10 +78,13 @@ def table_for(tables: dict, split: str):
     return tables[split]
 
 
-def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True):
+def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True,
+                    features: bool = False):
     """Decorator for a factory ``(*, teacher, conf, data, teacher_meta) -> TeacherSignal``:
     ``teacher_signal=<name>``. ``preflight(conf, data)`` runs before any work (before the teacher is
-    trained or loaded) and raises a one-line ConfigError for a run that cannot work."""
+    trained or loaded) and raises a one-line ConfigError for a run that cannot work. ``features``: the
+    signal gives a feature method the teacher's features (``request(selectors)`` / ``probe``), not only
+    its logits."""
 
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
@@ -90,9 +94,17 @@ def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None 
             _PREFLIGHT[name] = preflight
         if not needs_teacher:
             _NO_TEACHER.add(name)
+        if features:
+            _FEATURES.add(name)
         return factory
 
     return deco
+
+
+def gives_features(kind: str) -> bool:
+    """True for signals that can give a feature method the teacher's intermediate features (``online``)."""
+    _discover()
+    return kind in _FEATURES
 
 
 def needs_teacher(kind: str) -> bool:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from kdbench.features import Out, forward_with, probe
 from kdbench.signals import register_signal
 
 
@@ -38,9 +39,25 @@ class OnlineSignal:
         self.teacher.to(memory_format=memory_format)
         return self
 
-    def __call__(self, batch, split: str) -> Tensor:
+    #: what a feature method reads of the teacher on training batches (``request``); logits only otherwise
+    selectors: tuple[str, ...] = ("logits",)
+
+    def request(self, selectors: tuple[str, ...]) -> None:
+        """Give ``selectors`` (:mod:`kdbench.features`) on training batches, from the teacher's one pass."""
+        self.selectors = tuple(selectors)
+
+    def probe(self, input_shape: tuple[int, ...], selectors: tuple[str, ...]) -> Out:
+        return probe(self.teacher, input_shape, selectors)
+
+    def __call__(self, batch, split: str) -> Tensor | Out:
         training = split == "train"
         self.teacher.train(training and self.train_mode)
+        if training and self.selectors != ("logits",):  # a feature method's view, as the features came
+            # no_grad, not inference_mode: the features enter the loss's graph as constants (no copies)
+            with torch.set_grad_enabled(self.grad):
+                out = forward_with(self.teacher, batch.x, self.selectors)
+            out.logits = out.logits.float()
+            return out
         if self.grad and training:
             return self.teacher(batch.x)
         with torch.inference_mode():
@@ -58,7 +75,7 @@ class OnlineSignal:
             self.teacher.load_state_dict(state)
 
 
-@register_signal("online")
+@register_signal("online", features=True)
 def _online(*, teacher: nn.Module | None, conf: dict, **_) -> OnlineSignal:
     if teacher is None:
         raise ValueError("teacher_signal=online needs a teacher")

@@ -1,8 +1,8 @@
 """Teachers: the registry (:mod:`~kdbench.teachers.registry`: keys, entries, safe loading, import,
-drift) and training a missing one (:mod:`~kdbench.teachers.train`: :func:`for_run`).
+drift), re-exported here, and training a missing one (:mod:`kdbench.teachers.train`: ``for_run``, which
+the run imports from there).
 
-Importing this package loads neither Lightning nor the distillation module: :func:`for_run` imports
-them when it has a teacher to train.
+Importing this package loads neither Lightning nor the distillation module, and nothing that trains.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from kdbench.teachers.registry import (
     save_entry,
     teacher_key,
 )
-from kdbench.teachers.train import for_run
 
 __all__ = ["META", "WEIGHTS", "dataset_identity", "drift", "entry_complete", "entry_name", "evaluate_on_test",
-           "for_run", "freeze", "get_or_train", "import_published", "key_fields", "load_into", "locate", "oracle",
+           "freeze", "get_or_train", "import_published", "key_fields", "load_into", "locate", "oracle",
            "read_meta", "save_entry", "teacher_key"]

@@ -1,0 +1,163 @@
+"""Feature methods through the whole harness (kdbench.features, methods/at, nst, sp, rkd, pkt, fitnet):
+what they see, what they train, what they refuse, and that they resume exactly."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench.errors import ConfigError
+from tests.conftest import FAST
+
+#: digits with the small CNN pair: both sides give pooled, stages (2 blocks) and preact_stages
+CNN = ("teacher=mnist_cnn", "student=mnist_cnn_small", *FAST)
+
+
+def _cnn(compose, teachers_dir, *extra):
+    return compose(*CNN, f"paths.teachers_dir={teachers_dir}", *extra)
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("at", ()), ("nst", ()), ("sp", ()), ("rkd", ()), ("pkt", ()), ("fitnet", ("distill.hint_layer=1",)),
+])
+def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose, teachers_dir, method, extra):
+    from kdbench.train import run
+
+    rec = run(_cnn(compose, teachers_dir, f"distill={method}", *extra))
+    assert rec["status"] == "complete" and len(rec["history"]) == 2
+    assert all(math.isfinite(h["train_loss"]) for h in rec["history"])
+    # the deployed student is the zoo model alone: 8-16 channel CNN; FitNet's regressor is training-only
+    ck = torch.load(Path(rec["record_path"]).parents[2] / "checkpoints" / "default" / rec["run_id"] / "best.ckpt",
+                    map_location="cpu", weights_only=True)
+    student = sum(v.numel() for k, v in ck["state_dict"].items() if k.startswith("student.") and v.is_floating_point()
+                  and "running" not in k)
+    parts = {k: v for k, v in ck["state_dict"].items() if k.startswith("parts.")}
+    assert rec["params"]["student"] == student
+    if method == "fitnet":
+        # both hints are 4x4 maps: a 1x1 conv 16 -> 64 channels (+ bias) and its BatchNorm's weight and bias
+        assert rec["params"]["training_only"] == 16 * 64 + 64 + 2 * 64
+        assert {"parts.regressor.0.weight", "parts.regressor.1.running_mean"} <= set(parts)
+    else:
+        assert rec["params"]["training_only"] == 0 and not parts
+
+
+def test_a_method_gets_exactly_the_features_it_asked_for_from_the_real_models(compose, teachers_dir):
+    """A toy method reading stages[-1], pooled and a forward hook sees the registry teacher's own tensors
+    on exactly that batch, and the student's from the same pass as its logits."""
+    import torch.nn.functional as F
+
+    from kdbench.features import Needs
+    from kdbench.methods import register_method
+    from kdbench.train import run
+
+    calls = []
+
+    @dataclass(frozen=True)
+    class Probe:
+        needs_teacher = True
+        needs = Needs(student=("stages[-1]", "hook:features.4"), teacher=("pooled", "stages[-1]"))
+
+        def __call__(self, student, teacher, batch, parts):
+            calls.append({"x": batch.x.detach().clone(), "t_pooled": teacher.pooled.clone(),
+                          "t_last": teacher["stages[-1]"].clone(), "t_stages": teacher.stages,
+                          "s_hook": student["hook:features.4"], "s_logits": student.logits,
+                          "grad": teacher.pooled.requires_grad})
+            return {"loss": F.cross_entropy(student.logits, batch.y) + 0 * student["stages[-1]"].sum()}
+
+    register_method("toy_feature_probe")(Probe)
+    rec = run(_cnn(compose, teachers_dir, "distill.method=toy_feature_probe", "distill.variant=probe",
+                   "trainer.max_epochs=1"))
+    assert rec["status"] == "complete" and calls
+    c = calls[0]
+    assert not c["grad"] and c["s_hook"].shape[1] == 16  # the student's second conv: 16 channels
+    assert c["s_hook"].shape[0] == c["s_logits"].shape[0] == c["x"].shape[0]
+    from kdbench.data import load_dataset
+    from kdbench.models import build_model
+    from kdbench.teachers import load_into
+
+    data = load_dataset({"name": "digits"})
+    teacher = build_model("mnist_cnn", 10, data.input_shape, **rec["config"]["teacher"]["kwargs"])
+    load_into(teacher, Path(rec["teacher"]["path"]), "mnist_cnn", 10)
+    teacher.eval()
+    with torch.no_grad():
+        _, feats = teacher(c["x"], return_features=True)
+    assert torch.allclose(feats["pooled"], c["t_pooled"], atol=1e-6)
+    assert torch.allclose(feats["stages"][-1], c["t_last"], atol=1e-6)
+
+
+def test_feature_methods_are_refused_before_any_work(compose, teachers_dir, tmp_path):
+    from kdbench.fused import run_group
+    from kdbench.train import run
+
+    runs = tmp_path / "results" / "runs"
+    with pytest.raises(ConfigError, match=r"teacher_signal: method at reads the teacher's features .*cached"):
+        run(_cnn(compose, teachers_dir, "distill=at", "teacher_signal=cached"))
+    # the default hint layer (2) of a two-block CNN: named method, pair and what the model gives
+    with pytest.raises(ConfigError, match=r"distill.method: method fitnet cannot distil mnist_cnn -> mnist_cnn: "
+                                          r"stages\[2\]: the model gives 2 stages"):
+        run(_cnn(compose, teachers_dir, "distill=fitnet"))
+    with pytest.raises(ConfigError, match=r"method at .* fused groups share logits only \(use fuse=1\)"):
+        run_group([_cnn(compose, teachers_dir, "distill=at"), _cnn(compose, teachers_dir, "distill=kd")])
+    assert not runs.exists() or not list(runs.rglob("*.json"))  # nothing written
+    # a pair without stages (MLPs give only their pooled vector)
+    with pytest.raises(ConfigError, match=r"method at cannot distil mlp -> mlp: MLP gives no stages features"):
+        run(compose(*FAST, "distill=at"))
+
+
+def test_an_interrupted_fitnet_run_resumes_exactly_with_its_regressor(compose, teachers_dir, monkeypatch):
+    """SIGTERM after the first epoch, then the same command: the regressor (weights, BatchNorm statistics
+    and optimizer state) comes back from last.ckpt and the run ends with the uninterrupted run's numbers."""
+    import os
+    import signal
+
+    from kdbench.distill import DistillModule
+    from kdbench.interrupts import RunInterrupted
+    from kdbench.records import read_record
+    from kdbench.train import run
+
+    args = ("distill=fitnet", "distill.hint_layer=1", "trainer.max_epochs=3")
+    whole = run(_cnn(compose, teachers_dir, *args, "experiment_name=whole"))
+    real = DistillModule.on_train_epoch_start
+
+    def stop_in_second(module):
+        if module.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(module)
+
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", stop_in_second)
+    with pytest.raises(RunInterrupted):
+        run(_cnn(compose, teachers_dir, *args, "experiment_name=cut"))
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", real)
+    cut = read_record(Path(whole["record_path"]).parent.parent / "cut" / f"{whole['run_id']}.json")
+    assert cut["status"] == "interrupted" and len(cut["history"]) == 1
+    resumed = run(_cnn(compose, teachers_dir, *args, "experiment_name=cut"))
+    assert resumed["resumed_from"] and resumed["run_id"] == whole["run_id"]
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        for k in ("train_loss", "val_acc", "val_nll"):
+            assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
+    assert math.isclose(whole["metrics"]["last"]["test"]["nll"], resumed["metrics"]["last"]["test"]["nll"],
+                        rel_tol=1e-5)
+
+
+def test_out_selectors_and_probe():
+    from kdbench.features import Out, check_selectors, probe
+    from kdbench.models import build_model
+
+    out = Out(torch.zeros(2, 3), stages=[torch.zeros(1), torch.ones(1), 2 * torch.ones(1)])
+    assert out["stages[1:]"][0].item() == 1 and out["stages[-1]"].item() == 2 and len(out["stages[:2]"]) == 2
+    with pytest.raises(ValueError, match=re.escape("stages[3]: the model gives 3 stages")):
+        out["stages[3]"]
+    with pytest.raises(ValueError, match="unknown feature selector"):
+        check_selectors(("stage[1]",), "toy")
+    model = build_model("mnist_cnn", 10, (1, 8, 8), width=4)
+    model.train()
+    before = model.features[1].running_mean.clone()
+    shapes = probe(model, (1, 8, 8), ("stages", "pooled", "hook:features.0"))
+    assert model.training and torch.equal(model.features[1].running_mean, before)  # eval mode, put back
+    assert [tuple(s.shape) for s in shapes.stages] == [(2, 4, 8, 8), (2, 8, 4, 4)]
+    assert tuple(shapes.pooled.shape) == (2, 8) and tuple(shapes.hooks["features.0"].shape) == (2, 4, 8, 8)
