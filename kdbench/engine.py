@@ -91,7 +91,9 @@ class EpochSync(Callback):
 
 
 def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
-    aug = data.default_augment if spec.augment in ("default", None) else spec.augment
+    from kdbench.data.augment import family_of
+
+    aug = family_of(spec.augment, data)
     common = dict(mean=data.mean, std=data.std, channels_last=channels_last)
     train = TensorLoader(data.train_x, data.train_y, spec.batch_size, shuffle=True, augment=aug, seed=spec.data_seed,
                          **common)
