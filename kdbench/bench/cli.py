@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[torch.device, argparse.Namespace], Section]] = {
     "signals": lambda dev, a: _section("signals").section(dev),
     "harness": lambda dev, a: _section("harness").section(dev, _mode(a), a.peak_tflops),
     "fused": lambda dev, a: _section("fused").section(dev, quick=not a.full),
+    "features": lambda dev, a: _section("features").section(dev, full=a.full),
 }
 
 
