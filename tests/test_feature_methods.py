@@ -22,8 +22,21 @@ def _cnn(compose, teachers_dir, *extra):
     return compose(*CNN, f"paths.teachers_dir={teachers_dir}", *extra)
 
 
+#: the pair's channels: student (width 8) 8 then 16, teacher (width 32) 32 then 64; stages[1:] is the second
+#: block (4x4 maps on digits); the pooled vectors are 16 and 64 wide
+S, T = 16, 64
+#: each method's training-only parameters on that pair, from its architecture, and some of its parts' keys
+TRAINING_ONLY = {
+    # both hints are 4x4 maps: a 1x1 conv 16 -> 64 channels (+ bias) and its BatchNorm's weight and bias
+    "fitnet": (S * T + T + 2 * T, {"parts.regressor.0.weight", "parts.regressor.1.running_mean"}),
+    # one stage: 1x1 convs 16 -> 64 -> 64 -> 64 without bias, and 64 log-scales
+    "vid": (S * T + 2 * T * T + T, {"parts.0.regressor.0.weight", "parts.0.regressor.4.weight", "parts.0.log_scale"}),
+}
+
+
 @pytest.mark.parametrize(("method", "extra"), [
     ("at", ()), ("nst", ()), ("sp", ()), ("rkd", ()), ("pkt", ()), ("fitnet", ("distill.hint_layer=1",)),
+    ("vid", ()),
 ])
 def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose, teachers_dir, method, extra):
     from kdbench.train import run
@@ -38,10 +51,10 @@ def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose
                   and "running" not in k)
     parts = {k: v for k, v in ck["state_dict"].items() if k.startswith("parts.")}
     assert rec["params"]["student"] == student
-    if method == "fitnet":
-        # both hints are 4x4 maps: a 1x1 conv 16 -> 64 channels (+ bias) and its BatchNorm's weight and bias
-        assert rec["params"]["training_only"] == 16 * 64 + 64 + 2 * 64
-        assert {"parts.regressor.0.weight", "parts.regressor.1.running_mean"} <= set(parts)
+    if method in TRAINING_ONLY:
+        count, keys = TRAINING_ONLY[method]
+        assert rec["params"]["training_only"] == count
+        assert keys <= set(parts), sorted(parts)
     else:
         assert rec["params"]["training_only"] == 0 and not parts
 
