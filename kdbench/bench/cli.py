@@ -32,6 +32,7 @@ SECTIONS: dict[str, Callable[[torch.device, argparse.Namespace], Section]] = {
     "harness": lambda dev, a: _section("harness").section(dev, _mode(a), a.peak_tflops),
     "fused": lambda dev, a: _section("fused").section(dev, quick=not a.full),
     "features": lambda dev, a: _section("features").section(dev, full=a.full),
+    "feature-params": lambda dev, a: _section("features").params_section(dev),
 }
 
 

@@ -74,3 +74,40 @@ def section(device: torch.device, full: bool) -> Section:
                    bench_features(device, pair, batch, steps=2 if device.type == "cpu" else 10),
                    notes=["ms/step: median of 5 interleaved repeats (each the mean of its steps after a warm-up), side by side; "
                           "training-only params: the method's own modules, not part of the deployed student"])
+
+
+#: the CIFAR pairs of the benchmark tables whose training-only parameters the docs list
+PAIRS = (("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
+         ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"))
+
+
+def training_only(methods: tuple[str, ...] | None = None, pairs=PAIRS, n_train: int = 50_000) -> list[dict]:
+    """Per feature method and pair: the parameters of its own modules (built on a probe batch, as a run
+    builds them), and their share of the student's; a pair it cannot use says why."""
+    from kdbench.features import probe
+    from kdbench.methods import build_method, method_defaults, method_names
+    from kdbench.models import build_model
+    from kdbench.runner import build_parts, is_feature_method
+
+    shape, rows = (3, 32, 32), []
+    names = methods or tuple(n for n in method_names() if is_feature_method(build_method(n, method_defaults(n))))
+    for name in names:
+        row = {"method": name}
+        for t, s in pairs:
+            method = build_method(name, method_defaults(name))
+            student, teacher = build_model(s, 100, shape), build_model(t, 100, shape)
+            try:
+                parts = build_parts(method, probe(student, shape, method.needs.student),
+                                    probe(teacher, shape, method.needs.teacher), n_train)
+            except ValueError as e:
+                row[f"{t} -> {s}"] = f"refused ({str(e).splitlines()[0][:40]})"
+                continue
+            n = sum(p.numel() for p in parts.parameters()) if parts is not None else 0
+            row[f"{t} -> {s}"] = f"{n:,} ({100 * n / sum(p.numel() for p in student.parameters()):.1f} %)"
+        rows.append(row)
+    return rows
+
+
+def params_section(device: torch.device) -> Section:
+    return Section("feature methods: training-only parameters per pair (share of the student's)", training_only(),
+                   notes=["built on a probe batch as a run builds them; none of them is part of the deployed student"])
