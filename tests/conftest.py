@@ -39,6 +39,44 @@ def compose(tmp_path):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="session")
+def teachers_dir(tmp_path_factory) -> Path:
+    """One teacher registry for the session (``paths.teachers_dir=...``), for tests that only need a trained
+    teacher: each recipe is trained once, by the first test that asks (under the registry's lock), instead
+    of once per test. A test about training, registering or the registry's folder keeps its own."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+def train_main(args: list[str]) -> int:
+    """``python -m kdbench.train ARGS`` in this process (Hydra's entry point, the exit codes of
+    docs/errors.md) without a subprocess's start-up; returns the exit code. The root logger that Hydra
+    configures for the job is put back as it was afterwards."""
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdbench import train
+
+    root = logging.getLogger()
+    handlers, level, argv = root.handlers[:], root.level, sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = ["kdbench.train", *args]
+    try:
+        train.main()
+        return 0
+    except SystemExit as e:
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 #: a fast digits run: 2-epoch teacher, 2-epoch student
 FAST = ("trainer.max_epochs=2", "teacher.recipe.epochs=2")
 

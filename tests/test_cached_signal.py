@@ -53,13 +53,14 @@ def test_cached_logits_are_the_online_teachers_for_every_batch_and_view(compose)
 
 
 @pytest.mark.parametrize("val_size", [200, 0])
-def test_cached_run_trains_exactly_like_online(compose, val_size):
+def test_cached_run_trains_exactly_like_online(compose, val_size, teachers_dir):
     """Also without a validation split (val_size 0, as for CIFAR: validation runs on the test set, and
     the cache's validation lookups read its test table)."""
     from kdbench.train import run
 
-    online = run(compose(*CNN, "teacher_signal=online", "experiment_name=on", f"dataset.val_size={val_size}"))
-    cached = run(compose(*CNN, "teacher_signal=cached", "experiment_name=ca", f"dataset.val_size={val_size}"))
+    common = (*CNN, f"dataset.val_size={val_size}", f"paths.teachers_dir={teachers_dir}")
+    online = run(compose(*common, "teacher_signal=online", "experiment_name=on"))
+    cached = run(compose(*common, "teacher_signal=cached", "experiment_name=ca"))
     assert online["run_id"] != cached["run_id"]
     assert [h["train_loss"] for h in cached["history"]] == [h["train_loss"] for h in online["history"]]
     # the cache computes val/test logits at the training batch size, the online teacher at the eval batch
@@ -82,15 +83,16 @@ def test_a_cache_that_cannot_fit_is_refused_before_any_work(compose, tmp_path):
     assert e.value.key == "teacher_signal"
 
 
-def test_a_resident_cache_gives_the_memory_mapped_lookups_and_the_same_run(compose):
+def test_a_resident_cache_gives_the_memory_mapped_lookups_and_the_same_run(compose, teachers_dir):
     """teacher_cache.on_device=true: the tables are copied into the device's memory (on a GPU: its
     memory; here the host's), looked up there, and the run is the one read from the memory map."""
     from kdbench.data import Batch
     from kdbench.signals.cached import CachedSignal
     from kdbench.train import run
 
-    mapped = run(compose(*CNN, "teacher_signal=cached", "experiment_name=mm", "teacher_cache.on_device=false"))
-    resident = run(compose(*CNN, "teacher_signal=cached", "experiment_name=rs", "teacher_cache.on_device=true"))
+    shared = f"paths.teachers_dir={teachers_dir}"
+    mapped = run(compose(*CNN, shared, "teacher_signal=cached", "experiment_name=mm", "teacher_cache.on_device=false"))
+    resident = run(compose(*CNN, shared, "teacher_signal=cached", "experiment_name=rs", "teacher_cache.on_device=true"))
     assert resident["run_id"] == mapped["run_id"]  # where the table lives changes nothing computed
     assert resident["history"] == mapped["history"] and resident["metrics"] == mapped["metrics"]
     (folder,) = [p.parent for p in Path(mapped["teacher"]["path"]).glob("cache/*/meta.json")]

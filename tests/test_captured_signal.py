@@ -11,14 +11,16 @@ CNN = ["teacher=mnist_cnn", "teacher.kwargs.width=8", "teacher.recipe.epochs=1",
        "dataset.val_size=200", "trainer.max_epochs=2", "logger=none"]
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, teachers_dir):
+    """One capture (and its JSONL export, ``cap.jsonl`` beside it) for the module's tests, which only read it."""
     from kdbench.capture import main
 
-    res = tmp_path / "results"
-    out = tmp_path / "cap"
-    assert main(["--k", "10", "--tau", "4", "--out", str(out), "--jsonl", str(tmp_path / "cap.jsonl"),
-                 *CNN, f"paths.results_dir={res}", f"paths.data_dir={tmp_path / 'data'}"]) == 0
+    tmp = tmp_path_factory.mktemp("capture")
+    out = tmp / "cap"
+    assert main(["--k", "10", "--tau", "4", "--out", str(out), "--jsonl", str(tmp / "cap.jsonl"), *CNN,
+                 f"paths.results_dir={tmp / 'results'}", f"paths.teachers_dir={teachers_dir}",
+                 f"paths.data_dir={tmp / 'data'}"]) == 0
     return out
 
 
@@ -33,18 +35,18 @@ def test_capture_store_and_jsonl_round_trip(store, tmp_path):
     assert idx.shape == (h["n"]["train"], 25, 10)
     assert np.allclose(np.exp(logp.numpy()).sum(-1), 1.0, atol=1e-5)  # k = C: the whole distribution
     assert (np.diff(logp.numpy(), axis=-1) <= 0).all()  # sorted from the largest
-    lines = (tmp_path / "cap.jsonl").read_text().splitlines()
+    lines = (store.parent / "cap.jsonl").read_text().splitlines()
     assert "header" in json.loads(lines[0]) and len(lines) == 1 + h["n"]["train"] * 25 + h["n"]["val"] + h["n"]["test"]
-    back = import_jsonl(tmp_path / "cap.jsonl", tmp_path / "back")
+    back = import_jsonl(store.parent / "cap.jsonl", tmp_path / "back")
     i2, l2 = read_split(back, "train")
     assert (i2 == idx).all() and np.allclose(l2.numpy(), logp.numpy(), atol=1e-6)
 
 
-def test_captured_run_needs_no_teacher_and_matches_online_at_k_equal_c(store, compose, monkeypatch):
+def test_captured_run_needs_no_teacher_and_matches_online_at_k_equal_c(store, compose, monkeypatch, teachers_dir):
     import kdbench.teachers.train as teacher_training
     from kdbench.train import run
 
-    online = run(compose(*CNN, "distill.tau=4", "experiment_name=on"))
+    online = run(compose(*CNN, "distill.tau=4", "experiment_name=on", f"paths.teachers_dir={teachers_dir}"))
 
     def no_teacher(*a, **k):
         raise AssertionError("a captured run must not load a teacher")
@@ -96,10 +98,12 @@ def test_a_capture_that_does_not_match_the_run_is_refused_before_any_work(store,
     assert not (results / "runs").exists() and not (results / "teachers").exists()
 
 
-def test_capture_into_a_folder_that_holds_it_keeps_it_and_refuses_to_overwrite_another(store, tmp_path, capsys):
+def test_capture_into_a_folder_that_holds_it_keeps_it_and_refuses_to_overwrite_another(store, tmp_path, capsys,
+                                                                                      teachers_dir):
     from kdbench.capture import main
 
-    args = [*CNN, f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}"]
+    args = [*CNN, f"paths.results_dir={tmp_path / 'results'}", f"paths.teachers_dir={teachers_dir}",
+            f"paths.data_dir={tmp_path / 'data'}"]
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.iterdir()}
     assert main(["--k", "10", "--tau", "4", "--out", str(store), *args]) == 0
     out = capsys.readouterr().out
@@ -132,7 +136,7 @@ def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store,
     from kdbench.errors import ConfigError
     from kdbench.signals.captured import import_jsonl
 
-    lines = (tmp_path / "cap.jsonl").read_text().splitlines()
+    lines = (store.parent / "cap.jsonl").read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(edit(lines)) + "\n")
     with pytest.raises(ConfigError) as e:
@@ -141,7 +145,7 @@ def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store,
     assert not (tmp_path / "imported").exists()
 
 
-def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture(compose, tmp_path):
+def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture(compose, tmp_path, teachers_dir):
     """val_size 0 (as for CIFAR): the validation loop runs on the test set and reads the test capture."""
     from kdbench.capture import main
     from kdbench.signals.captured import read_split
@@ -150,7 +154,7 @@ def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture
     args = [a for a in CNN if not a.startswith("dataset.val_size")] + ["dataset.val_size=0", "trainer.max_epochs=1"]
     out = tmp_path / "cap0"
     assert main(["--k", "3", "--out", str(out), *args, f"paths.results_dir={tmp_path / 'results'}",
-                 f"paths.data_dir={tmp_path / 'data'}"]) == 0
+                 f"paths.teachers_dir={teachers_dir}", f"paths.data_dir={tmp_path / 'data'}"]) == 0
     rec = run(compose(*args, "teacher_signal=captured", f"teacher_capture.path={out}"))
     assert rec["status"] == "complete"
     idx, _ = read_split(out, "test")

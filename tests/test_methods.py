@@ -16,10 +16,11 @@ from tests.conftest import FAST
     ("kd_jsd", {"kl": "jsd", "jsd_beta": 0.5}),
     ("kd_skew", {"kl": "skew_forward", "skew_lambda": 0.1}),
 ])
-def test_each_method_trains_from_config_and_records_its_parameters(compose, distill, params):
+def test_each_method_trains_from_config_and_records_its_parameters(compose, teachers_dir, distill, params):
     from kdbench.train import run
 
-    rec = run(compose(*FAST, f"distill={distill}", "trainer.max_epochs=1", "logger=none"))
+    rec = run(compose(*FAST, f"distill={distill}", "trainer.max_epochs=1", "logger=none",
+                      f"paths.teachers_dir={teachers_dir}"))
     assert rec["status"] == "complete"
     assert rec["metrics"]["last"]["test"]["acc"] > 0.2  # it learned something in one epoch on digits
     for k, v in params.items():
@@ -95,12 +96,13 @@ def test_one_grid_over_methods_plans_distinct_runs():
     assert {j["cfg"].distill.method for j in jobs} == {"kd", "dkd", "dist"}
 
 
-def test_records_hold_temperature_scaled_calibration_for_student_and_teacher(compose):
+def test_records_hold_temperature_scaled_calibration_for_student_and_teacher(compose, teachers_dir):
     """ECE/NLL after temperature scaling, with T fitted on the validation set of the same weights: the last
     epoch's T for the last weights, the best epoch's (restored from its checkpoint) for the best."""
     from kdbench.train import run
 
-    rec = run(compose(*FAST, "trainer.max_epochs=3", "dataset.val_size=300", "optim.lr=0.5", "logger=none"))
+    rec = run(compose(*FAST, "trainer.max_epochs=3", "dataset.val_size=300", "optim.lr=0.5", "logger=none",
+                      f"paths.teachers_dir={teachers_dir}"))
     last, best = rec["metrics"]["last"], rec["metrics"]["best"]
     temps = {h["epoch"]: h["val_temperature"] for h in rec["history"]}
     assert last["test"]["temperature"] == pytest.approx(temps[last["epoch"]])

@@ -24,7 +24,7 @@ import pytest
 
 from kdbench.errors import ConfigError, DataError, DivergedError, KDBenchError, TeacherError
 from kdbench.records import read_record
-from tests.conftest import REPO
+from tests.conftest import REPO, train_main
 
 #: planted credentials: no file a run writes may contain them
 FAKE_ENV_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
@@ -527,18 +527,22 @@ WANDB_SHAPED = "0123456789abcdef0123456789abcdef01234567"  # 40 hex characters: 
     ("logger.wandb.password", FAKE_CFG_KEY),
     ("logger.wandb.notes", WANDB_SHAPED),  # any key: the value is shaped like a W&B key
 ])
-def test_secret_in_the_config_is_rejected_and_not_left_in_hydra_files(tmp_path, key, value):
+def test_secret_in_the_config_is_rejected_and_not_left_in_hydra_files(tmp_path, key, value, monkeypatch, capsys):
+    """In-process (the entry point's main, Hydra and its files included); exit 2 through a subprocess is
+    tests/test_train.py's."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_ENV_KEY)
     out = tmp_path / "out"
-    p = _cli([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={out}", "logger=wandb",
-              f"+{key}={value}"], env={"WANDB_API_KEY": FAKE_ENV_KEY})
-    assert p.returncode == 2, p.stderr[-3000:]
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("kdbench: error:")]
-    assert len(lines) == 1 and "Traceback" not in p.stderr
+    rc = train_main([f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={out}", "logger=wandb",
+                     f"+{key}={value}"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 2, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("kdbench: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr
     assert lines[0].startswith(f"kdbench: error: {key}: looks like a credential")
     assert "environment" in lines[0]
     assert (out / ".hydra" / "overrides.yaml").exists()  # Hydra saved it, the job scrubbed it
     for secret in (value, FAKE_ENV_KEY):
-        assert secret not in p.stdout + p.stderr
+        assert secret not in stdout + stderr
         assert _files_containing(tmp_path, secret) == []
     assert not (tmp_path / "r" / "runs").exists()
 
