@@ -50,11 +50,12 @@ def teachers_dir(tmp_path_factory) -> Path:
 def train_main(args: list[str]) -> int:
     """``python -m kdbench.train ARGS`` in this process (Hydra's entry point, the exit codes of
     docs/errors.md) without a subprocess's start-up; returns the exit code. The root logger that Hydra
-    configures for the job is put back as it was afterwards."""
+    configures for the job, and Hydra's job config (which later runs would read as theirs), are reset."""
     import logging
     import sys
 
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from kdbench import train
 
@@ -70,6 +71,7 @@ def train_main(args: list[str]) -> int:
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
         for h in root.handlers:
             if h not in handlers:
                 h.close()
