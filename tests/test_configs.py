@@ -22,7 +22,10 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAIRS = sorted(p.stem for p in (CONF / "pair").glob("*.yaml"))
 PAIR_KEYS = {"name", "teacher_arch", "student_arch", "lr", "published"}
 #: table variants a pair may publish, plus the two strings that say where the numbers come from
-PUBLISHED_VARIANTS = {"teacher", "scratch", "kd", "dkd", "dist"}
+#: the rows a pair's published block may hold: the teacher, the scratch student and method variants (the
+#: feature methods' from RepDistiller's README)
+PUBLISHED_VARIANTS = {"teacher", "scratch", "kd", "dkd", "dist", "fitnet", "at", "sp", "vid", "rkd", "pkt", "nst",
+                      "crd"}
 PUBLISHED_TEXT = {"source", "protocol"}
 
 
