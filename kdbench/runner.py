@@ -120,7 +120,8 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     if is_feature_method(method):  # its trainable modules, built from the two sides' shapes, under the seed
         signal.request(method.needs.teacher)
         parts = build_parts(method, probe(student, data.input_shape, method.needs.student),
-                            signal.probe(data.input_shape, method.needs.teacher), len(data.train_y))
+                            signal.probe(data.input_shape, method.needs.teacher), len(data.train_y),
+                            teacher_model=getattr(signal, "teacher", None), train_y=data.train_y)
     dbg = conf.get("debug") or {}
     spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]), extra=debug_trainer_args(dbg),
                                 callbacks=dict(conf.get("callbacks") or {}),
@@ -140,11 +141,18 @@ def is_feature_method(method) -> bool:
     return needs is not None and needs.features
 
 
-def build_parts(method, student_out, teacher_out, n_train: int):
+def build_parts(method, student_out, teacher_out, n_train: int, **context):
     """A feature method's trainable modules (and per-sample state) for these shapes and a training set of
-    ``n_train`` examples (None when it has none)."""
+    ``n_train`` examples (None when it has none). A ``build`` that names a keyword of ``context`` gets it:
+    ``teacher_model``, the teacher itself (OFD's BatchNorm statistics), ``train_y``, the training labels
+    (CRD's negatives)."""
+    import inspect
+
     build = getattr(method, "build", None)
-    return build(student_out, teacher_out, n_train) if callable(build) else None
+    if not callable(build):
+        return None
+    named = inspect.signature(build).parameters
+    return build(student_out, teacher_out, n_train, **{k: v for k, v in context.items() if k in named})
 
 
 def preflight_features(conf: dict, data) -> None:
@@ -174,7 +182,7 @@ def preflight_features(conf: dict, data) -> None:
             s = build_model(s_arch, data.num_classes, data.input_shape, **(conf["student"].get("kwargs") or {}))
             t = build_model(t_arch, data.num_classes, data.input_shape, **(conf["teacher"].get("kwargs") or {}))
             build_parts(method, probe(s, data.input_shape, needs.student), probe(t, data.input_shape, needs.teacher),
-                        len(data.train_y))
+                        len(data.train_y), teacher_model=t, train_y=data.train_y)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
         raise ConfigError("distill.method", f"method {d['method']} cannot distil {t_arch} -> {s_arch}: "
                                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

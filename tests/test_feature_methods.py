@@ -31,12 +31,15 @@ TRAINING_ONLY = {
     "fitnet": (S * T + T + 2 * T, {"parts.regressor.0.weight", "parts.regressor.1.running_mean"}),
     # one stage: 1x1 convs 16 -> 64 -> 64 -> 64 without bias, and 64 log-scales
     "vid": (S * T + 2 * T * T + T, {"parts.0.regressor.0.weight", "parts.0.regressor.4.weight", "parts.0.log_scale"}),
+    # two linear embeddings 16 -> 128 and 64 -> 128 (+ bias); the memories are buffers, not parameters
+    "crd": (S * 128 + 128 + T * 128 + 128, {"parts.embed_s.weight", "parts.embed_t.bias", "parts.memory_s",
+                                            "parts.memory_t", "parts.z_s", "parts.z_t"}),
 }
 
 
 @pytest.mark.parametrize(("method", "extra"), [
     ("at", ()), ("nst", ()), ("sp", ()), ("rkd", ()), ("pkt", ()), ("fitnet", ("distill.hint_layer=1",)),
-    ("vid", ()),
+    ("vid", ()), ("crd", ()),
 ])
 def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose, teachers_dir, method, extra):
     from kdbench.train import run
@@ -55,6 +58,12 @@ def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose
         count, keys = TRAINING_ONLY[method]
         assert rec["params"]["training_only"] == count
         assert keys <= set(parts), sorted(parts)
+        if method == "crd":  # one 128-wide row per training example and side, the constants set on the first batch
+            info = rec["dataset_info"]
+            n_train = info["sizes"]["train"] - info.get("val_size", 0)
+            assert parts["parts.memory_s"].shape == parts["parts.memory_t"].shape == (n_train, 128)
+            assert parts["parts.z_s"] > 0 and parts["parts.z_t"] > 0
+            assert torch.allclose(parts["parts.memory_s"].norm(dim=1).max(), torch.tensor(1.0))  # rows seen: unit
     else:
         assert rec["params"]["training_only"] == 0 and not parts
 
@@ -122,9 +131,10 @@ def test_feature_methods_are_refused_before_any_work(compose, teachers_dir, tmp_
         run(compose(*FAST, "distill=at"))
 
 
-def test_an_interrupted_fitnet_run_resumes_exactly_with_its_regressor(compose, teachers_dir, monkeypatch):
-    """SIGTERM after the first epoch, then the same command: the regressor (weights, BatchNorm statistics
-    and optimizer state) comes back from last.ckpt and the run ends with the uninterrupted run's numbers."""
+def _whole_then_interrupted_and_resumed(compose, teachers_dir, monkeypatch, *args) -> tuple[dict, dict]:
+    """The records of a run of ``args`` without a break and of the same run stopped by SIGTERM as its second
+    epoch starts, then run again with the same command (the resumed one); checks that the cut was one epoch in
+    and that the resumed run's history equals the whole one's."""
     import os
     import signal
 
@@ -133,7 +143,6 @@ def test_an_interrupted_fitnet_run_resumes_exactly_with_its_regressor(compose, t
     from kdbench.records import read_record
     from kdbench.train import run
 
-    args = ("distill=fitnet", "distill.hint_layer=1", "trainer.max_epochs=3")
     whole = run(_cnn(compose, teachers_dir, *args, "experiment_name=whole"))
     real = DistillModule.on_train_epoch_start
 
@@ -155,6 +164,35 @@ def test_an_interrupted_fitnet_run_resumes_exactly_with_its_regressor(compose, t
             assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
     assert math.isclose(whole["metrics"]["last"]["test"]["nll"], resumed["metrics"]["last"]["test"]["nll"],
                         rel_tol=1e-5)
+    return whole, resumed
+
+
+def _last_parts(rec: dict) -> dict:
+    """The method's parts in a run's last.ckpt."""
+    ck = torch.load(Path(rec["record_path"]).parents[2] / "checkpoints" / rec["experiment"] / rec["run_id"] /
+                    "last.ckpt", map_location="cpu", weights_only=True)
+    return {k: v for k, v in ck["state_dict"].items() if k.startswith("parts.")}
+
+
+def test_an_interrupted_fitnet_run_resumes_exactly_with_its_regressor(compose, teachers_dir, monkeypatch):
+    """SIGTERM after the first epoch, then the same command: the regressor (weights, BatchNorm statistics
+    and optimizer state) comes back from last.ckpt and the run ends with the uninterrupted run's numbers."""
+    _whole_then_interrupted_and_resumed(compose, teachers_dir, monkeypatch, "distill=fitnet", "distill.hint_layer=1",
+                                        "trainer.max_epochs=3")
+
+
+def test_an_interrupted_crd_run_resumes_exactly_with_its_memories(compose, teachers_dir, monkeypatch):
+    """CRD's memories and normalising constants (buffers of its parts) and the RNG its negatives are drawn
+    from come back from last.ckpt: the resumed run ends with the uninterrupted run's numbers and memories
+    (256 negatives: drawn without replacement; the whole set's cap and draws with replacement are the
+    training test's)."""
+    whole, resumed = _whole_then_interrupted_and_resumed(compose, teachers_dir, monkeypatch, "distill=crd",
+                                                         "distill.nce_k=256", "trainer.max_epochs=3")
+    a, b = _last_parts(whole), _last_parts(resumed)
+    assert a.keys() == b.keys() and {"parts.memory_s", "parts.memory_t", "parts.z_s"} <= set(a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    assert not torch.equal(a["parts.z_s"], torch.tensor(-1.0))
 
 
 def test_out_selectors_and_probe():
