@@ -34,12 +34,14 @@ TRAINING_ONLY = {
     # two linear embeddings 16 -> 128 and 64 -> 128 (+ bias); the memories are buffers, not parameters
     "crd": (S * 128 + 128 + T * 128 + 128, {"parts.embed_s.weight", "parts.embed_t.bias", "parts.memory_s",
                                             "parts.memory_t", "parts.z_s", "parts.z_t"}),
+    # one stage: a 1x1 conv 16 -> 64 without bias and its BatchNorm; the 64 margins are a buffer
+    "ofd": (S * T + 2 * T, {"parts.connectors.0.0.weight", "parts.connectors.0.1.running_var", "parts.margin_0"}),
 }
 
 
 @pytest.mark.parametrize(("method", "extra"), [
     ("at", ()), ("nst", ()), ("sp", ()), ("rkd", ()), ("pkt", ()), ("fitnet", ("distill.hint_layer=1",)),
-    ("vid", ()), ("crd", ()),
+    ("vid", ()), ("crd", ()), ("ofd", ()),
 ])
 def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose, teachers_dir, method, extra):
     from kdbench.train import run
@@ -64,6 +66,14 @@ def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose
             assert parts["parts.memory_s"].shape == parts["parts.memory_t"].shape == (n_train, 128)
             assert parts["parts.z_s"] > 0 and parts["parts.z_t"] > 0
             assert torch.allclose(parts["parts.memory_s"].norm(dim=1).max(), torch.tensor(1.0))  # rows seen: unit
+        if method == "ofd":  # the margins of the registry teacher's second BatchNorm (features.5), before training
+            from safetensors.torch import load_file
+
+            from kdbench.losses import ofd_margin
+
+            t = load_file(str(Path(rec["teacher"]["path"]) / "model.safetensors"))
+            margin = ofd_margin(t["features.5.weight"], t["features.5.bias"])
+            assert torch.equal(parts["parts.margin_0"], margin) and (margin <= 0).all()
     else:
         assert rec["params"]["training_only"] == 0 and not parts
 
@@ -212,3 +222,43 @@ def test_out_selectors_and_probe():
     assert model.training and torch.equal(model.features[1].running_mean, before)  # eval mode, put back
     assert [tuple(s.shape) for s in shapes.stages] == [(2, 4, 8, 8), (2, 8, 4, 4)]
     assert tuple(shapes.pooled.shape) == (2, 8) and tuple(shapes.hooks["features.0"].shape) == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "ResNet50", "wrn_16_1", "vgg8", "mnist_cnn"])
+def test_bn_before_relu_is_the_batchnorm_of_each_pre_activation_stage(arch):
+    """OFD's margins read ``bn_before_relu()``: one BatchNorm per ``preact_stages[1:]`` (SmallCNN, without a
+    stem: per ``preact_stages``), of its channels; where the pre-activation map is the BatchNorm's output
+    (WRN, VGG, SmallCNN) it is that output exactly (ResNets add the shortcut after it, as the references)."""
+    from kdbench.models import build_model
+
+    shape = (1, 8, 8) if arch == "mnist_cnn" else (3, 32, 32)
+    model = build_model(arch, 10, shape).eval()
+    bns = model.bn_before_relu()
+    seen = []
+    handles = [bn.register_forward_hook(lambda _m, _i, out: seen.append(out.clone())) for bn in bns]
+    with torch.no_grad():
+        _, feats = model(torch.randn(2, *shape), return_features=True)
+    for h in handles:
+        h.remove()
+    preact = feats["preact_stages"] if arch == "mnist_cnn" else feats["preact_stages"][1:]
+    assert all(isinstance(bn, torch.nn.BatchNorm2d) for bn in bns) and len(bns) == len(preact)
+    assert [bn.num_features for bn in bns] == [p.shape[1] for p in preact]
+    assert len(seen) == len(bns)  # each runs once per pass, in the stages' order
+    if not arch.startswith(("resnet", "ResNet")):
+        assert all(torch.equal(o, p) for o, p in zip(seen, preact, strict=True))
+
+
+def test_ofd_refuses_a_teacher_without_its_batchnorms_and_a_student_without_pre_activations():
+    from kdbench.features import probe
+    from kdbench.methods.ofd import OFD, PREACT
+    from kdbench.models import build_model
+
+    shape = (3, 32, 32)
+    student, shuffle = build_model("resnet8", 10, shape), build_model("ShuffleV1", 10, shape)
+    with pytest.raises(ValueError, match=r"ShuffleNetV1 gives no bn_before_relu\(\)"):
+        OFD().build(probe(student, shape, (PREACT,)), probe(shuffle, shape, (PREACT,)), 10, teacher_model=shuffle)
+    with pytest.raises(ValueError, match="MobileNetV2 gives no preact_stages features"):
+        probe(build_model("MobileNetV2", 10, shape), shape, (PREACT,))
+    teacher = build_model("resnet14", 10, shape)
+    head = OFD().build(probe(student, shape, (PREACT,)), probe(teacher, shape, (PREACT,)), 10, teacher_model=teacher)
+    assert len(head.connectors) == 3 and [head.margin(i).shape[0] for i in range(3)] == [16, 32, 64]

@@ -106,6 +106,11 @@ class SmallCNN(nn.Module):
         logits = self.classifier(self.dropout(x))
         return logits, {"pooled": x, "stages": stages, "preact_stages": preact}
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Each block's BatchNorm (``features.1``, ``features.5``), whose outputs are ``preact_stages``
+        (OFD's margin; this CNN has no stem)."""
+        return [self.features[1], self.features[5]]
+
 
 @register_model("mnist_cnn", family="cnn", description="small 2-block CNN with BatchNorm")
 def mnist_cnn(num_classes: int, in_shape: tuple[int, ...], width: int = 32, dropout: float = 0.0) -> nn.Module:

@@ -79,6 +79,11 @@ class CifarResNet(CifarNet):
             preact.append(pre)
         return global_pool(x), stages, preact
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm of each stage's last block before its closing ReLU, one per ``preact_stages[1:]``
+        (the teacher statistics of OFD's margin; the shortcut added after it is not counted, as the reference)."""
+        return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(pooled)
 

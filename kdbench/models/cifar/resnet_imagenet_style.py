@@ -84,6 +84,11 @@ class BottleneckResNet(CifarNet):
             preact.append(pre)
         return global_pool(x), stages, preact
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm of each stage's last block before its closing ReLU, one per ``preact_stages[1:]``
+        (OFD's margin)."""
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(pooled)
 

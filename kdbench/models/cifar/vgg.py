@@ -80,6 +80,10 @@ class VGG(CifarNet):
                 x = pool(x)
         return self.pool4(x).flatten(1), stages, preact
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of groups 1-4, whose outputs are ``preact_stages[1:]`` (OFD's margin)."""
+        return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)
 

@@ -100,6 +100,11 @@ class WideResNet(CifarNet):
         preact.append(normed)
         return global_pool(F.relu(normed)), stages, preact
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorms whose outputs are ``preact_stages[1:]``: the next stage's first ``bn1``, then the
+        final ``bn1`` (OFD's margin)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(pooled)
 
