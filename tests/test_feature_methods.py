@@ -36,12 +36,16 @@ TRAINING_ONLY = {
                                             "parts.memory_t", "parts.z_s", "parts.z_t"}),
     # one stage: a 1x1 conv 16 -> 64 without bias and its BatchNorm; the 64 margins are a buffer
     "ofd": (S * T + 2 * T, {"parts.connectors.0.0.weight", "parts.connectors.0.1.running_var", "parts.margin_0"}),
+    # two levels (the second block, then the pooled vector as a 1x1 map), mid channels min(512, 16): per level a
+    # 1x1 conv 16 -> 16 + BN and a 3x3 conv 16 -> 64 + BN; the shallower one fuses: a 1x1 conv 32 -> 2 (+ bias)
+    "reviewkd": (2 * (S * S + 2 * S + S * T * 9 + 2 * T) + 2 * S * 2 + 2,
+                 {"parts.0.attention.0.weight", "parts.0.reduce.0.weight", "parts.1.expand.1.running_mean"}),
 }
 
 
 @pytest.mark.parametrize(("method", "extra"), [
     ("at", ()), ("nst", ()), ("sp", ()), ("rkd", ()), ("pkt", ()), ("fitnet", ("distill.hint_layer=1",)),
-    ("vid", ()), ("crd", ()), ("ofd", ()),
+    ("vid", ()), ("crd", ()), ("ofd", ()), ("reviewkd", ()),
 ])
 def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose, teachers_dir, method, extra):
     from kdbench.train import run
@@ -66,6 +70,8 @@ def test_each_feature_method_trains_two_epochs_and_counts_its_parameters(compose
             assert parts["parts.memory_s"].shape == parts["parts.memory_t"].shape == (n_train, 128)
             assert parts["parts.z_s"] > 0 and parts["parts.z_t"] > 0
             assert torch.allclose(parts["parts.memory_s"].norm(dim=1).max(), torch.tensor(1.0))  # rows seen: unit
+        if method == "reviewkd":  # the deepest level has nothing deeper to fuse with
+            assert not any(k.startswith("parts.1.attention") for k in parts)
         if method == "ofd":  # the margins of the registry teacher's second BatchNorm (features.5), before training
             from safetensors.torch import load_file
 
@@ -262,3 +268,66 @@ def test_ofd_refuses_a_teacher_without_its_batchnorms_and_a_student_without_pre_
     teacher = build_model("resnet14", 10, shape)
     head = OFD().build(probe(student, shape, (PREACT,)), probe(teacher, shape, (PREACT,)), 10, teacher_model=teacher)
     assert len(head.connectors) == 3 and [head.margin(i).shape[0] for i in range(3)] == [16, 32, 64]
+
+
+#: the reference's ReviewKD shapes per CIFAR pair (ReviewKD's build_review_kd and mdistiller's config): student
+#: channels, teacher channels and the student's and teacher's sizes per level, shallow to deep
+REVIEWKD_SHAPES = {
+    ("resnet32x4", "resnet8x4"): ([64, 128, 256, 256], [64, 128, 256, 256], [32, 16, 8, 1], [32, 16, 8, 1]),
+    ("resnet56", "resnet20"): ([16, 32, 64, 64], [16, 32, 64, 64], [32, 16, 8, 1], [32, 16, 8, 1]),
+    ("wrn_40_2", "wrn_16_2"): ([32, 64, 128, 128], [32, 64, 128, 128], [32, 16, 8, 1], [32, 16, 8, 1]),
+    ("vgg13", "vgg8"): ([128, 256, 512, 512, 512], [128, 256, 512, 512, 512], [16, 8, 4, 4, 1], [16, 8, 4, 4, 1]),
+    ("vgg13", "MobileNetV2"): ([12, 16, 48, 160, 1280], [128, 256, 512, 512, 512], [16, 8, 4, 2, 1],
+                               [16, 8, 4, 4, 1]),
+    ("resnet32x4", "ShuffleV1"): ([240, 480, 960, 960], [64, 128, 256, 256], [16, 8, 4, 1], [32, 16, 8, 1]),
+    ("wrn_40_2", "ShuffleV1"): ([240, 480, 960, 960], [32, 64, 128, 128], [16, 8, 4, 1], [32, 16, 8, 1]),
+    ("ResNet50", "MobileNetV2"): ([12, 16, 48, 160, 1280], [256, 512, 1024, 2048, 2048], [16, 8, 4, 2, 1],
+                                 [32, 16, 8, 4, 1]),
+    ("resnet32x4", "ShuffleV2"): ([116, 232, 464, 1024], [64, 128, 256, 256], [16, 8, 4, 1], [32, 16, 8, 1]),
+}
+
+
+@pytest.mark.parametrize(("teacher", "student"), sorted(REVIEWKD_SHAPES))
+def test_reviewkd_builds_the_references_shapes_per_pair(teacher, student):
+    """Each ABF maps the student's level (channels, size) onto the teacher's, with min(512, pooled width) mid
+    channels; the fused student levels have the teacher's shapes, so HCL compares them as they are."""
+    from kdbench.features import probe
+    from kdbench.methods.reviewkd import STUDENT, TEACHER, ReviewKD, levels
+    from kdbench.models import build_model
+
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    s_model, t_model = build_model(student, 100, shape).eval(), build_model(teacher, 100, shape).eval()
+    s_out, t_out = probe(s_model, shape, STUDENT), probe(t_model, shape, TEACHER)
+    method = ReviewKD()
+    parts = method.build(s_out, t_out, 10)
+    s_ch, t_ch, s_size, t_size = REVIEWKD_SHAPES[(teacher, student)]
+    assert [abf.reduce[0].in_channels for abf in parts] == s_ch
+    assert [abf.expand[0].out_channels for abf in parts] == t_ch
+    assert {abf.reduce[0].out_channels for abf in parts} == {min(512, s_ch[-1])}
+    assert [f.shape[-1] for f in levels(s_out, STUDENT[0])] == s_size
+    assert [abf.attention is not None for abf in parts] == [True] * (len(s_ch) - 1) + [False]
+    t_levels = levels(t_out, TEACHER[0])
+    assert [f.shape[-1] for f in t_levels] == t_size
+    with torch.no_grad():
+        fused = method.fused(parts.eval(), s_out, [f.shape[-2:] for f in t_levels])
+    assert [f.shape for f in fused] == [f.shape for f in t_levels]
+
+
+def test_reviewkd_warms_up_and_refuses_pairs_it_cannot_use(compose):
+    from kdbench.features import probe
+    from kdbench.methods.reviewkd import STUDENT, TEACHER, ReviewKD
+    from kdbench.models import build_model
+    from kdbench.train import run
+
+    method = ReviewKD()
+    for epoch, w in ((0, 1 / 20), (9, 10 / 20), (19, 1.0), (100, 1.0)):
+        method.set_epoch(epoch)
+        assert math.isclose(method.warmup, w)
+    shape = (3, 32, 32)
+    s, t = build_model("resnet8x4", 10, shape), build_model("vgg13", 10, shape)
+    with pytest.raises(ValueError, match="the student gives 4, the teacher 5"):
+        method.build(probe(s, shape, STUDENT), probe(t, shape, TEACHER), 10)
+    # through the harness: one line naming the method and the pair, before any work
+    with pytest.raises(ConfigError, match=r"method reviewkd cannot distil mlp -> mlp: MLP gives no stages features"):
+        run(compose(*FAST, "distill=reviewkd"))
