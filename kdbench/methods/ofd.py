@@ -59,6 +59,8 @@ class OFD:
         if n == 0:
             raise ValueError(f"OFD needs pre-activation stages after the stem, got {len(s)} and {len(t)}")
         s, t = s[-n:], t[-n:]
+        if teacher_model is None:
+            raise ValueError("OFD reads its margins from the teacher model's BatchNorms: build needs teacher_model")
         accessor = getattr(teacher_model, "bn_before_relu", None)
         if not callable(accessor):
             raise ValueError(f"{type(teacher_model).__name__} gives no bn_before_relu() (the BatchNorm before "
