@@ -13,7 +13,7 @@ from kdbench.bench.table import Section
 from kdbench.bench.timing import median_time
 
 #: the methods compared (KD first: the reference every ratio is taken against)
-METHODS = ("kd", "at", "nst", "sp", "rkd", "pkt", "fitnet")
+METHODS = ("kd", "at", "nst", "sp", "rkd", "pkt", "fitnet", "vid", "crd", "ofd", "reviewkd")
 
 
 def bench_features(device: torch.device, pair: tuple[str, str], batch: int, steps: int, repeats: int = 5,
@@ -41,7 +41,8 @@ def bench_features(device: torch.device, pair: tuple[str, str], batch: int, step
         if is_feature_method(method):
             signal.request(method.needs.teacher)
             parts = build_parts(method, probe(student, shape, method.needs.student),
-                                signal.probe(shape, method.needs.teacher), 50_000)
+                                signal.probe(shape, method.needs.teacher), 50_000, teacher_model=teacher,
+                                train_y=torch.arange(50_000) % 100)
         module = DistillModule(student, 100, OptimSpec(), SchedSpec(), method=method, signal=signal,
                                parts=parts).to(device)
         opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
@@ -98,7 +99,8 @@ def training_only(methods: tuple[str, ...] | None = None, pairs=PAIRS, n_train: 
             student, teacher = build_model(s, 100, shape), build_model(t, 100, shape)
             try:
                 parts = build_parts(method, probe(student, shape, method.needs.student),
-                                    probe(teacher, shape, method.needs.teacher), n_train)
+                                    probe(teacher, shape, method.needs.teacher), n_train, teacher_model=teacher,
+                                    train_y=torch.arange(n_train) % 100)
             except ValueError as e:
                 row[f"{t} -> {s}"] = f"refused ({str(e).splitlines()[0][:40]})"
                 continue
