@@ -134,8 +134,7 @@ def _open_loggers(job: Job, fused: int | None) -> None:
         c.get("logger"), run_id=job.run_id, name=tracking.run_name(c["distill"]["variant"], c["seed"], job.overrides),
         config=config, fresh=bool(cfg.force), group_tags=[c["distill"]["variant"], c["dataset"]["name"]],
         wandb_dir=wandb_dir, experiment=cfg.experiment_name,
-        csv_dir=abs_path(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None,
-        own_run=True)  # a W&B run of its own, beside the others of a fused group or a sweep in this process
+        csv_dir=abs_path(cfg.logger.csv.save_dir) if (cfg.get("logger") or {}).get("csv") else None)
     job.wandb_dir = tracking.define_summaries(job.loggers)
 
 

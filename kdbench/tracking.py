@@ -54,14 +54,13 @@ def run_name(variant: str, seed: int, overrides: list[str]) -> str:
 
 
 def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], config: dict,
-                 wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False,
-                 own_run: bool = False) -> list:
+                 wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False) -> list:
     """Lightning loggers for the ``logger`` config: W&B and/or CSV (none when neither is set).
 
     The W&B run's id is derived from the kdbench run id (:func:`wandb_id`) and resumed when it exists,
     so a resumed kdbench run continues its W&B run; ``fresh`` (``force=true``: trained again from
-    scratch) gives it a new id. ``own_run``: a W&B run of its own beside others in this process (fused runs:
-    ``reinit="create_new"``; finish it with :func:`finish_loggers`, not :func:`finish_wandb`)."""
+    scratch) gives it a new id. Each job's W&B run is its own (``reinit="create_new"``), beside the others of
+    a fused group or of a sweep in one process; :func:`finish_loggers` closes it."""
     loggers: list = []
     lg = lg or {}
     if lg.get("wandb") and lg["wandb"].get("mode") != "disabled":
@@ -85,7 +84,7 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
             project=w.get("project"), entity=w.get("entity"), group=w.get("group"), job_type=w.get("job_type"),
             name=name, tags=[str(t) for t in (w.get("tags") or [])] + group_tags, save_dir=str(wandb_dir),
             offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(mode),
-            id=wid, resume="allow", **({"reinit": "create_new"} if own_run else {})))
+            id=wid, resume="allow", reinit="create_new"))
     if lg.get("csv"):
         from pytorch_lightning.loggers import CSVLogger
 
@@ -143,21 +142,8 @@ def _log_reliability(exp, record: dict) -> None:
         log.warning("could not log the reliability diagram to W&B: %s: %s", type(e).__name__, e)
 
 
-def finish_wandb(exit_code: int = 0) -> None:
-    """Close the W&B run, as failed when ``exit_code`` is not 0 (a failed, diverged or interrupted run)."""
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            # finish it, so that the next run in this process (Hydra's basic launcher runs a whole sweep in
-            # one process) gets its own W&B run instead of logging into this one
-            wandb.finish(exit_code=exit_code)
-    except Exception as e:  # never let tracker shutdown sink a run
-        log.warning("could not finish the W&B run: %s: %s", type(e).__name__, e)
-
-
 def finish_loggers(loggers: list, exit_code: int = 0) -> None:
-    """Close these loggers' own W&B runs (``make_loggers(own_run=True)``) and flush the CSV ones."""
+    """Close these loggers' own W&B runs (as failed on a non-zero ``exit_code``) and flush the CSV ones."""
     for lg in loggers:
         try:
             if lg.__class__.__name__ == "WandbLogger":
