@@ -22,8 +22,8 @@ install: $(STAMP) ## create .venv and install kdbench with pinned versions (cons
 run: $(STAMP) ## quickstart: teacher + KD ablation on the embedded digits data, offline, CPU (ARGS= for overrides)
 	$(PY) -m kdbench.quickstart $(ARGS)
 
-test: $(STAMP) browser ## the fast test suite (slow tests excluded)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
+test: $(STAMP) browser ## the fast test suite (slow tests excluded), one test file per CPU (up to 4) at a time
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 browser: ## a headless Chromium (Debian's package) for the HTML report's test; best effort, needs root + apt
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

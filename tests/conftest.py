@@ -20,6 +20,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 
+#: the files that take longest (sweeps, subprocesses, many runs), longest first: collected before the rest, so
+#: that `make test` (one file per CPU at a time, xdist --dist loadfile) starts them first instead of last
+LONGEST_FILES = ("test_sweep.py", "test_fused.py", "test_reliability.py", "test_interrupts.py", "test_train.py",
+                 "test_feature_methods.py", "test_schema.py", "test_report.py", "test_cached_signal.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 @pytest.fixture
 def compose(tmp_path):
     """compose(*overrides) -> the train config, with every path under tmp_path."""
