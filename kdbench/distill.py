@@ -117,8 +117,9 @@ class DistillModule(pl.LightningModule):
         #: optimised with the student and checkpointed with it, never part of the deployed student
         self.parts = parts
         needs = getattr(method, "needs", None)
-        #: what a feature method reads of each side (None: a logit method, the student's logits only)
-        self.needs = needs if needs is not None and needs.features else None
+        #: what a method of the feature seam reads of each side (None: a logit method, called with the
+        #: student's logits and the signal's output as they are)
+        self.needs = needs
         # the data's true law (dataset=markov), for the test metric kl_to_true; not a submodule, so it is
         # neither trained nor written into checkpoints
         object.__setattr__(self, "_reference", reference)

@@ -91,11 +91,11 @@ def _first_difference(a: dict, b: dict) -> str | None:
     return None
 
 
-def _is_feature_method(d: Mapping) -> bool:
+def _declares_needs(d: Mapping) -> bool:
     from kdbench.methods import build_method
-    from kdbench.runner import is_feature_method
+    from kdbench.runner import declares_needs
 
-    return is_feature_method(build_method(d["method"], d))
+    return declares_needs(build_method(d["method"], d))
 
 
 def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[str]) -> None:
@@ -114,9 +114,9 @@ def check_fusable(cfgs: Sequence, confs: Sequence[Mapping], run_ids: Sequence[st
             raise ConfigError("trainer.precision", f"job {rid}: 16-mixed shares one loss scaler between the "
                                                    "students of a fused group; use bf16-mixed or fuse=1")
         d = conf.get("distill") or {}
-        if d.get("method") not in (None, "none") and _is_feature_method(d):
-            raise ConfigError("distill.method", f"job {rid}: method {d['method']} reads features and trains its own "
-                                                "modules; fused groups share logits only (use fuse=1)")
+        if d.get("method") not in (None, "none") and _declares_needs(d):
+            raise ConfigError("distill.method", f"job {rid}: method {d['method']} reads features or trains modules of "
+                                                "its own; fused groups share logits only (use fuse=1)")
         for k in ("teacher_grad", "teacher_train_mode"):
             if _uses_teacher(conf) and d.get(k):
                 raise ConfigError(f"distill.{k}", f"job {rid}: each student would change the shared teacher "

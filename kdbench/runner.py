@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from kdbench.config import check_class_counts, is_scratch, validate
 from kdbench.errors import ConfigError
-from kdbench.features import probe
+from kdbench.features import Out, probe
 from kdbench.files import abs_path
 from kdbench.provenance import device_name, in_multirun, overrides, versions
 from kdbench.records import jsonable
@@ -105,6 +105,7 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     """The run's student, method and DistillModule (``module_cls``: a subclass, for fused runs), and its
     FitSpec; the student's init is drawn under the run's ``seed``."""
     import pytorch_lightning as pl
+    import torch
 
     from kdbench.distill import DistillModule, OptimSpec, SchedSpec
     from kdbench.engine import FitSpec, check_every
@@ -117,10 +118,13 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
                           **(conf["student"].get("kwargs") or {}))
     method = None if scratch else build_method(d["method"], d)
     parts = None
-    if is_feature_method(method):  # its trainable modules, built from the two sides' shapes, under the seed
-        signal.request(method.needs.teacher)
-        parts = build_parts(method, probe(student, data.input_shape, method.needs.student),
-                            signal.probe(data.input_shape, method.needs.teacher), len(data.train_y),
+    if declares_needs(method):  # its trainable modules, built from the two sides' shapes, under the seed
+        teacher_out = Out(torch.zeros(2, data.num_classes))  # a logit-only teacher side: its shape is the classes
+        if method.needs.teacher != ("logits",):
+            signal.request(method.needs.teacher)
+            teacher_out = signal.probe(data.input_shape, method.needs.teacher)
+        parts = build_parts(method, probe(student, data.input_shape, method.needs.student), teacher_out,
+                            len(data.train_y),
                             teacher_model=getattr(signal, "teacher", None), train_y=data.train_y)
     dbg = conf.get("debug") or {}
     spec = FitSpec.from_trainer(trainer, max_epochs=int(trainer["max_epochs"]), extra=debug_trainer_args(dbg),
@@ -135,10 +139,11 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     return module, spec
 
 
-def is_feature_method(method) -> bool:
-    """A method that reads intermediate features (its ``needs``), and may own trainable modules."""
-    needs = getattr(method, "needs", None)
-    return needs is not None and needs.features
+def declares_needs(method) -> bool:
+    """A method of the feature seam: it declares its ``needs`` (intermediate features of either side, or
+    logits only with trainable parts of its own, e.g. a learnable temperature) and is called with an
+    :class:`~kdbench.features.Out` per side and its parts."""
+    return getattr(method, "needs", None) is not None
 
 
 def build_parts(method, student_out, teacher_out, n_train: int, **context):
@@ -169,7 +174,7 @@ def preflight_features(conf: dict, data) -> None:
     if d.get("method") in (None, "none"):
         return
     method = build_method(d["method"], d)
-    if not is_feature_method(method):
+    if not declares_needs(method):
         return
     needs, kind = method.needs, conf["teacher_signal"]
     if needs.teacher != ("logits",) and not gives_features(kind):

@@ -25,7 +25,7 @@ def bench_features(device: torch.device, pair: tuple[str, str], batch: int, step
     from kdbench.features import probe
     from kdbench.methods import build_method, method_defaults
     from kdbench.models import build_model
-    from kdbench.runner import build_parts, is_feature_method
+    from kdbench.runner import build_parts, declares_needs
     from kdbench.signals.online import OnlineSignal
 
     shape, rows = (3, 32, 32), []
@@ -38,7 +38,7 @@ def bench_features(device: torch.device, pair: tuple[str, str], batch: int, step
         teacher, student = build_model(pair[0], 100, shape).to(device), build_model(pair[1], 100, shape).to(device)
         method = build_method(name, method_defaults(name))
         signal, parts = OnlineSignal(teacher), None
-        if is_feature_method(method):
+        if declares_needs(method):
             signal.request(method.needs.teacher)
             parts = build_parts(method, probe(student, shape, method.needs.student),
                                 signal.probe(shape, method.needs.teacher), 50_000, teacher_model=teacher,
@@ -62,7 +62,7 @@ def bench_features(device: torch.device, pair: tuple[str, str], batch: int, step
     base = statistics.median(times[steppers[0][0]])
     for name, method, parts, _ in steppers:
         sec = statistics.median(times[name])
-        rows.append({"method": name, "needs": "logits" if not is_feature_method(method) else
+        rows.append({"method": name, "needs": "logits" if not declares_needs(method) else
                      ", ".join(method.needs.student), "ms/step": 1e3 * sec, "x KD": sec / base,
                      "training-only params": sum(p.numel() for p in parts.parameters()) if parts is not None else 0})
     return rows
@@ -88,10 +88,10 @@ def training_only(methods: tuple[str, ...] | None = None, pairs=PAIRS, n_train: 
     from kdbench.features import probe
     from kdbench.methods import build_method, method_defaults, method_names
     from kdbench.models import build_model
-    from kdbench.runner import build_parts, is_feature_method
+    from kdbench.runner import build_parts, declares_needs
 
     shape, rows = (3, 32, 32), []
-    names = methods or tuple(n for n in method_names() if is_feature_method(build_method(n, method_defaults(n))))
+    names = methods or tuple(n for n in method_names() if declares_needs(build_method(n, method_defaults(n))))
     for name in names:
         row = {"method": name}
         for t, s in pairs:
