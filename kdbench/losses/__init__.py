@@ -6,6 +6,8 @@
 * :mod:`~kdbench.losses.kd`: KD (Hinton et al. 2015) with forward / reverse KL, generalized JSD,
   skew KL, the tau**2 switch, logit standardization and the ablation switches.
 * :mod:`~kdbench.losses.dkd_dist`: DKD (Zhao et al. 2022) and DIST (Huang et al. 2022).
+* :mod:`~kdbench.losses.logit_2024`: TTM, WTTM (Zheng & Yang 2024), NormKD (2023) and CTKD's learned
+  temperature pieces (the KD term at a tensor temperature, gradient reversal, the cosine curriculum).
 * :mod:`~kdbench.losses.topk`: KD from a sparse (top-k) teacher, renormalised or with a tail bucket.
 * :mod:`~kdbench.losses.features`: feature distillation (AT, NST, SP, HCL, RKD, PKT, FitNet, VID, OFD,
   CRD's NCE), equal to mdistiller's / RepDistiller's functions.
@@ -43,9 +45,19 @@ from kdbench.losses.kd import (
     kl_divergence,
     standardize_logits,
 )
+from kdbench.losses.logit_2024 import (
+    GradientReversal,
+    ctkd_kd_loss,
+    ctkd_lambda,
+    normkd_loss,
+    reverse_gradient,
+    ttm_loss,
+    wttm_loss,
+)
 from kdbench.losses.topk import TOPK_MODES, topk_kd_loss, topk_kd_loss_terms
 
 __all__ = [
+    "GradientReversal",
     "KL_DIRECTIONS",
     "KL_REDUCTIONS",
     "TOPK_MODES",
@@ -54,6 +66,8 @@ __all__ = [
     "crd_nce_loss",
     "crd_normalizer",
     "crd_scores",
+    "ctkd_kd_loss",
+    "ctkd_lambda",
     "dist_loss",
     "dist_terms",
     "dkd_loss",
@@ -63,16 +77,20 @@ __all__ = [
     "kd_loss",
     "kd_loss_terms",
     "kl_divergence",
+    "normkd_loss",
     "nst_loss",
     "ofd_loss",
     "ofd_margin",
     "pkt_loss",
     "pool_to_smaller",
+    "reverse_gradient",
     "rkd_loss",
     "sp_loss",
     "standardize_logits",
     "topk_kd_loss",
     "topk_kd_loss_terms",
+    "ttm_loss",
     "vid_log_scale_init",
     "vid_loss",
+    "wttm_loss",
 ]
