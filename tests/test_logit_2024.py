@@ -273,3 +273,222 @@ def test_each_logit_method_trains_two_epochs_on_digits(compose, teachers_dir, di
     assert all(math.isfinite(h["train_loss"]) for h in rec["history"])
     assert rec["metrics"]["last"]["test"]["acc"] > 0.2
     assert rec["distill"]["method"] == distill and rec["params"]["training_only"] == 0
+
+
+# ---- CTKD ---------------------------------------------------------------------------------------------
+
+
+def ref_kd_at(s, t, temp):
+    """float64: mean of T_i^2 KL(softmax(t/T_i) || softmax(s/T_i)); ``temp`` one value or one per row."""
+    temp = torch.as_tensor(temp, dtype=torch.float64).reshape(-1, 1)
+    return (temp.squeeze(-1) ** 2 * _f64_kl(_f64_softmax(t.double() / temp), _f64_softmax(s.double() / temp))).mean()
+
+
+def test_ctkd_kd_loss_at_a_tensor_temperature_is_kd_and_its_gradient_reaches_the_temperature():
+    from kdbench.losses import ctkd_kd_loss, kd_loss
+
+    s, t = _pair(seed=10)
+    # a global temperature: KD's tau^2 KL at that tau
+    for tau in (1.0, 4.0, 15.6):
+        assert torch.allclose(ctkd_kd_loss(s.double(), t.double(), torch.tensor(tau)),
+                              kd_loss(s.double(), t.double(), None, alpha=0.0, tau=tau), rtol=1e-12)
+    # one per row, with d/dT of the float64 formula
+    temp = torch.tensor([1.0, 2.0, 3.0, 5.0, 8.0, 13.0], dtype=torch.float64, requires_grad=True)
+    temp_ref = temp.detach().clone().requires_grad_()
+    got = ctkd_kd_loss(s.double(), t.double(), temp)
+    got.backward()
+    ref = ref_kd_at(s, t, temp_ref)
+    ref.backward()
+    assert torch.allclose(got, ref, rtol=1e-12) and torch.allclose(temp.grad, temp_ref.grad, rtol=1e-9)
+    # float32 and bf16 inputs: float32 values
+    assert ctkd_kd_loss(s.bfloat16(), t.bfloat16(), torch.tensor([4.0])).dtype == torch.float32
+    assert math.isclose(ctkd_kd_loss(s, t, torch.tensor([4.0])).item(), ref_kd_at(s, t, 4.0).item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be a tensor"):
+        ctkd_kd_loss(s, t, torch.ones(3))
+
+
+def test_ctkd_kd_loss_masks_ignored_positions_and_their_temperatures():
+    from kdbench.losses import ctkd_kd_loss
+
+    s, t = _pair(seed=11)
+    y = torch.tensor([0, -100, 2, 3, -100, 5])
+    keep = y != -100
+    temp = torch.tensor([2.0, math.nan, 3.0, 4.0, 0.0, 6.0], requires_grad=True)  # garbage where dropped
+    got = ctkd_kd_loss(s, t, temp, labels=y)
+    got.backward()
+    assert math.isclose(got.item(), ref_kd_at(s[keep], t[keep], temp.detach()[keep]).item(), rel_tol=1e-5)
+    assert torch.isfinite(temp.grad).all() and temp.grad[1] == 0 and temp.grad[4] == 0
+    # standardize: both sides z-scored first (CTKD+LS)
+    from kdbench.losses import standardize_logits
+
+    z = ctkd_kd_loss(s, t, torch.tensor(2.0), standardize=True)
+    assert math.isclose(z.item(), ref_kd_at(standardize_logits(s), standardize_logits(t), 2.0).item(), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3, 1.0])
+def test_the_gradient_reversal_flips_and_scales_the_gradient(strength):
+    from kdbench.losses import reverse_gradient
+
+    x = torch.randn(5, requires_grad=True)
+    g = torch.randn(5)
+    y = reverse_gradient(x, strength)
+    assert torch.equal(y, x)  # the identity forward
+    (y * g).sum().backward()
+    assert torch.allclose(x.grad, -strength * g)
+    # gradcheck of the reversed function against its definition: the Jacobian is -strength * I
+    x64 = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(lambda v: reverse_gradient(v, strength), x64)
+    assert torch.equal(jac, -strength * torch.eye(3, dtype=torch.float64))
+
+
+def test_the_temperature_parameter_gets_the_reversed_scaled_gradient_of_the_loss():
+    """theta's gradient through CTKD's temperature is -lambda times the loss's own gradient with respect to it:
+    the optimizer's step raises the distillation loss (an adversarial temperature)."""
+    from kdbench.features import Out
+    from kdbench.losses import ctkd_kd_loss
+    from kdbench.methods.ctkd import CTKD
+
+    s, t = (x.double() for x in _pair(n=8, c=10, seed=12))
+    y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    method = CTKD()
+    parts = method.build(Out(torch.zeros(2, 10)), Out(torch.zeros(2, 10)), 100)
+    assert [n for n, _ in parts.named_parameters()] == ["theta"] and parts.theta.item() == 1.0
+    parts.double()  # float64 throughout: at T ~ 15 the loss is nearly flat in T
+    for epoch in (0, 4, 30):
+        method.set_epoch(epoch)
+        parts.zero_grad()
+        method(Out(s), Out(t), _batch(s, y), parts)["loss"].backward()
+        theta = torch.ones(1, dtype=torch.float64, requires_grad=True)
+        kd = ctkd_kd_loss(s, t, 1.0 + 20.0 * torch.sigmoid(theta))
+        (plain,) = torch.autograd.grad(0.9 * kd, theta)  # the loss's own gradient: CE does not depend on theta
+        assert plain.abs().item() > 1e-4 and torch.allclose(parts.theta.grad, -method.strength * plain, rtol=1e-9)
+    assert method.strength == 1.0  # from epoch 10 on
+
+
+def test_the_curriculum_is_the_papers_cosine():
+    """lambda_n = lambda_min + (lambda_max - lambda_min)/2 * (1 + cos((1 + min(n, N)/N) pi)), n the 1-based epoch;
+    the first four are the reversal strengths CTKD's code logs (LS repository's ctkd,resnet32x4,resnet8x4 log)."""
+    from kdbench.losses import ctkd_lambda
+    from kdbench.methods.ctkd import CTKD
+
+    paper = lambda n, N=10, lo=0.0, hi=1.0: lo + (hi - lo) / 2 * (1 + math.cos((1 + min(n, N) / N) * math.pi))  # noqa: E731
+    for n in (0, 1, 2, 3, 5, 7, 10, 11, 240):
+        assert math.isclose(ctkd_lambda(n), paper(n), abs_tol=1e-12)
+        assert math.isclose(ctkd_lambda(n, epochs=20, lambda_min=0.2, lambda_max=0.8), paper(n, 20, 0.2, 0.8),
+                            abs_tol=1e-12)
+    logged = [0.02447174185242318, 0.09549150281252627, 0.20610737385376343, 0.3454915028125263]
+    method = CTKD()
+    for epoch, value in enumerate(logged):  # set_epoch is 0-based: epoch 0 trains at lambda_1
+        method.set_epoch(epoch)
+        assert math.isclose(method.strength, value, rel_tol=1e-12)
+    assert ctkd_lambda(0) == 0.0 and ctkd_lambda(10) == 1.0 and ctkd_lambda(-3) == 0.0
+
+
+def test_ctkd_instance_temperature_and_dkd_wrapping():
+    """instance: one temperature per row, from an MLP of the detached [teacher, student] logits, in
+    (t_start, t_start + t_range); dkd: DKD's term at the global temperature; instance + dkd is refused."""
+    import torch.nn.functional as F
+
+    from kdbench.errors import ConfigError
+    from kdbench.features import Out
+    from kdbench.losses import dkd_loss
+    from kdbench.methods import build_method
+
+    s, t = _pair(n=8, c=10, seed=13)
+    y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(2))
+    inst = build_method("ctkd", {"temperature": "instance", "mlp_hidden": 16})
+    torch.manual_seed(0)
+    parts = inst.build(Out(torch.zeros(2, 10)), Out(torch.zeros(2, 10)), 100)
+    assert sum(p.numel() for p in parts.parameters()) == 20 * 16 + 16 + 16 + 1
+    s_req = s.clone().requires_grad_()
+    out = inst(Out(s_req), Out(t), _batch(s, y), parts)
+    temp = parts(s, t, 0.5)
+    assert temp.shape == (8,) and ((temp > 1.0) & (temp < 21.0)).all() and temp.std() > 0
+    assert math.isclose(out["kd"].item(), ref_kd_at(s, t, temp.detach()).item(), rel_tol=1e-5)
+    out["loss"].backward()
+    # the student's gradient is the loss's at that temperature (nothing of the MLP's path reaches it)
+    s_ref = s.double().requires_grad_()
+    (0.1 * F.cross_entropy(s_ref, y) + 0.9 * ref_kd_at(s_ref, t, temp.detach())).backward()
+    assert torch.allclose(s_req.grad.double(), s_ref.grad, rtol=1e-4, atol=1e-7)
+    dkd = build_method("ctkd", {"wraps": "dkd", "ce_weight": 1.0, "kd_weight": 1.0})
+    parts = dkd.build(Out(torch.zeros(2, 10)), Out(torch.zeros(2, 10)), 100)
+    out = dkd(Out(s), Out(t), _batch(s, y), parts)
+    tau = 1.0 + 20.0 * torch.sigmoid(torch.tensor(1.0))
+    assert math.isclose(out["dkd"].item(), dkd_loss(s, t, y, alpha=1.0, beta=8.0, tau=tau.item()).item(), rel_tol=1e-5)
+    assert math.isclose(out["temperature"].item(), tau.item(), rel_tol=1e-6)
+    with pytest.raises(ConfigError, match="distill.temperature: CTKD\\+DKD learns a global temperature"):
+        build_method("ctkd", {"wraps": "dkd", "temperature": "instance"})
+
+
+def _ckpt_parts(rec: dict, experiment: str | None = None) -> dict:
+    """The method's parts in the last.ckpt of ``rec``'s run (in ``experiment``, by default its own)."""
+    from pathlib import Path
+
+    folder = Path(rec["record_path"]).parents[2] / "checkpoints" / (experiment or rec["experiment"]) / rec["run_id"]
+    ck = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    return {k: v for k, v in ck["state_dict"].items() if k.startswith("parts.")}
+
+
+@pytest.mark.parametrize(("distill", "training_only", "keys"), [
+    ("ctkd", 1, {"parts.theta"}),
+    ("ctkd_instance", 20 * 256 + 256 + 256 + 1, {"parts.mlp.0.weight", "parts.mlp.2.bias"}),
+    ("ctkd_dkd", 1, {"parts.theta"}),
+    ("ctkd_ls", 1, {"parts.theta"}),
+])
+def test_ctkd_trains_two_epochs_on_digits_and_checkpoints_its_temperature(compose, teachers_dir, distill,
+                                                                         training_only, keys):
+    from kdbench.train import run
+
+    rec = run(compose(*FAST, f"distill={distill}", f"paths.teachers_dir={teachers_dir}"))
+    assert rec["status"] == "complete" and len(rec["history"]) == 2
+    assert all(math.isfinite(h["train_loss"]) for h in rec["history"])
+    assert rec["params"]["training_only"] == training_only
+    parts = _ckpt_parts(rec)
+    assert set(parts) == keys or keys <= set(parts), sorted(parts)
+    if "parts.theta" in parts:
+        assert parts["parts.theta"].shape == (1,) and parts["parts.theta"].item() != 1.0  # it was trained
+
+
+def test_ctkd_works_with_the_cached_teacher_signal(compose, teachers_dir):
+    from kdbench.train import run
+
+    rec = run(compose(*FAST, "distill=ctkd", "teacher_signal=cached", "trainer.max_epochs=1",
+                      f"paths.teachers_dir={teachers_dir}"))
+    assert rec["status"] == "complete" and rec["teacher_signal"] == "cached" and rec["params"]["training_only"] == 1
+
+
+def test_an_interrupted_ctkd_run_resumes_exactly_with_its_temperature(compose, teachers_dir, monkeypatch):
+    """SIGTERM as the second epoch starts, then the same command: the temperature (and its optimizer state) come
+    back from last.ckpt and the run ends with the uninterrupted run's numbers and temperature."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from kdbench.distill import DistillModule
+    from kdbench.interrupts import RunInterrupted
+    from kdbench.records import read_record
+    from kdbench.train import run
+
+    args = (*FAST, "distill=ctkd", "trainer.max_epochs=3", f"paths.teachers_dir={teachers_dir}")
+    whole = run(compose(*args, "experiment_name=whole"))
+    real = DistillModule.on_train_epoch_start
+
+    def stop_in_second(module):
+        if module.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(module)
+
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", stop_in_second)
+    with pytest.raises(RunInterrupted):
+        run(compose(*args, "experiment_name=cut"))
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", real)
+    cut = read_record(Path(whole["record_path"]).parent.parent / "cut" / f"{whole['run_id']}.json")
+    assert cut["status"] == "interrupted" and len(cut["history"]) == 1
+    after_one = _ckpt_parts(whole, "cut")["parts.theta"]
+    resumed = run(compose(*args, "experiment_name=cut"))
+    assert resumed["resumed_from"] and resumed["run_id"] == whole["run_id"]
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        for k in ("train_loss", "val_acc", "val_nll"):
+            assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
+    a, b = _ckpt_parts(whole)["parts.theta"], _ckpt_parts(resumed)["parts.theta"]
+    assert torch.allclose(a, b, rtol=1e-6) and not torch.equal(a, after_one)
