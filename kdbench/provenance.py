@@ -8,15 +8,24 @@ import platform
 from kdbench.credentials import redact_override
 
 PACKAGES = ("torchvision", "pytorch_lightning", "torchmetrics", "hydra", "omegaconf", "wandb", "pandas")
+#: packages whose distribution metadata says what their ``__version__`` does (a run that does not use them
+#: need not pay ~1 s each to import them; torchvision's local ``+cu130`` suffix exists only in the module)
+_BY_METADATA = {"wandb": "wandb", "pandas": "pandas"}
 
 
 def versions() -> dict[str, str]:
+    import importlib.metadata
+    import sys
+
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in PACKAGES:
         try:
-            out[mod] = __import__(mod).__version__
+            if mod in _BY_METADATA and mod not in sys.modules:  # what the module would say, without importing it
+                out[mod] = importlib.metadata.version(_BY_METADATA[mod])
+            else:
+                out[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover - optional
             pass
     try:
