@@ -120,3 +120,44 @@ def assert_records_close(a, b, rel: float = 1e-6, where: str = "") -> None:
         assert same, f"{where}: {a!r} != {b!r} (rel {rel})"
     else:
         assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
+
+
+def whole_cut_resumed(make, monkeypatch, between=None) -> tuple[dict, dict]:
+    """The records of a run without a break (``make("whole")``, a composed config per experiment name) and
+    of the same run stopped by SIGTERM as its second epoch starts, then run again with the same command
+    (``make("cut")``, resumed): checks that the cut was one epoch in and that the resumed run's history and
+    test NLL equal the whole one's. ``between(whole)`` runs after the cut, before the resume."""
+    import math
+    import os
+    import signal
+    from pathlib import Path
+
+    from kdbench.distill import DistillModule
+    from kdbench.interrupts import RunInterrupted
+    from kdbench.records import read_record
+    from kdbench.train import run
+
+    whole = run(make("whole"))
+    real = DistillModule.on_train_epoch_start
+
+    def stop_in_second(module):
+        if module.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(module)
+
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", stop_in_second)
+    with pytest.raises(RunInterrupted):
+        run(make("cut"))
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", real)
+    cut = read_record(Path(whole["record_path"]).parent.parent / "cut" / f"{whole['run_id']}.json")
+    assert cut["status"] == "interrupted" and len(cut["history"]) == 1
+    if between is not None:
+        between(whole)
+    resumed = run(make("cut"))
+    assert resumed["resumed_from"] and resumed["run_id"] == whole["run_id"]
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        for k in ("train_loss", "val_acc", "val_nll"):
+            assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
+    assert math.isclose(whole["metrics"]["last"]["test"]["nll"], resumed["metrics"]["last"]["test"]["nll"],
+                        rel_tol=1e-5)
+    return whole, resumed

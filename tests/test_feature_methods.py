@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kdbench.errors import ConfigError
-from tests.conftest import FAST
+from tests.conftest import FAST, whole_cut_resumed
 
 #: digits with the small CNN pair: both sides give pooled, stages (2 blocks) and preact_stages
 CNN = ("teacher=mnist_cnn", "student=mnist_cnn_small", *FAST)
@@ -148,39 +148,8 @@ def test_feature_methods_are_refused_before_any_work(compose, teachers_dir, tmp_
 
 
 def _whole_then_interrupted_and_resumed(compose, teachers_dir, monkeypatch, *args) -> tuple[dict, dict]:
-    """The records of a run of ``args`` without a break and of the same run stopped by SIGTERM as its second
-    epoch starts, then run again with the same command (the resumed one); checks that the cut was one epoch in
-    and that the resumed run's history equals the whole one's."""
-    import os
-    import signal
-
-    from kdbench.distill import DistillModule
-    from kdbench.interrupts import RunInterrupted
-    from kdbench.records import read_record
-    from kdbench.train import run
-
-    whole = run(_cnn(compose, teachers_dir, *args, "experiment_name=whole"))
-    real = DistillModule.on_train_epoch_start
-
-    def stop_in_second(module):
-        if module.current_epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(module)
-
-    monkeypatch.setattr(DistillModule, "on_train_epoch_start", stop_in_second)
-    with pytest.raises(RunInterrupted):
-        run(_cnn(compose, teachers_dir, *args, "experiment_name=cut"))
-    monkeypatch.setattr(DistillModule, "on_train_epoch_start", real)
-    cut = read_record(Path(whole["record_path"]).parent.parent / "cut" / f"{whole['run_id']}.json")
-    assert cut["status"] == "interrupted" and len(cut["history"]) == 1
-    resumed = run(_cnn(compose, teachers_dir, *args, "experiment_name=cut"))
-    assert resumed["resumed_from"] and resumed["run_id"] == whole["run_id"]
-    for a, b in zip(whole["history"], resumed["history"], strict=True):
-        for k in ("train_loss", "val_acc", "val_nll"):
-            assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
-    assert math.isclose(whole["metrics"]["last"]["test"]["nll"], resumed["metrics"]["last"]["test"]["nll"],
-                        rel_tol=1e-5)
-    return whole, resumed
+    """conftest.whole_cut_resumed on the small CNN pair."""
+    return whole_cut_resumed(lambda name: _cnn(compose, teachers_dir, *args, f"experiment_name={name}"), monkeypatch)
 
 
 def _last_parts(rec: dict) -> dict:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import FAST
+from tests.conftest import FAST, whole_cut_resumed
 
 
 def _f64_softmax(z: torch.Tensor) -> torch.Tensor:
@@ -460,35 +460,9 @@ def test_ctkd_works_with_the_cached_teacher_signal(compose, teachers_dir):
 def test_an_interrupted_ctkd_run_resumes_exactly_with_its_temperature(compose, teachers_dir, monkeypatch):
     """SIGTERM as the second epoch starts, then the same command: the temperature (and its optimizer state) come
     back from last.ckpt and the run ends with the uninterrupted run's numbers and temperature."""
-    import os
-    import signal
-    from pathlib import Path
-
-    from kdbench.distill import DistillModule
-    from kdbench.interrupts import RunInterrupted
-    from kdbench.records import read_record
-    from kdbench.train import run
-
     args = (*FAST, "distill=ctkd", "trainer.max_epochs=3", f"paths.teachers_dir={teachers_dir}")
-    whole = run(compose(*args, "experiment_name=whole"))
-    real = DistillModule.on_train_epoch_start
-
-    def stop_in_second(module):
-        if module.current_epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(module)
-
-    monkeypatch.setattr(DistillModule, "on_train_epoch_start", stop_in_second)
-    with pytest.raises(RunInterrupted):
-        run(compose(*args, "experiment_name=cut"))
-    monkeypatch.setattr(DistillModule, "on_train_epoch_start", real)
-    cut = read_record(Path(whole["record_path"]).parent.parent / "cut" / f"{whole['run_id']}.json")
-    assert cut["status"] == "interrupted" and len(cut["history"]) == 1
-    after_one = _ckpt_parts(whole, "cut")["parts.theta"]
-    resumed = run(compose(*args, "experiment_name=cut"))
-    assert resumed["resumed_from"] and resumed["run_id"] == whole["run_id"]
-    for a, b in zip(whole["history"], resumed["history"], strict=True):
-        for k in ("train_loss", "val_acc", "val_nll"):
-            assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-7), (k, a[k], b[k])
+    after_one = []
+    whole, resumed = whole_cut_resumed(lambda name: compose(*args, f"experiment_name={name}"), monkeypatch,
+                                       between=lambda whole: after_one.append(_ckpt_parts(whole, "cut")["parts.theta"]))
     a, b = _ckpt_parts(whole)["parts.theta"], _ckpt_parts(resumed)["parts.theta"]
-    assert torch.allclose(a, b, rtol=1e-6) and not torch.equal(a, after_one)
+    assert torch.allclose(a, b, rtol=1e-6) and not torch.equal(a, after_one[0])
