@@ -3,6 +3,7 @@
     kdbench models [--num-classes 100] [--family cifar]
     kdbench teacher import PATH --arch resnet32x4 --dataset cifar100 [--root DIR] [--no-eval]
     kdbench teacher list
+    kdbench doctor FILE.py:FUNCTION [--json] [--classes C] [--device cpu|cuda] [--signature ...]
     kdbench train  [hydra overrides]      (= python -m kdbench.train)
     kdbench sweep  [hydra overrides]      (= make sweep)
     kdbench report --experiment NAME      (= make table)
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                     add_help=False)
     sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
     sub.add_parser("eval", help="test a student checkpoint: kdbench eval ckpt=PATH [overrides]", add_help=False)
+    d = sub.add_parser("doctor", help="check your own KD loss for the common mistakes: kdbench doctor FILE.py:FUNCTION")
+    d.add_argument("function", help="FILE.py:FUNCTION or package.module:FUNCTION")
+    d.add_argument("--json", action="store_true", help="print only the JSON diagnosis")
+    d.add_argument("--classes", type=int, default=None, help="probe with this many classes")
+    d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    d.add_argument("--signature", default=None, help="parameter names, e.g. s=logits_s,t=logits_t,y=target,alpha=alpha,T=temperature")
     for name in ("train", "sweep", "report"):
         sub.add_parser(name, help=f"= python -m kdbench.{name}", add_help=False)
     return p
@@ -147,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return _teacher_import(args)
     if args.cmd == "teacher" and args.tcmd == "list":
         return _teacher_list(args)
+    if args.cmd == "doctor":
+        from kdbench.doctor import main_args as doctor_main
+
+        return doctor_main(args)
     return 1
 
 
