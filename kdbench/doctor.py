@@ -179,6 +179,10 @@ def _value_grad(fn, s: Tensor) -> tuple[float, Tensor] | None:
     return float(out.detach()), (torch.zeros_like(s) if g is None else g)
 
 
+def _scaled(vg: tuple[float, Tensor], k: float) -> tuple[float, Tensor]:
+    return vg[0] * k, vg[1] * k
+
+
 def _user(call, s: Tensor, t: Tensor, y: Tensor, alpha: float, tau: float) -> tuple[float, Tensor] | None:
     """The user's value and student gradient on one probe."""
     return _value_grad(lambda x: call(x, t, y, alpha, tau), s)
@@ -234,18 +238,23 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
         data.append((s, t, y, tau, at1, at0, mid, ce_ref))
     lin = max(_close((0.3 * a1[0] + 0.7 * a0[0], 0.3 * a1[1] + 0.7 * a0[1]), m)
               for *_, a1, a0, m, _ in data)
-    err_normal = max(_close(a1, ce) for *_, a1, _a0, _m, ce in data)
-    err_swapped = max(_close(a0, ce) for *_, _a1, a0, _m, ce in data)
-    swapped = err_swapped < 1e-4 <= err_normal
+    def ce_err(pick, n: bool) -> float:
+        """CE-term discrepancy: at alpha=1 (pick=1) or 0, as a mean (n False) or a sum over the batch."""
+        return max(_close(row[4 if pick else 5], _scaled(row[7], row[0].shape[0] if n else 1)) for row in data)
+
+    errs_ce = {(pick, n): ce_err(pick, n) for pick in (1, 0) for n in (False, True)}
+    (pick, ce_sum), err_ce = min(errs_ce.items(), key=lambda kv: kv[1])
+    swapped = pick == 0 and err_ce < 1e-4
     checks.append({"id": "alpha_swapped", "ok": not swapped,
-                   "evidence": (f"f at alpha=0 is the cross-entropy (err {err_swapped:.1e}): alpha weights the KL"
-                                if swapped else f"f at alpha=1 is the cross-entropy (err {err_normal:.1e})")})
+                   "evidence": (f"f at alpha=0 is the cross-entropy (err {err_ce:.1e}): alpha weights the KL"
+                                if swapped else f"f at alpha=1 is the cross-entropy (err {errs_ce[(1, ce_sum)]:.1e})")})
     if swapped:
         mistakes.add("alpha_swapped")
-    if lin > 1e-4 or min(err_normal, err_swapped) > 1e-4:
+    if ce_sum and err_ce < 1e-4:
+        mistakes.add("batch_mean")
+    if lin > 1e-4 or err_ce > 1e-4:
         checks.append({"id": "alpha", "ok": False,
-                       "evidence": f"not alpha*CE + (1-alpha)*KD: linearity err {lin:.1e}, "
-                                   f"CE term err {min(err_normal, err_swapped):.1e}"})
+                       "evidence": f"not alpha*CE + (1-alpha)*KD: linearity err {lin:.1e}, CE term err {err_ce:.1e}"})
         return Diagnosis("unknown", sorted(mistakes), warnings, checks)
 
     # 2. the KD term against every hypothesis
@@ -276,28 +285,45 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
                        "evidence": f"matches no known mistake: closest {sorted(best.mistakes()) or 'reference'} "
                                    f"off by {errs[best]:.1e}"})
         return Diagnosis("unknown", sorted(mistakes), warnings, checks)
-    m = min(fits, key=lambda x: (len(x.mistakes()), errs[x]))
+    fewest = min(len(x.mistakes()) for x in fits)
+    sets = {frozenset(x.mistakes()) for x in fits if len(x.mistakes()) == fewest}
+    if len(sets) > 1:
+        checks.append({"id": "kd_term", "ok": False,
+                       "evidence": f"ambiguous: {' or '.join(str(sorted(x)) for x in sets)} explain it equally"})
+        return Diagnosis("unknown", sorted(mistakes), warnings, checks)
+    m = min((x for x in fits if len(x.mistakes()) == fewest), key=errs.get)
     mistakes |= m.mistakes()
     ref = Model()
     ratios = []
     for row in data:
-        s, t, y, tau = row[:4]
-        r = predict(ref, s, t, y, tau, False, "kept")[0]
-        ratios.append((s.shape[0], s.shape[-1], tau, kd_of(row)[0] / r if r else math.nan))
-    where = ", ".join(f"{v:.3g} (B={b}, C={c}, τ={tau:g})" for b, c, tau, v in ratios)
+        r = predict(ref, row[0], row[1], row[2], row[3], False, "kept")[0]
+        ratios.append(kd_of(row)[0] / r if r else math.nan)
+    taus = ", ".join(f"{row[3]:g}" for row in data)
+    bs = ", ".join(str(row[0].shape[0]) for row in data)
+    cs = ", ".join(str(row[0].shape[-1]) for row in data)
     checks.append({"id": "kd_term", "ok": not m.mistakes(),
-                   "evidence": f"KD term ÷ reference = {where}; explained by "
-                               f"{', '.join(sorted(m.mistakes())) or 'none'} to {errs[m]:.1e}"})
+                   "evidence": f"KD term ÷ reference = {', '.join(f'{v:.3g}' for v in ratios)} at (B, C, τ) = "
+                               + ", ".join(f"({row[0].shape[0]}, {row[0].shape[-1]}, {row[3]:g})" for row in data)
+                               + f"; explained by {', '.join(sorted(m.mistakes())) or 'no mistake'} "
+                                 f"to {errs[m]:.1e}"})
+
+    def without(**kw) -> str:
+        """How far the hypothesis is once one mistake is taken out of it."""
+        other = Model(**{**m.__dict__, **kw})
+        return f"(without it off by {errs.get(other, math.inf):.1e})"
+
     ev = {
-        "kl_direction": "value and gradient match KL(student ‖ teacher)",
-        "tau_squared": "value ÷ reference = 1/τ² at every τ: τ² is missing",
-        "probabilities_as_logits": f"matches F.kl_div given {m.soft_input} as its input",
-        "temperature_mismatch": "matches the student softened at τ = 1",
-        "batch_mean": ("ratio grows with B: a sum over the batch" if m.batch == "sum"
-                       else "ratio = 1/C: a mean over batch × classes"),
+        "kl_direction": f"value and gradient match KL(student ‖ teacher) {without(reverse=False)}",
+        "tau_squared": f"value ÷ reference ∝ 1/τ² at τ = {taus}: τ² is missing {without(no_tau_sq=False)}",
+        "probabilities_as_logits": f"matches F.kl_div given {'probabilities' if m.soft_input == 'probs' else 'raw logits'}"
+                                   f" as its input {without(soft_input='log_probs')}",
+        "temperature_mismatch": f"matches the student softened at τ = 1 {without(tau_one=False)}",
+        "batch_mean": (f"ratio ∝ B at B = {bs}: a sum over the batch {without(batch='mean')}" if m.batch == "sum"
+                       else f"ratio ∝ 1/C at C = {cs}: a mean over batch × classes {without(batch='mean')}"
+                       if m.batch == "classes" else "cross-entropy summed over the batch"),
     }
     for k in ("kl_direction", "tau_squared", "probabilities_as_logits", "temperature_mismatch", "batch_mean"):
-        bad = k in m.mistakes()
+        bad = k in mistakes
         checks.append({"id": k, "ok": not bad, "evidence": ev[k] if bad else "as the reference"})
 
     # 3. stability: float32, |z| ~ 1e3, and tau = 100

@@ -111,8 +111,21 @@ def test_each_mistake(mistake):
     assert any(c["id"] == mistake and not c["ok"] for c in d.checks)
 
 
-def test_batch_sum_is_batch_mean():
-    assert diagnose(sum_over_batch).mistakes == ["batch_mean"]
+def sum_both_over_batch(s, t, y, alpha, T):
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="sum")
+    return alpha * F.cross_entropy(s, y, reduction="sum") + (1 - alpha) * T * T * kl
+
+
+@pytest.mark.parametrize("fn", [sum_over_batch, sum_both_over_batch])
+def test_batch_sum_is_batch_mean(fn):
+    d = diagnose(fn)
+    assert d.mistakes == ["batch_mean"]
+    assert "∝ B" in next(c["evidence"] for c in d.checks if c["id"] == "batch_mean")
+
+
+def test_tau_squared_evidence():
+    ev = next(c["evidence"] for c in diagnose(with_mistakes("tau_squared")).checks if c["id"] == "tau_squared")
+    assert "1/τ²" in ev and "τ² is missing" in ev
 
 
 PAIRS = [p for p in itertools.combinations(MISTAKES, 2)
