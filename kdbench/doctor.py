@@ -366,11 +366,17 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
             checks.append({"id": "tokens", "ok": False,
                            "evidence": f"token batch matches no known masking (closest off by {err:.1e})"})
             return Diagnosis("unknown", sorted(mistakes), warnings, checks)
+        s0, _t0, y0, _tau0, _g0 = tok[0]
+        n_all, n_kept, n_seq = y0.numel(), int((y0 != -100).sum()), y0.shape[0]
+        ref_err = options[(False, "kept")]
         checks.append({"id": "mask_ignored", "ok": not all_pos,
-                       "evidence": "-100 positions change the KD term" if all_pos else "-100 positions ignored"})
+                       "evidence": (f"the {n_all - n_kept} positions labelled -100 (of {n_all}) count in the KD "
+                                    f"term (err {err:.1e}; reference off by {ref_err:.1e})") if all_pos
+                       else "positions labelled -100 leave the KD term unchanged"})
         checks.append({"id": "token_mean", "ok": denom != "seqs",
-                       "evidence": "KD term divided by B (sequences), not by kept tokens" if denom == "seqs"
-                       else "mean over kept tokens"})
+                       "evidence": (f"KD term divided by B = {n_seq} sequences, not by the {n_kept} kept tokens "
+                                    f"(err {err:.1e})") if denom == "seqs"
+                       else "KD term is the mean over kept tokens" if denom == "kept" else "KD term summed"})
         if all_pos:
             mistakes.add("mask_ignored")
         if denom == "seqs":
