@@ -192,3 +192,10 @@ def test_cli_exit_codes_and_json(capsys, tmp_path):
     raises.write_text("def kd(*a):\n    raise RuntimeError('boom')\n")
     assert main(["doctor", f"{raises}:kd"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_readme_shows_the_real_report():
+    from kdbench.doctor import render
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert render(diagnose(lesson())) in readme
