@@ -415,6 +415,8 @@ def main_args(args) -> int:
     """``kdbench doctor`` from parsed arguments: print the report (or JSON); 0 correct, 1 otherwise."""
     import json
 
+    if args.classes is not None and args.classes < 2:
+        raise KDBenchError("doctor", f"--classes must be at least 2, got {args.classes}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise KDBenchError("doctor", "--device cuda: CUDA is not available")
     if str(Path.cwd()) not in sys.path:

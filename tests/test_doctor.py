@@ -102,6 +102,12 @@ SINGLE = [k for k in MISTAKES if k != "unstable"]
 def test_correct_styles(fn):
     d = diagnose(fn)
     assert (d.verdict, d.mistakes) == ("correct", [])
+    # the teacher is detached only in the F.kl_div style: a note elsewhere, never a mistake
+    assert d.warnings == ([] if fn is correct_kl_div else ["teacher_grad"])
+
+
+def test_classes_option():
+    assert diagnose(with_mistakes("batch_mean", "tau_squared"), classes=4).mistakes == ["batch_mean", "tau_squared"]
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
@@ -169,6 +175,12 @@ def test_unknown_and_signature():
     assert d.verdict == "correct"
 
 
+def test_cli_dotted_module(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    assert main(["doctor", "tests.data.lesson_kd_loss:kd_loss", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["mistakes"] == ["mask_ignored", "token_mean"]
+
+
 def test_cli_exit_codes_and_json(capsys, tmp_path):
     assert main(["doctor", f"{DATA / 'lesson_kd_loss.py'}:kd_loss", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
@@ -184,8 +196,12 @@ def test_cli_exit_codes_and_json(capsys, tmp_path):
     assert main(["doctor", f"{good}:kd"]) == 0
     text = capsys.readouterr().out
     assert "verdict: correct" in text and all(len(line) <= 100 for line in text.splitlines())
-    for bad in (f"{tmp_path / 'missing.py'}:kd", f"{good}:nope", "no_such_module_xyz:kd"):
-        assert main(["doctor", bad]) == 2
+    bad_usage = [[f"{tmp_path / 'missing.py'}:kd"], [f"{good}:nope"], ["no_such_module_xyz:kd"],
+                 [str(good)], [f"{good}:kd", "--classes", "1"], [f"{good}:kd", "--signature", "s=a"]]
+    if not torch.cuda.is_available():
+        bad_usage.append([f"{good}:kd", "--device", "cuda"])
+    for bad in bad_usage:
+        assert main(["doctor", *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("kdbench: error:")
     raises = tmp_path / "raises.py"
