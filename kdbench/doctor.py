@@ -224,10 +224,16 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
     mistakes: set[str] = set()
     warnings: list[str] = []
 
+    # float64 probes, or float32 for a function that refuses float64
+    dtype = torch.float64
+    s, t, y = _batch((2,), probes[0][1], torch.Generator().manual_seed(1), device)
+    if _user(call, s, t, y, 0.5, 2.0) is None:
+        dtype = torch.float32
+
     # 1. split into CE and KD terms via alpha = 1, 0 (and check linearity at 0.3)
     data = []
     for b, c, tau in probes:
-        s, t, y = _batch((b,), c, gen, device)
+        s, t, y = _batch((b,), c, gen, device, dtype=dtype)
         at1 = _user(call, s, t, y, 1.0, tau)
         at0 = _user(call, s, t, y, 0.0, tau)
         mid = _user(call, s, t, y, 0.3, tau)
@@ -304,7 +310,7 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
     checks.append({"id": "kd_term", "ok": not m.mistakes(),
                    "evidence": f"KD term ÷ reference = {', '.join(f'{v:.3g}' for v in ratios)} at (B, C, τ) = "
                                + ", ".join(f"({row[0].shape[0]}, {row[0].shape[-1]}, {row[3]:g})" for row in data)
-                               + f"; explained by {', '.join(sorted(m.mistakes())) or 'no mistake'} "
+                               + f" ({str(dtype).removeprefix('torch.')}); explained by {', '.join(sorted(m.mistakes())) or 'no mistake'} "
                                  f"to {errs[m]:.1e}"})
 
     def without(**kw) -> str:
@@ -345,7 +351,7 @@ def diagnose(fn, *, device: str = "cpu", signature: str | None = None, classes: 
     tok = []
     for b, tt, c, tau, prompt in TOKEN_PROBES:
         c = classes or c
-        s, t, y = _batch((b, tt), c, gen, device)
+        s, t, y = _batch((b, tt), c, gen, device, dtype=dtype)
         for i, p in enumerate(prompt):
             y[i, :p] = -100
         a = 1.0 if swapped else 0.0

@@ -167,6 +167,14 @@ def test_two_d_only_function_gets_token_checks_not_applicable():
     assert all("not applicable" in c["evidence"] for c in d.checks if c["id"] in ("mask_ignored", "token_mean"))
 
 
+def test_float32_only_function():
+    def float32_only(s, t, y, alpha, T):
+        assert s.dtype == torch.float32
+        return with_mistakes("kl_direction")(s, t, y, alpha, T)
+
+    assert diagnose(float32_only).mistakes == ["kl_direction"]
+
+
 def test_unknown_and_signature():
     d = diagnose(lambda s, t, y, alpha, T: correct_lse(s, t, y, alpha, T) + 0.1 * (1 - alpha) * s.pow(2).mean())
     assert d.verdict == "unknown"
