@@ -177,7 +177,10 @@ def test_float32_only_function():
 
 def test_unknown_and_signature():
     d = diagnose(lambda s, t, y, alpha, T: correct_lse(s, t, y, alpha, T) + 0.1 * (1 - alpha) * s.pow(2).mean())
-    assert d.verdict == "unknown"
+    assert (d.verdict, d.mistakes) == ("unknown", [])
+    assert "off by" in next(c["evidence"] for c in d.checks if c["id"] == "kd_term")  # the measured discrepancy
+    d = diagnose(lambda s, t, y, alpha, T: correct_lse(s, t, y, alpha, T) * (1 + alpha))  # not linear in alpha
+    assert d.verdict == "unknown" and "linearity" in d.checks[-1]["evidence"]
     d = diagnose(lambda logits_s, logits_t, target, a, temperature: correct_lse(logits_s, logits_t, target, a, temperature),
                  signature="s=logits_s,t=logits_t,y=target,alpha=a,T=temperature")
     assert d.verdict == "correct"
