@@ -23,7 +23,9 @@ os.environ.pop("WANDB_API_KEY", None)
 #: the files that take longest (sweeps, subprocesses, many runs), longest first: collected before the rest, so
 #: that `make test` (one file per CPU at a time, xdist --dist loadfile) starts them first instead of last
 LONGEST_FILES = ("test_sweep.py", "test_fused.py", "test_reliability.py", "test_interrupts.py", "test_train.py",
-                 "test_feature_methods.py", "test_schema.py", "test_report.py", "test_cached_signal.py")
+                 "test_feature_methods.py", "test_logit_2024.py", "test_schema.py", "test_report.py",
+                 "test_cached_signal.py", "test_environment.py", "test_captured_signal.py", "test_tokens.py",
+                 "test_data.py", "test_cifar_e2e.py")
 
 
 def pytest_collection_modifyitems(items):
