@@ -419,7 +419,7 @@ def run_group(cfgs: Sequence, overrides: Sequence[Sequence[str]] | None = None) 
 def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
     from kdbench.config import check_class_counts, is_scratch
     from kdbench.lifecycle import Job, claimed
-    from kdbench.runner import build_student_module, load_data, new_record
+    from kdbench.runner import build_student_module, load_data, new_record, student_data
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
     from kdbench.teachers import train as teacher_training
 
@@ -441,16 +441,17 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
 
     # data -> one teacher signal
     c0 = jobs[0].conf
-    data = load_data(c0["dataset"])
+    full = load_data(c0["dataset"])
     for j in jobs:
-        check_class_counts(data.num_classes, j.cfg)
+        check_class_counts(full.num_classes, j.cfg)
+    data = student_data(full, c0)
     tjob = next((j for j in jobs if not is_scratch(j.cfg)), None)
     teacher, tmeta, shared = None, None, None
     if tjob is not None:
         tc = tjob.conf
         preflight_signal(tc["teacher_signal"], tc, data)
         if needs_teacher(tc["teacher_signal"]):
-            teacher, tmeta = teacher_training.for_run(tc["teacher"], tc["dataset"], tc["trainer"], data,
+            teacher, tmeta = teacher_training.for_run(tc["teacher"], tc["dataset"], tc["trainer"], full,
                                               teachers_dir=abs_path(tjob.cfg.paths.teachers_dir),
                                               checkpoints_dir=abs_path(tjob.cfg.paths.checkpoints_dir),
                                               eval_batch_size=tc["dataset"]["eval_batch_size"], log=log.info)

@@ -49,6 +49,11 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
         # not compiled: what every run did before the key existed (their ids stay); a compiled run may
         # differ within float tolerance (fused kernels), so it is a run of its own
         out["trainer"] = {k: v for k, v in t.items() if k != "compile"}
+    ds = out.get("dataset")
+    if isinstance(ds, Mapping):
+        # the whole training split (no transfer restriction): what every run did before the keys existed
+        out["dataset"] = {k: v for k, v in ds.items()
+                          if not ((k == "transfer_subset" and v is None) or (k == "train_exclude_classes" and not v))}
     if not out.get("callbacks"):
         out.pop("callbacks", None)  # none that changes a number: the ids of runs from before the group
     d = out.get("distill") or {}

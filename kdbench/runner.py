@@ -38,6 +38,18 @@ def load_data(dataset: dict):
         raise ConfigError("dataset.val_size", str(e)) from None
 
 
+def student_data(full, conf: dict):
+    """The student's transfer set (``dataset.transfer_subset`` / ``train_exclude_classes``) of the loaded data;
+    the teacher trains on ``full``. A captured store indexes the whole training split: refused with a restriction."""
+    from kdbench.data.transfer import restricts, transfer_set
+
+    if restricts(conf["dataset"]) and conf.get("teacher_signal") == "captured" and not is_scratch(conf):
+        key = "transfer_subset" if conf["dataset"].get("transfer_subset") is not None else "train_exclude_classes"
+        raise ConfigError(f"dataset.{key}", "restricts the student's training split, which a captured store "
+                                            "indexes whole: use teacher_signal=online or cached")
+    return transfer_set(full, conf["dataset"])
+
+
 def run(cfg: DictConfig) -> dict:
     """One run; returns its record. Raises KDBenchError for bad input (before anything is written),
     :class:`~kdbench.interrupts.RunInterrupted` on Ctrl-C / SIGTERM (the record says ``interrupted``)."""
@@ -67,15 +79,16 @@ def _run(cfg: DictConfig, trap) -> dict:
     if done is not None:
         return done
 
-    # data -> teacher signal
-    data = load_data(conf["dataset"])
-    check_class_counts(data.num_classes, cfg)
+    # data (the teacher's training split, the student's transfer set) -> teacher signal
+    full = load_data(conf["dataset"])
+    check_class_counts(full.num_classes, cfg)
+    data = student_data(full, conf)
     scratch, trainer = is_scratch(cfg), conf["trainer"]
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     preflight_features(conf, data)
     teacher, tmeta = None, None
     if (not scratch and needs_teacher(conf["teacher_signal"])) or cfg.teacher_only:
-        teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], trainer, data,
+        teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], trainer, full,
                                           teachers_dir=abs_path(cfg.paths.teachers_dir),
                                           checkpoints_dir=abs_path(cfg.paths.checkpoints_dir),
                                           eval_batch_size=conf["dataset"]["eval_batch_size"], log=log.info)

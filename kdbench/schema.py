@@ -101,7 +101,8 @@ SCHEMA: dict[str, Spec] = {
     "dataset.val_size": Spec("count_or_fraction", lo=0, hi_open=True,
                              says="a count (an integer >= 0; 0 = validate on test) or a fraction in (0, 1)"),
     "dataset.split_seed": SEED, "dataset.train_subset": I(1, optional=True),
-    "dataset.test_subset": I(1, optional=True), "dataset.test_fraction": N(0, 1, hi_open=True),
+    "dataset.test_subset": I(1, optional=True),
+    "dataset.transfer_subset": I(1, optional=True), "dataset.train_exclude_classes": Spec("list", item=I(0)), "dataset.test_fraction": N(0, 1, hi_open=True),
     "dataset.dim": I(1), "dataset.noise": N(0), "dataset.n_train": I(1, optional=True), "dataset.n_test": I(1, optional=True),
     "dataset.num_classes": I(2), "dataset.seed": SEED,
     # sequence data (markov, bytes_text)

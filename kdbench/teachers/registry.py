@@ -122,7 +122,9 @@ def get_or_train(entry: Path, build: Callable[[], nn.Module], arch: str, num_cla
 def dataset_identity(dataset_cfg: dict, data) -> dict:
     """What identifies a teacher's training data: the dataset config minus paths and loader settings."""
     d = dict(dataset_cfg)
-    for k in ("root", "download", "cache_dir", "batch_size", "eval_batch_size", "augment"):
+    # the transfer keys shape the student's training split only: the teacher learns from all of it
+    for k in ("root", "download", "cache_dir", "batch_size", "eval_batch_size", "augment", "transfer_subset",
+              "train_exclude_classes"):
         d.pop(k, None)
     d["num_classes"] = data.num_classes
     d["n_train"] = int(data.train_x.shape[0])
