@@ -1,7 +1,7 @@
 """``kdbench capture``: a teacher's top-k log-probabilities per example (and per view), written once.
 
 ``kdbench capture [options] [config overrides]`` runs any registry teacher (the one the config
-names) over the dataset and writes a store (its format: :mod:`kdbench.signals.captured`) that
+names) over the dataset and writes a store (its format and validator: :mod:`kdbench.stores`) that
 ``teacher_signal=captured teacher_capture.path=<store>`` trains from with no teacher in memory.
 ``--jsonl`` also writes (and ``--from-jsonl`` reads) its JSON-lines form.
 """
@@ -9,14 +9,14 @@ names) over the dataset and writes a store (its format: :mod:`kdbench.signals.ca
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdbench.errors import ConfigError, exit_codes
-from kdbench.files import atomic_write
-from kdbench.signals.captured import HEADER, export_jsonl, import_jsonl, read_header, write_store
+from kdbench.stores import check_out, export_jsonl, import_jsonl, make_header, read_header, write_store
 
 
 def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Path:
@@ -27,6 +27,7 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     from kdbench.data import load_dataset, split_train_val
     from kdbench.teachers import train as teacher_training
 
+    check_args(k, tau, out)
     validate(cfg)
     conf = resolve(cfg)
     d = {**conf["dataset"], **{k: str(Path(conf["dataset"][k]).absolute())
@@ -34,18 +35,19 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     data = split_train_val(load_dataset(d), d["val_size"], seed=d["split_seed"])
     if not 1 <= k <= data.num_classes:
         raise ConfigError("--k", f"must be in [1, {data.num_classes}] (the dataset's classes), got {k}")
-    teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], conf["trainer"], data,
-                                      teachers_dir=Path(cfg.paths.teachers_dir).absolute(),
-                                      checkpoints_dir=Path(cfg.paths.checkpoints_dir).absolute(),
-                                      eval_batch_size=conf["dataset"]["eval_batch_size"], log=print)
-    teacher.eval()
     family = aug.family_of(conf["dataset"].get("augment"), data) if data.is_image else "none"
     n_views = aug.num_views(family) if views == "all" else 1
     want = {"k": k, "capture_tau": tau, "family": family if views == "all" else "none",
-            "dataset": teachers.dataset_identity(conf["dataset"], data), "teacher_key": tmeta.get("key")}
-    if _existing(out, want):
-        print(f"kdbench: {out} already holds this capture (teacher {want['teacher_key']}, top-{k}, tau {tau:g}): kept")
+            "dataset": teachers.dataset_identity(conf["dataset"], data)}
+    teachers_dir = Path(cfg.paths.teachers_dir).absolute()
+    if _existing(out, want, lambda: teacher_key(conf, data, teachers_dir)):
+        print(f"kdbench: {out} already holds this capture (top-{k}, tau {tau:g}): kept")
         return out
+    teacher, tmeta = teacher_training.for_run(conf["teacher"], conf["dataset"], conf["trainer"], data,
+                                      teachers_dir=teachers_dir,
+                                      checkpoints_dir=Path(cfg.paths.checkpoints_dir).absolute(),
+                                      eval_batch_size=conf["dataset"]["eval_batch_size"], log=print)
+    teacher.eval()
     bs = int(conf["dataset"]["eval_batch_size"])
     splits = [("train", data.train_x, data.train_y, family if views == "all" else "none", n_views),
               ("test", data.test_x, data.test_y, "none", 1)]
@@ -55,43 +57,50 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
     with torch.inference_mode():
         for split, x, y, fam, nv in splits:
             arrays[split] = top_k(teacher, x, y, fam, nv, data, bs, k, tau)
-    positions = {"positions": int(data.train_x.shape[1]),
-                 "alignment": "position t holds the distribution of token t + 1 (the label at t)"} \
-        if data.is_tokens else {}
-    header = {"format": "kdbench-capture-1", "values": "log_probs", "k": k, "capture_tau": tau, **positions,
-              "num_classes": data.num_classes, "family": family if views == "all" else "none",
-              "views": {s: int(arrays[s][0].shape[1]) for s in arrays},
-              "n": {s: int(arrays[s][0].shape[0]) for s in arrays},
-              "dataset": teachers.dataset_identity(conf["dataset"], data),
-              "teacher": {key: tmeta.get(key) for key in ("name", "key", "arch", "test")}}
-    out = write_store(out, header, arrays)
-    if data.is_tokens:  # the sequences themselves, for the JSONL form (one line per sequence)
-        for split, x in (("train", data.train_x), ("val", data.val_x), ("test", data.test_x)):
-            if x is not None:
-                def save(tmp: Path, x=x) -> None:
-                    with open(tmp, "wb") as f:
-                        np.save(f, x.numpy().astype(np.int64))
-
-                atomic_write(out / f"{split}.tokens.npy", save)
+    header = make_header(k=k, capture_tau=tau, num_classes=data.num_classes, family=want["family"], arrays=arrays,
+                         dataset=want["dataset"], teacher=tmeta,
+                         positions=int(data.train_x.shape[1]) if data.is_tokens else None)
+    # the sequences themselves, for the JSONL form (one line per sequence)
+    tokens = {s: x.numpy() for s, x in (("train", data.train_x), ("val", data.val_x), ("test", data.test_x))
+              if x is not None} if data.is_tokens else None
+    # what the teacher gave is checked like any store before anything is written (e.g. NaN log-probs)
+    out = write_store(out, header, arrays, tokens, key="teacher")
     print(f"kdbench: capture written to {out}")
     return out
 
 
-def _existing(out: Path, want: dict) -> bool:
-    """True when ``out`` already holds exactly the capture asked for; refuses (one line, before any
-    work) a folder holding anything else, so that nothing already written is overwritten."""
+def check_args(k: int, tau: float, out: Path) -> None:
+    """``--k``, ``--tau`` and ``--out`` refused (one line) before any data or teacher is loaded."""
+    if k < 1:
+        raise ConfigError("--k", f"must be an integer >= 1 (classes kept per example), got {k}")
+    if not math.isfinite(tau) or tau <= 0:
+        raise ConfigError("--tau", f"must be a finite number > 0 (the temperature of the stored log-probs), got {tau}")
+    check_out(out)
+
+
+def teacher_key(conf: dict, data, teachers_dir: Path) -> str | None:
+    """The registry key of the run's teacher, without loading or training it."""
+    from kdbench.config import resolve_precision
+    from kdbench.teachers import locate, oracle, read_meta
+
+    tc = conf["teacher"]
+    if tc["arch"] == "oracle":
+        return oracle(data)[1]["key"]
+    precision = resolve_precision(tc["recipe"].get("precision", "auto"), conf["trainer"]["accelerator"])
+    entry, fields = locate(tc, conf["dataset"], data, precision, teachers_dir)
+    return read_meta(entry).get("key") if tc.get("checkpoint") else fields["key"]
+
+
+def _existing(out: Path, want: dict, key_of) -> bool:
+    """True when ``out`` already holds exactly the capture asked for (``key_of()``: the teacher's key); refuses
+    (one line, before the teacher runs) a folder holding anything else, so that nothing written is overwritten."""
     out = Path(out)
-    if not out.exists():
+    if not check_out(out):
         return False
-    if not out.is_dir():
-        raise ConfigError("--out", f"{out} exists and is not a folder")
-    if not (out / HEADER).exists():
-        if any(out.iterdir()):
-            raise ConfigError("--out", f"{out} is not empty and holds no capture; give an empty or new folder")
-        return False
-    h = read_header(out)
-    have = {"k": h.get("k"), "capture_tau": h.get("capture_tau"), "family": h.get("family"),
-            "dataset": h.get("dataset"), "teacher_key": (h.get("teacher") or {}).get("key")}
+    h = read_header(out, key="--out")
+    have = {key: h.get(key) for key in want}
+    if have == want:
+        have["teacher_key"], want["teacher_key"] = h["teacher"].get("key"), key_of()
     if have != want:
         diff = ", ".join(f"{key} {have[key]!r} (asked {want[key]!r})" for key in want
                          if have[key] != want[key] and key != "dataset") or "dataset"
@@ -132,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-jsonl", default=None, help="import this JSON-lines capture into --out instead")
     p.add_argument("overrides", nargs="*", help="config overrides, as for python -m kdbench.train")
     a = p.parse_args(argv)
+    if a.jsonl and Path(a.jsonl).exists():
+        raise ConfigError("--jsonl", f"{a.jsonl} exists; it is kept: give a new file")
     if a.from_jsonl:
         out = import_jsonl(Path(a.from_jsonl), Path(a.out))
         print(f"kdbench: capture imported into {out}")
     else:
         from kdbench.config import compose_job
 
+        check_args(a.k, a.tau, Path(a.out))
         out = capture(compose_job(a.overrides), Path(a.out), a.k, a.tau, a.views)
     if a.jsonl:
         export_jsonl(out, Path(a.jsonl))

@@ -25,7 +25,7 @@ def store(tmp_path_factory, teachers_dir):
 
 
 def test_capture_store_and_jsonl_round_trip(store, tmp_path):
-    from kdbench.signals.captured import import_jsonl, read_header, read_split
+    from kdbench.stores import import_jsonl, read_header, read_split
 
     h = read_header(store)
     assert h["k"] == 10 and h["values"] == "log_probs" and h["capture_tau"] == 4.0
@@ -134,7 +134,7 @@ def _row(field, value):
 ])
 def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store, tmp_path, edit, fragment):
     from kdbench.errors import ConfigError
-    from kdbench.signals.captured import import_jsonl
+    from kdbench.stores import import_jsonl
 
     lines = (store.parent / "cap.jsonl").read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
@@ -148,7 +148,7 @@ def test_bad_jsonl_captures_are_refused_with_one_line_and_nothing_written(store,
 def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture(compose, tmp_path, teachers_dir):
     """val_size 0 (as for CIFAR): the validation loop runs on the test set and reads the test capture."""
     from kdbench.capture import main
-    from kdbench.signals.captured import read_split
+    from kdbench.stores import read_split
     from kdbench.train import run
 
     args = [a for a in CNN if not a.startswith("dataset.val_size")] + ["dataset.val_size=0", "trainer.max_epochs=1"]

@@ -94,7 +94,7 @@ def capture_store(tmp_path):
 def test_a_token_capture_holds_one_top_k_per_position_and_round_trips_through_jsonl(capture_store, tmp_path):
     import json
 
-    from kdbench.signals.captured import import_jsonl, read_header, read_split
+    from kdbench.stores import import_jsonl, read_header, read_split
 
     h = read_header(capture_store)
     assert h["positions"] == 32 and "token t + 1" in h["alignment"] and h["k"] == 32

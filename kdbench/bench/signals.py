@@ -28,7 +28,7 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
 
     import numpy as np
 
-    from kdbench.capture import top_k, write_store
+    from kdbench.capture import top_k
     from kdbench.data import TensorLoader, load_dataset
     from kdbench.data import augment as aug
     from kdbench.losses import topk_kd_loss
@@ -37,6 +37,7 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
     from kdbench.signals.cached import CachedSignal, build
     from kdbench.signals.captured import CapturedSignal
     from kdbench.signals.online import OnlineSignal
+    from kdbench.stores import make_header, write_store
 
     rows = []
     for name, (dcfg, family, (t_arch, t_kw), (s_arch, s_kw), n) in setups.items():
@@ -63,7 +64,8 @@ def bench_signals(device: torch.device, setups: dict, epochs: int = 3, k: int = 
             with torch.inference_mode():
                 cap = {"train": top_k(teacher, data.train_x, data.train_y, family, views, data, 512, k, 1.0),
                        "test": top_k(teacher, data.test_x, data.test_y, "none", 1, data, 512, k, 1.0)}
-            write_store(Path(tmp) / "cap", {"k": k, "capture_tau": 1.0}, cap)
+            write_store(Path(tmp) / "cap", make_header(k=k, capture_tau=1.0, num_classes=data.num_classes, family=family,
+                                                       arrays=cap, dataset={"name": name}, teacher={}), cap)
             capture_s = time.perf_counter() - t0
             signals = {"online": OnlineSignal(teacher), "cached": CachedSignal(Path(tmp) / "cache", p),
                        "captured": CapturedSignal(Path(tmp) / "cap")}
