@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.loggers import WandbLogger
+
 from kdbench.records import DIRECTIONS
 
 log = logging.getLogger("kdbench")
@@ -35,22 +37,44 @@ def wandb_id(experiment: str, run_id: str) -> str:
     return raw if len(raw) <= 64 else f"{raw[:53]}-{hashlib.sha256(raw.encode()).hexdigest()[:10]}"
 
 
-#: override keys that never make a W&B run name (where things go, how they are shown; the variant and
-#: seed are shown anyway)
-_NAME_SKIP = {"experiment", "seed", "logger", "resume", "force", "tags", "trainer.progress", "dataset.root",
-              "dataset.cache_dir", "distill"}
-_NAME_SKIP_PREFIX = ("paths.", "hydra.", "logger.")
+#: override keys that never make a W&B run name: the variant and seed are shown anyway; the others are shared
+#: by the runs of a group (its experiment, their length, the teacher's recipe, a debug preset)
+_NAME_SKIP = {"experiment", "seed", "distill", "trainer.max_epochs", "debug"}
+_NAME_SKIP_PREFIX = ("hydra", "teacher.recipe.", "debug.")
 
 
 def run_name(variant: str, seed: int, overrides: list[str]) -> str:
-    """``kd tau=4 alpha=0.5 s0``: the variant, then the value of every key the command line set (what
-    varies in a grid), then the seed, so runs of a tau x alpha grid do not share a name."""
+    """``kd tau=4 alpha=0.5 s0``: the variant, the values of the keys the command line set that can tell two
+    runs of one group (experiment) apart, then the seed. Keys that never change a number (experiment_name,
+    fuse, paths, logger, ...), what the runs of a group share (max_epochs, the teacher's recipe) and paths (a
+    capture store: its ``k`` or the signal say what differs) are left out."""
+    from kdbench.identity import is_computational
+
     shown = []
     for o in overrides:
         k, _, v = o.lstrip("+~").partition("=")
-        if k not in _NAME_SKIP and not k.startswith(_NAME_SKIP_PREFIX) and not k.startswith("hydra/"):
-            shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
+        if k in _NAME_SKIP or k.startswith(_NAME_SKIP_PREFIX) or not is_computational(k) or "/" in v:
+            continue
+        shown.append(f"{k.rsplit('.', 1)[-1]}={v}")
     return " ".join([variant, *shown, f"s{seed}"])
+
+
+def run_tags(config: dict) -> list[str]:
+    """What a W&B runs table filters by, besides the variant and dataset: the teacher signal, the method and
+    the two architectures (a scratch run has no teacher)."""
+    d, tags = config.get("distill") or {}, []
+    signal = config.get("teacher_signal")
+    if signal:
+        tags.append(f"signal:{signal}")
+    if d.get("method"):
+        tags.append(f"method:{d['method']}")
+    teacher = (config.get("teacher") or {}).get("arch")
+    if teacher and signal not in (None, "none"):
+        tags.append(f"teacher:{teacher}")
+    student = (config.get("student") or {}).get("arch")
+    if student:
+        tags.append(f"student:{student}")
+    return [t[:64] for t in tags]  # W&B's limit on a tag
 
 
 def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], config: dict,
@@ -64,8 +88,6 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
     loggers: list = []
     lg = lg or {}
     if lg.get("wandb") and lg["wandb"].get("mode") != "disabled":
-        from pytorch_lightning.loggers import WandbLogger
-
         from kdbench.report.tracking import wandb_credentials
 
         w = lg["wandb"]
@@ -80,9 +102,10 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
             import time
 
             wid = f"{wid[:50]}-{int(time.time())}"
-        loggers.append(WandbLogger(
+        tags = list(dict.fromkeys([str(t) for t in (w.get("tags") or [])] + group_tags + run_tags(config)))
+        loggers.append(RunLogger(
             project=w.get("project"), entity=w.get("entity"), group=w.get("group"), job_type=w.get("job_type"),
-            name=name, tags=[str(t) for t in (w.get("tags") or [])] + group_tags, save_dir=str(wandb_dir),
+            name=name, tags=tags, save_dir=str(wandb_dir),
             offline=(mode == "offline"), config={**config, "kdbench_run_id": run_id}, settings=wandb_settings(mode),
             id=wid, resume="allow", reinit="create_new"))
     if lg.get("csv"):
@@ -95,13 +118,14 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
 def define_summaries(loggers: list) -> str | None:
     """Tell W&B which way is better for each metric (its run summary keeps the best); return its run dir."""
     for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             exp = lg.experiment
-            # one protocol per summary key: val/* keep their last epoch, test/* none (they are logged for
-            # the last and for the best weights): `last/test/*` and `best/test/*` hold the two protocols
+            # one meaning per summary key: the two protocols are `last/*` and `best/*` (log_final), so the
+            # history's per-epoch `val/*` and Lightning's `epoch` (its count of epochs after the fit, one more
+            # than `last/epoch`) stay out of the summary; the test passes log as `last/test/*` and `best/test/*`
             for metric in DIRECTIONS:
-                exp.define_metric(f"val/{metric}", summary="last")
-                exp.define_metric(f"test/{metric}", summary="none")
+                exp.define_metric(f"val/{metric}", summary="none")
+            exp.define_metric("epoch", summary="none")
             exp.define_metric("train/loss", summary="last")
             return getattr(exp, "dir", None)
     return None
@@ -117,7 +141,7 @@ def log_final(loggers: list, last: dict, best: dict, teacher_test: dict, record:
             flat.update({f"{proto}/{split}/{k}": v for k, v in (m.get(split) or {}).items()})
     flat.update({f"teacher/{k}": v for k, v in teacher_test.items()})
     for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             exp = lg.experiment
             exp.summary.update({k: v for k, v in flat.items() if v is not None})
             if record is not None and (record.get("reliability") or {}).get("last"):
@@ -146,7 +170,7 @@ def finish_loggers(loggers: list, exit_code: int = 0) -> None:
     """Close these loggers' own W&B runs (as failed on a non-zero ``exit_code``) and flush the CSV ones."""
     for lg in loggers:
         try:
-            if lg.__class__.__name__ == "WandbLogger":
+            if isinstance(lg, WandbLogger):
                 if lg._experiment is not None:
                     lg._experiment.finish(exit_code=exit_code)
             else:
@@ -165,14 +189,13 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
     path = Path(str((teacher or {}).get("path") or ""))
     if not w or w.get("mode") == "disabled" or not (path / "model.safetensors").is_file():
         return None
-    import hashlib
     import json
 
     import wandb
 
     from kdbench.report.tracking import wandb_credentials
 
-    name = "teacher-" + hashlib.sha256(str(teacher.get("key") or path.name).encode()).hexdigest()[:12]
+    name = artifact_name(str(teacher.get("name") or path.name))  # the registry entry's own name
     marker = Path(wandb_dir) / "wandb" / ".kdbench-teachers" / f"{name}.json"  # beside the runs it refers to
     if marker.is_file():
         return json.loads(marker.read_text())["artifact"]
@@ -182,8 +205,8 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
     meta = {k: teacher.get(k) for k in ("key", "name", "arch", "test")}
     try:
         run = wandb.init(project=w.get("project"), entity=w.get("entity"), job_type="teacher", name=path.name,
-                         group="teachers", mode=mode, dir=str(wandb_dir), config=meta, reinit="create_new",
-                         settings=wandb_settings(mode))
+                         id=wandb_id("teachers", path.name), resume="allow", group="teachers", mode=mode,
+                         dir=str(wandb_dir), config=meta, reinit="create_new", settings=wandb_settings(mode))
         try:
             art = wandb.Artifact(name, type="model", metadata=meta)
             art.add_file(str(path / "model.safetensors"))
@@ -201,3 +224,31 @@ def log_teacher(lg: Any, teacher: dict | None, wandb_dir: Path) -> str | None:
 
     atomic_write_text(marker, json.dumps({"artifact": ref, "teacher": str(path)}) + "\n")
     return ref
+
+
+def artifact_name(entry: str) -> str:
+    """A W&B artifact name for a teacher registry entry: the entry's folder name (letters, digits, ``-``, ``_``
+    and ``.`` are kept; anything else becomes ``_``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", entry)[:128]
+
+
+class RunLogger(WandbLogger):
+    """Lightning's :class:`WandbLogger` that does not pass W&B the ``anonymous`` setting (W&B warns that it has
+    no effect on every run) and logs the two test passes (last weights, then best weights; see
+    :func:`kdbench.engine.test_last_and_best`) under their own keys, ``last/test/*`` and ``best/test/*``,
+    instead of twice under ``test/*``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)
+        self.test_passes = 0
+
+    def log_metrics(self, metrics, step=None):
+        if any(str(k).startswith("test/") for k in metrics):
+            proto = "last" if self.test_passes == 0 else "best"
+            self.test_passes += 1
+            metrics = {(f"{proto}/{k}" if str(k).startswith("test/") else k): v for k, v in metrics.items()
+                       if k != "epoch"}
+        return super().log_metrics(metrics, step)

@@ -20,7 +20,7 @@ def test_run_names_carry_what_the_command_line_varied():
 
     ov = ["experiment=mnist_ablation", "distill=kd", "distill.tau=4", "distill.alpha=0.5", "seed=2",
           "paths.results_dir=/tmp/x", "trainer.progress=false", "pair=resnet56_resnet20"]
-    assert run_name("kd", 2, ov) == "kd tau=4 alpha=0.5 pair=resnet56_resnet20 s2"
+    assert run_name("kd", 2, ov) == "kd tau=4 alpha=0.5 s2"  # a pair is its own experiment (W&B group)
     assert run_name("kd", 2, [o.replace("tau=4", "tau=1") for o in ov]) != run_name("kd", 2, ov)
     assert run_name("scratch", 0, []) == "scratch s0"
 

@@ -89,6 +89,8 @@ def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str
     without it, ``WANDB_PROJECT`` / ``WANDB_ENTITY`` / ``WANDB_MODE`` (offline by default)."""
     import wandb
 
+    from kdbench.tracking import wandb_id
+
     settings = settings or {}
     mode = settings.get("mode") or os.environ.get("WANDB_MODE", "offline")
     if mode == "online" and not wandb_credentials():
@@ -100,6 +102,7 @@ def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str
     run = wandb.init(project=settings.get("project") or os.environ.get("WANDB_PROJECT", "kdbench"),
                      entity=settings.get("entity") or os.environ.get("WANDB_ENTITY"),
                      group=experiment, job_type="report", name=f"report-{experiment}", mode=mode, dir=str(wdir),
+                     id=wandb_id("report", experiment), resume="allow",  # one report run per experiment
                      config={"experiment": experiment, "n_runs": len(run_ids), "run_ids": run_ids,
                              "group_cols": [str(c) for c in display.group_cols]},
                      reinit="create_new", settings=wandb.Settings(console="off", silent=True))
