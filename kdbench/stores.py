@@ -64,6 +64,11 @@ def describe_row(row: tuple[int, ...] | None) -> str:
     return ", " + ", ".join(f"{name} {int(i)}" for name, i in zip(names, row))
 
 
+def splits_of(header: dict) -> list[str]:
+    """The splits a header counts, in the order they are stored and read (train, val, test)."""
+    return [s for s in SPLITS if s in header["n"]]
+
+
 def files_of(split: str, header: dict) -> dict[str, str]:
     """The array files of one split: ``indices``, ``log_probs`` and, for token data, ``tokens``."""
     out = {"indices": f"{split}.indices.npy", "log_probs": f"{split}.log_probs.npy"}
@@ -201,7 +206,7 @@ def _inside(store: Path, f: Path, key: str) -> None:
 
 def check_layout(store: Path, header: dict, key: str) -> None:
     """Every array file of every split present, inside the store, complete, of the header's shape and dtype."""
-    for split in header["n"]:
+    for split in splits_of(header):
         for name, fname in files_of(split, header).items():
             f = store / fname
             _inside(store, f, key)
@@ -261,7 +266,7 @@ def file_digest(f: Path) -> str:
 
 def _checked_note(store: Path, header: dict) -> dict:
     return {"rules": RULES, "num_classes": header["num_classes"], "k": header["k"],
-            "sha256": {fname: file_digest(store / fname) for s in header["n"] for fname in files_of(s, header).values()}}
+            "sha256": {fname: file_digest(store / fname) for s in splits_of(header) for fname in files_of(s, header).values()}}
 
 
 def validate_store(path: Path, *, values: bool = True, key: str = "teacher_capture.path") -> dict:
@@ -274,7 +279,7 @@ def validate_store(path: Path, *, values: bool = True, key: str = "teacher_captu
     if values:
         note = header.get("checked")
         if not isinstance(note, dict) or note != _checked_note(store, header):
-            for split in header["n"]:
+            for split in splits_of(header):
                 files = files_of(split, header)
                 arrays = {name: np.load(store / f, mmap_mode="r", allow_pickle=False) for name, f in files.items()}
                 try:
@@ -343,7 +348,7 @@ def write_store(out: Path, header: dict, arrays: dict[str, tuple[np.ndarray, np.
     tokens = tokens or {}
     if set(arrays) != set(header["n"]) or (header.get("positions") is not None and set(tokens) != set(arrays)):
         raise ConfigError(key, f"{out}: the arrays' splits ({', '.join(arrays)}) are not the header's "
-                               f"({', '.join(header['n'])})")
+                               f"({', '.join(splits_of(header))})")
     for split, (idx, logp) in arrays.items():
         for name, a in (("indices", idx), ("log_probs", logp), *((("tokens", tokens[split]),) if split in tokens else ())):
             kind = np.asarray(a).dtype
@@ -384,7 +389,7 @@ def export_jsonl(store: Path, out: Path) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"header": {k: v for k, v in header.items() if k != "checked"}}, sort_keys=True)
                     + "\n")
-            for split in header["n"]:
+            for split in splits_of(header):
                 idx, logp = read_split(store, split)
                 tok_path = store / f"{split}.tokens.npy"
                 tokens = np.load(tok_path, allow_pickle=False) if header.get("positions") is not None else None

@@ -16,7 +16,7 @@ import torch
 
 from kdbench.errors import ConfigError
 from kdbench.signals import TopK, register_signal, table_for
-from kdbench.stores import read_split, validate_store
+from kdbench.stores import read_split, splits_of, validate_store
 
 
 def _store(conf: dict) -> Path:
@@ -46,7 +46,7 @@ def preflight(conf: dict, data) -> None:
     n = {"train": data.train_x.shape[0], "test": data.test_x.shape[0],
          **({"val": data.val_x.shape[0]} if data.val_x is not None else {})}
     if set(n) != set(h["n"]):
-        raise ConfigError("teacher_capture.path", f"the capture holds the splits {', '.join(h['n'])}, the run reads "
+        raise ConfigError("teacher_capture.path", f"the capture holds the splits {', '.join(splits_of(h))}, the run reads "
                                                   f"{', '.join(n)} (capture with the run's dataset.val_size)")
     for split, count in n.items():
         if h["n"][split] != int(count):
@@ -89,7 +89,7 @@ class CapturedSignal:
     def __init__(self, path: Path):
         self.header = validate_store(path, values=False)  # the run's preflight checked the values
         self.tau = float(self.header["capture_tau"])
-        self.tables = {s: read_split(path, s) for s in self.header["n"]}
+        self.tables = {s: read_split(path, s) for s in splits_of(self.header)}
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> CapturedSignal:

@@ -204,6 +204,7 @@ def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers
     spec = get_spec(arch)
     model = build_model(arch, num_classes, spec.input_shape or (1, 28, 28))
     check_state_dict(model, state, arch, key="--arch")
+    check_finite(state, src)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     metrics: dict = {}
     note = None if evaluate else "not evaluated: --no-eval"
@@ -219,6 +220,16 @@ def import_published(path: str | os.PathLike, arch: str, dataset: dict, teachers
             "versions": versions()}
     save_entry(entry, model, meta)
     return entry
+
+
+def check_finite(state: dict, src: Path, key: str = "PATH") -> None:
+    """Refuse weights holding NaN or infinity (one line naming the first such tensor) before they are registered."""
+    for name, t in state.items():
+        if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()):
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise TeacherError(key, f"{src}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                        f"{t.numel()}; weights that are not finite are never registered")
 
 
 @torch.no_grad()
