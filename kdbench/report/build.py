@@ -44,15 +44,15 @@ def build_table(records_dir: str | os.PathLike, experiment: str, group_cols: Seq
                 frame=None) -> tuple[Summary, Display]:
     """``(summary, display)`` for one experiment's records under ``records_dir``.
 
-    ``group_cols`` defaults to ``("variant",)``, or ``("variant", "distill_alpha", "distill_tau")``
-    when a variant was run with several (alpha, tau) settings. The display carries the summary, the
+    ``group_cols`` defaults to ``variant``, the config keys that tell runs of one variant apart
+    (:attr:`Frame.config_cols`), and α, τ when a variant was run with several settings. The display carries the summary, the
     failed runs, the run ids and a caption for :func:`kdbench.report.write_tables`. ``frame`` is a
     :class:`Frame`, or the flat run frame when it is not read from ``records_dir`` (W&B runs).
     """
     fr = _frame_of(records_dir, experiment, frame)
     df = fr.df
     if group_cols is None:
-        group_cols = default_group_cols(df)
+        group_cols = default_group_cols(df, fr.config_cols)
     summary = add_published(add_deltas(summarize(df, group_cols)), df)
     display = replace(format_display(summary, group_cols), failed=failed_rows(fr), experiment=experiment,
                       caption=caption_of(df, experiment),

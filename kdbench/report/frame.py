@@ -33,7 +33,7 @@ __all__ = [
     "to_float", "group_key", "group_sort_key", "records_root", "runs_root", "default_out_dir",
     "experiments_under", "iter_experiment_records", "config_leaves", "config_columns", "add_config_columns",
     "published_fields", "load_experiment", "summarize", "row_samples", "config_group_of", "compare_rows",
-    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS",
+    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS", "configuration_cols", "metric_defect",
     "add_published", "is_grid", "default_group_cols", "failed_rows", "caption_of",
 ]
 
@@ -70,6 +70,8 @@ class Frame:
     unreadable: list[dict] = field(default_factory=list)
     #: ``{run_id, kept, dropped, agree}`` of every copy of a run's record (counted once)
     duplicates: list[dict] = field(default_factory=list)
+    #: the columns of ``df`` holding config keys that tell runs of one variant apart (:func:`config_columns`)
+    config_cols: list[str] | None = None
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Summary:
     #: from :func:`add_published`: the teacher's published top-1 (%, NaN unless one value), ``[(source, protocol)]``
     published_teacher_pct: float = math.nan
     published_refs: list[tuple[str, str]] = field(default_factory=list)
+    #: why a number is not shown (e.g. "teacher kept" where the teacher is not better than scratch)
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,11 +236,12 @@ def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
 
     A table must never average runs that are different computations: a sweep over, say,
     ``student.kwargs.hidden`` or ``teacher.arch`` inside one experiment varies keys that the variant
-    name does not show. A key counts when it takes several values among the runs of one variant.
-    Seed-derived keys (``teacher.seed: ${seed}``), the keys with their own columns
-    (:data:`SHOWN_ELSEWHERE`) and keys that do not change the computation
-    (:func:`kdbench.identity.is_computational`: paths, logging) are left out.
-    Returns ``{key: {run_id: value}}``.
+    name does not show. A key counts when it takes several values among the runs of one variant, being
+    absent from some of them (a ``+key=value`` override, a default the run did not write) counting as
+    a value of its own. Seed-derived keys (``teacher.seed: ${seed}``: equal to the run's seed wherever
+    present, over several seeds), the keys with their own columns (:data:`SHOWN_ELSEWHERE`) and keys
+    that do not change the computation (:func:`kdbench.identity.is_computational`: paths, logging) are
+    left out. Returns ``{key: {run_id: value}}`` (None where a run does not have the key).
     """
     recs = [r for r in recs if isinstance(r, Mapping)]
     leaves = []
@@ -246,14 +251,16 @@ def config_columns(recs: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
         flat = {k: v for k, v in config_leaves(computational(r.get("config") or {})).items()
                 if is_computational(k) and not _shown_elsewhere(k)}
         leaves.append(flat)
-    seed_like = {k for flat in leaves for k in flat}
-    for r, flat in zip(recs, leaves):
-        seed_like = {k for k in seed_like if k in flat and str(flat[k]) == str(r.get("seed"))}
+    every = {k for flat in leaves for k in flat}
+    seed_like = {k for k in every
+                 if all(str(flat[k]) == str(r.get("seed")) for r, flat in zip(recs, leaves) if k in flat)
+                 and len({str(flat[k]) for flat in leaves if k in flat}) > 1}
+    absent = object()
     per_variant: dict[Any, dict[str, set]] = {}
     for r, flat in zip(recs, leaves):
         vals = per_variant.setdefault(r.get("variant"), {})
-        for k, v in flat.items():
-            vals.setdefault(k, set()).add(v)
+        for k in every:
+            vals.setdefault(k, set()).add(flat.get(k, absent))
     keys = sorted({k for vals in per_variant.values() for k, vs in vals.items() if len(vs) > 1} - seed_like)
     return {k: {r.get("run_id"): flat.get(k) for r, flat in zip(recs, leaves)} for k in keys}
 
@@ -307,6 +314,10 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> Frame:
     problems: list[tuple[Path, str]] = []
     found, dups = dedupe_records(list(iter_experiment_records(records_dir, experiment, problems)))
     for p, r in found:
+        defect = metric_defect(r)
+        if defect:
+            problems.append((p, defect))
+            continue
         recs.append(r)
         rows.append(flatten_record(r) | {"path": str(p)})
     if not rows:
@@ -315,11 +326,52 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> Frame:
         raise ReportError("experiment", f"no run records for experiment '{experiment}' under "
                                         f"{runs_root(records_dir, experiment)} (found: {', '.join(found_exps) or 'none'})"
                                         + bad)
-    add_config_columns(rows, recs)
+    cfg_cols = add_config_columns(rows, recs)
     for row, r in zip(rows, recs):
         row.update(published_fields(r.get("config"), r.get("dataset"), r.get("variant")))
     return Frame(pd.DataFrame(rows), recs, unreadable=[{"path": str(p), "reason": why} for p, why in problems],
-                 duplicates=dups)
+                 duplicates=dups, config_cols=cfg_cols)
+
+
+def _metric_leaves(rec: Mapping) -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` of every number a table reads from a record: metrics and the teacher's test metrics."""
+    metrics = rec.get("metrics")
+    if metrics is None:
+        return
+    if not isinstance(metrics, Mapping):
+        yield "metrics", metrics
+        return
+    for which, m in metrics.items():
+        if m is None:
+            continue
+        if not isinstance(m, Mapping):
+            yield f"metrics.{which}", m
+            continue
+        for split, vals in m.items():
+            if isinstance(vals, Mapping):
+                for k, v in vals.items():
+                    yield f"metrics.{which}.{split}.{k}", v
+            else:
+                yield f"metrics.{which}.{split}", vals  # the epoch, or a split that is not a mapping
+    teacher = rec.get("teacher")
+    test = teacher.get("test") if isinstance(teacher, Mapping) else None
+    if isinstance(test, Mapping):
+        for k, v in test.items():
+            yield f"teacher.test.{k}", v
+    elif test is not None:
+        yield "teacher.test", test
+
+
+def metric_defect(rec: Mapping) -> str | None:
+    """Why a record's metrics cannot enter a table (a value that is not a number: ``"0.97"``, ``"high"``,
+    ``true``, a list), or None. Such a record is a defect, listed with the unreadable files: a string is
+    never averaged in or dropped silently. Null (a number the run did not measure, or NaN) is allowed."""
+    for where, v in _metric_leaves(rec):
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            continue
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        return f"metric {where} is {type(v).__name__} {shown}, not a number"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +379,9 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> Frame:
 # --------------------------------------------------------------------------------------------
 
 
-#: the teacher's test metrics each group carries (mean only): accuracy and NLL, for "teacher kept"
-TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll", "teacher_test_kl_to_true")
+#: the teacher's test metrics each group carries (mean only): accuracy and NLL for "teacher kept", ECE for
+#: the teacher's row of the terminal table
+TEACHER_MEANS = ("teacher_test_acc", "teacher_test_nll", "teacher_test_kl_to_true", "teacher_test_ece")
 
 
 def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[str] | None = None) -> Summary:
@@ -387,11 +440,15 @@ def row_samples(summary: Summary, i: int, metric: str) -> tuple:
     return tuple((summary.samples.get(_row_key(summary.table, i, cols)) or {}).get(metric, ()))
 
 
-def config_group_of(summary: Summary, i: int) -> tuple:
-    """The configuration of row ``i``: its values of the config columns (dotted group columns).
+def configuration_cols(group_cols: Sequence[str] | None) -> list[str]:
+    """The group columns that tell configurations apart: all but the variant, α and τ (:data:`GRID_COLS`).
     Rows are compared (deltas, bolding) only within one configuration."""
-    cols = [c for c in summary.group_cols if "." in str(c)]
-    return _row_key(summary.table, i, cols)
+    return [c for c in group_cols or () if c not in GRID_COLS]
+
+
+def config_group_of(summary: Summary, i: int) -> tuple:
+    """The configuration of row ``i``: its values of the :func:`configuration_cols`."""
+    return _row_key(summary.table, i, configuration_cols(summary.group_cols))
 
 
 def compare_rows(summary: Summary, i: int, j: int, metric: str = "last_test_acc") -> Interval:
@@ -432,21 +489,68 @@ def reference_acc(table, sel, col: str = "last_test_acc_mean") -> float:
     return math.nan if i is None else to_float(table[col].iloc[i])
 
 
-def _delta_intervals(s: Summary, ref: int | None) -> tuple[list[float], list[float], list[bool]]:
-    """``lo``, ``hi`` (pp) and ``paired`` of every row's top-1 last against row ``ref``. The reference row
-    itself differs from itself by exactly 0: ``[0, 0]``, paired."""
-    lo, hi, paired = [], [], []
-    for i in range(len(s.table)):
-        if ref is None:
-            iv = Interval(math.nan, math.nan, math.nan, False, 0)
-        elif i == ref:
-            iv = Interval(0.0, 0.0, 0.0, True, int(s.table["n"].iloc[i]))
-        else:
-            iv = compare_rows(s, i, ref, "last_test_acc")
-        lo.append(iv.lo * 100.0)
-        hi.append(iv.hi * 100.0)
-        paired.append(bool(iv.paired))
-    return lo, hi, paired
+def _references(table, sel, cfg: Sequence[str]) -> list[int | None]:
+    """Per row, the position of its reference group (``sel``, completed groups) within its configuration.
+
+    Only the configuration columns in which the candidates differ decide. A candidate must agree with
+    the row on each of them in which the row's variant varies too (KD at width 16 is never scratch at
+    width 64's reference); among those, the one that agrees on the most of them is the reference (the
+    same configuration when there is one; a single scratch row serves every KD configuration, and the
+    scratch row's KD is the one whose teacher keys are as unset as its own). None when none or a tie.
+    """
+    if sel is None or not len(table):
+        return [None] * len(table)
+    cand = [i for i, (m, n) in enumerate(zip(select_rows(table, sel), table["n"].tolist())) if m and n > 0]
+    keys = [c for c in cfg if len({_row_key(table, i, [c]) for i in cand}) > 1]
+    variants = table["variant"].tolist() if "variant" in table.columns else [None] * len(table)
+    varies = {v: [c for c in keys if len({_row_key(table, i, [c]) for i, w in enumerate(variants) if w == v}) > 1]
+              for v in set(variants)}
+    out: list[int | None] = []
+    for i in range(len(table)):
+        need = varies[variants[i]]
+        ok = [j for j in cand if _row_key(table, j, need) == _row_key(table, i, need)]
+        score = {j: sum(_row_key(table, j, [c]) == _row_key(table, i, [c]) for c in keys) for j in ok}
+        top = [j for j in ok if score[j] == max(score.values())]
+        out.append(top[0] if len(top) == 1 else None)
+    return out
+
+
+def _teacher_values(table, col: str, cfg: Sequence[str], baseline) -> list[float]:
+    """Per row, the teacher's mean ``col`` (``teacher_test_acc_mean``...): over the baseline rows of the row's
+    configuration, else every row of it with a teacher, else the one value of the whole table (NaN if several)."""
+    if col not in table.columns:
+        return [math.nan] * len(table)
+    vals = [to_float(v) for v in table[col].tolist()]
+    base = select_rows(table, baseline) if baseline is not None else [False] * len(table)
+    groups = [_row_key(table, i, cfg) for i in range(len(table))]
+    everywhere = {v for v in vals if not math.isnan(v)}
+    out = []
+    for i in range(len(table)):
+        same = [j for j in range(len(table)) if groups[j] == groups[i] and not math.isnan(vals[j])]
+        pick = [vals[j] for j in same if base[j]] or [vals[j] for j in same]
+        out.append(statistics.mean(pick) if pick else everywhere.copy().pop() if len(everywhere) == 1 else math.nan)
+    return out
+
+
+def _one_value(values: Iterable[float]) -> float:
+    """The one non-NaN value of ``values``; NaN when there are none or several."""
+    vals = {v for v in values if not math.isnan(v)}
+    return vals.pop() if len(vals) == 1 else math.nan
+
+
+def _ref_value(refs: Sequence[int | None], values: Sequence[float]) -> float:
+    """``values`` at the one reference row every row shares; NaN when the rows have several (or none)."""
+    pos = {r for r in refs if r is not None}
+    return values[pos.pop()] if len(pos) == 1 else math.nan
+
+
+#: ``teacher kept`` columns: (column, student column, teacher column, "max" | "min", header, unit)
+_KEPT = (("teacher_kept", "last_test_acc", "teacher_test_acc_mean", "max", "teacher kept (%)", "top-1"),
+         ("teacher_kept_nll", "last_test_nll", "teacher_test_nll_mean", "min", "teacher kept, NLL (%)", "NLL"))
+
+
+def _fmt_kept(metric: str, v: float) -> str:
+    return f"{100 * v:.2f}%" if metric == "last_test_acc" else f"{v:.4f}"
 
 
 def add_deltas(summary: Summary, baseline: str | Mapping[str, Any] | None = "kd",
@@ -454,69 +558,78 @@ def add_deltas(summary: Summary, baseline: str | Mapping[str, Any] | None = "kd"
     """Add ``delta_vs_kd``, ``delta_vs_scratch`` (pp of mean top-1 last), ``teacher_kept`` (%) and
     ``teacher_kept_nll`` (%, ``(scratch NLL - student NLL) / (scratch NLL - teacher NLL)``).
 
-    Each delta comes with ``<delta>_lo``/``<delta>_hi``, its 95 % interval over seeds (pp; paired
-    t-interval of the per-seed differences when the row and the reference ran the same seeds, Welch's
-    interval otherwise; NaN with one seed or without the summary's samples), and ``<delta>_paired``.
+    Each row is compared with the KD and scratch groups of its configuration (:func:`configuration_cols`;
+    a reference group that does not vary in a configuration column serves every value of it). Each delta
+    comes with ``<delta>_lo``/``<delta>_hi``, its 95 % interval over seeds (pp; paired t-interval of the
+    per-seed differences when the row and the reference ran the same seeds, Welch's interval otherwise;
+    NaN with one seed or without the summary's samples), and ``<delta>_paired``.
 
-    ``teacher_kept = (student - scratch) / (teacher - scratch) * 100``: the share of the
-    teacher's lead over the from-scratch student that distillation recovers. ``baseline`` and
-    ``scratch`` name a variant, or a ``{column: value}`` mapping for grids; a reference that
-    matches no completed group, or several, gives NaN. ``teacher_acc`` is a fraction (a value
-    above 1 is read as %); when None it is the mean ``teacher_test_acc`` of the baseline's runs
-    (all runs with a teacher if the baseline has none). The reference accuracies come back as
-    :attr:`Summary.teacher_acc`, ``baseline_acc`` and ``scratch_acc``.
+    ``teacher_kept = (student - scratch) / (teacher - scratch) * 100``: the share of the teacher's lead
+    over the from-scratch student that distillation recovers. It is NaN (with a line in
+    :attr:`Summary.notes`) when the teacher is not better than scratch on that metric, or better by no
+    more than the scratch row's std over seeds: a ratio over no lead, or over noise, means nothing.
+    ``baseline`` and ``scratch`` name a variant, or a ``{column: value}`` mapping for grids; a reference
+    that matches no completed group, or several, gives NaN. ``teacher_acc`` is a fraction (a value above
+    1 is read as %); when None it is the mean ``teacher_test_acc`` of the baseline's runs (all runs with
+    a teacher if the baseline has none). The reference accuracies come back as
+    :attr:`Summary.teacher_acc`, ``baseline_acc`` and ``scratch_acc`` (NaN unless one value table-wide).
     """
-    extra = [c for c in summary.group_cols if "." in str(c)]
-    table = summary.table
-    if extra and len(table):
-        # one comparison per configuration (e.g. per teacher or per student width): each row is
-        # compared with the KD and scratch groups that share its config-column values
-        import pandas as pd
-
-        keys = [tuple(group_key(v) for v in row) for row in table[extra].itertuples(index=False, name=None)]
-        parts = []
-        for k in dict.fromkeys(keys):
-            sub = replace(summary, table=table[[kk == k for kk in keys]].copy(),
-                          group_cols=[c for c in summary.group_cols if c not in extra],
-                          sample_cols=summary.sample_cols or summary.group_cols)
-            parts.append(add_deltas(sub, baseline, scratch, teacher_acc))
-        refs = {}
-        for a in ("teacher_acc", "baseline_acc", "scratch_acc"):
-            # a table-wide value only when every configuration has the same one (e.g. one teacher)
-            vals = {to_float(getattr(p, a)) for p in parts}
-            refs[a] = vals.pop() if len(vals) == 1 else math.nan
-        return replace(summary, table=pd.concat([p.table for p in parts]).loc[table.index], **refs)
-    s = table.copy()
+    s = summary.table.copy()
     cur = replace(summary, table=s)
-    acc = s["last_test_acc_mean"].astype(float)
-    kd_pos, sc_pos = _reference_pos(s, baseline), _reference_pos(s, scratch)
-    kd = reference_acc(s, baseline)
-    sc = reference_acc(s, scratch)
+    cfg = configuration_cols(summary.group_cols)
+    nrows = len(s)
+    acc = [to_float(v) for v in s["last_test_acc_mean"].tolist()]
+    kd_ref, sc_ref = _references(s, baseline, cfg), _references(s, scratch, cfg)
+    for col, refs in (("delta_vs_kd", kd_ref), ("delta_vs_scratch", sc_ref)):
+        d, lo, hi, paired = [], [], [], []
+        for i, r in enumerate(refs):
+            if r is None:
+                iv = Interval(math.nan, math.nan, math.nan, False, 0)
+            elif i == r:  # the reference row differs from itself by exactly 0
+                iv = Interval(0.0, 0.0, 0.0, True, int(s["n"].iloc[i]))
+            else:
+                iv = compare_rows(cur, i, r, "last_test_acc")
+            d.append((acc[i] - acc[r]) * 100.0 if r is not None else math.nan)
+            lo.append(iv.lo * 100.0)
+            hi.append(iv.hi * 100.0)
+            paired.append(bool(iv.paired))
+        s[col], s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = d, lo, hi, paired
     if teacher_acc is None:
-        t_col = s["teacher_test_acc_mean"].astype(float) if "teacher_test_acc_mean" in s else None
-        teacher_acc = math.nan
-        if t_col is not None:
-            mask = select_rows(s, baseline) if baseline is not None else [False] * len(s)
-            vals = [v for v, m in zip(t_col.tolist(), mask) if m and not math.isnan(v)]
-            vals = vals or [v for v in t_col.tolist() if not math.isnan(v)]
-            teacher_acc = statistics.mean(vals) if vals else math.nan
+        t_acc = _teacher_values(s, "teacher_test_acc_mean", cfg, baseline)
     else:
-        teacher_acc = float(teacher_acc) / (100.0 if float(teacher_acc) > 1.0 else 1.0)
-    for col, ref_acc, ref_pos in (("delta_vs_kd", kd, kd_pos), ("delta_vs_scratch", sc, sc_pos)):
-        s[col] = (acc - ref_acc) * 100.0
-        s[f"{col}_lo"], s[f"{col}_hi"], s[f"{col}_paired"] = _delta_intervals(cur, ref_pos)
-    den = teacher_acc - sc
-    s["teacher_kept"] = (acc - sc) / den * 100.0 if not math.isnan(den) and abs(den) > 1e-12 else math.nan
-    # the seed document's question in likelihood terms (the natural one for tokens): how much of the
-    # teacher's NLL advantage over the scratch student the student recovers
-    if "last_test_nll_mean" in s and "teacher_test_nll_mean" in s:
-        nll = s["last_test_nll_mean"].astype(float)
-        sc_nll = reference_acc(s, scratch, col="last_test_nll_mean")
-        t_vals = [v for v in s["teacher_test_nll_mean"].astype(float).tolist() if not math.isnan(v)]
-        t_nll = statistics.mean(t_vals) if t_vals else math.nan
-        gap = sc_nll - t_nll
-        s["teacher_kept_nll"] = (sc_nll - nll) / gap * 100.0 if not math.isnan(gap) and abs(gap) > 1e-12 else math.nan
-    return replace(summary, table=s, teacher_acc=teacher_acc, baseline_acc=kd, scratch_acc=sc)
+        t_acc = [float(teacher_acc) / (100.0 if float(teacher_acc) > 1.0 else 1.0)] * nrows
+    notes: list[str] = []
+    for col, metric, t_col, better, header, unit in _KEPT:
+        if f"{metric}_mean" not in s.columns or (col == "teacher_kept_nll" and t_col not in s.columns):
+            continue
+        teacher = t_acc if col == "teacher_kept" else _teacher_values(s, t_col, cfg, None)
+        mine = [to_float(v) for v in s[f"{metric}_mean"].tolist()]
+        spread = [to_float(v) for v in s[f"{metric}_std"].tolist()] if f"{metric}_std" in s.columns \
+            else [math.nan] * nrows
+        sign = 1.0 if better == "max" else -1.0
+        kept = []
+        for i, r in enumerate(sc_ref):
+            if r is None or math.isnan(teacher[i]) or math.isnan(mine[r]):
+                kept.append(math.nan)
+                continue
+            lead = sign * (teacher[i] - mine[r])
+            if lead > 1e-12 and not lead <= spread[r]:
+                gain = mine[i] - mine[r] if better == "max" else mine[r] - mine[i]
+                kept.append(gain / lead * 100.0)
+                continue
+            kept.append(math.nan)
+            sd = "" if math.isnan(spread[r]) else f" ± {_fmt_kept(metric, spread[r])}"
+            why = (f"the teacher's {unit} ({_fmt_kept(metric, teacher[i])}) is not "
+                   f"{'better' if better == 'max' else 'lower'} than scratch's ({_fmt_kept(metric, mine[r])}{sd})"
+                   if lead <= 1e-12 else
+                   f"the teacher's lead in {unit} ({_fmt_kept(metric, teacher[i])} vs scratch "
+                   f"{_fmt_kept(metric, mine[r])}{sd}) is within the scratch row's std over seeds")
+            note = f"{header}: — where {why}: a ratio over no lead, or over noise, means nothing."
+            if note not in notes:
+                notes.append(note)
+        s[col] = kept
+    return replace(summary, table=s, teacher_acc=_one_value(t_acc), baseline_acc=_ref_value(kd_ref, acc),
+                   scratch_acc=_ref_value(sc_ref, acc), notes=[*summary.notes, *notes])
 
 
 def _distinct(values: Iterable[Any]) -> list[Any]:
@@ -577,10 +690,12 @@ def is_grid(df) -> bool:
     return any(len(s) > 1 for s in seen.values())
 
 
-def default_group_cols(df) -> tuple[str, ...]:
-    """``variant``, then the config keys that tell runs of one variant apart (:func:`config_columns`,
-    dotted names), then α and τ when some variant ran with several (α, τ) settings."""
-    extra = [c for c in (df.columns if df is not None else []) if "." in str(c)]
+def default_group_cols(df, config_cols: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``variant``, then the config keys that tell runs of one variant apart (``config_cols``:
+    :attr:`Frame.config_cols`; when not given, the dotted columns of ``df``), then α and τ when some
+    variant ran with several (α, τ) settings."""
+    cols = list(df.columns) if df is not None else []
+    extra = [c for c in config_cols if c in cols] if config_cols is not None else [c for c in cols if "." in str(c)]
     tail = GRID_COLS[1:] if is_grid(df) else ()
     return ("variant", *extra, *tail)
 

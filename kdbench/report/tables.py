@@ -10,6 +10,7 @@ string cells, what each column is, and the :class:`~kdbench.report.frame.Summary
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
@@ -23,10 +24,10 @@ from kdbench.report.frame import DEFAULT_METRICS, Summary, compare_rows, config_
 from kdbench.report.stats import excludes_zero
 
 __all__ = [
-    "Display", "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
+    "Display", "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "KEPT_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
     "DISPLAY_ORDER", "PUBLISHED_HEADER", "metric_direction", "fmt_value", "fmt_mean_std", "fmt_delta_ci", "fmt_num",
     "format_display",
-    "tex_escape", "best_mask", "md_cell", "markdown_table", "latex_table", "render_markdown",
+    "tex_escape", "best_mask", "md_text", "md_cell", "markdown_table", "csv_table", "latex_table", "render_markdown",
     "render_latex", "write_text_files", "write_tables", "read_summary_csv",
 ]
 
@@ -39,6 +40,9 @@ NA = "n/a"
 DELTA_NOTE = ("Δ: difference of mean top-1 last, in percentage points, with its 95% confidence interval over "
               "seeds [lo, hi]: a t-interval of the per-seed differences when both rows ran the same seeds, "
               "Welch's interval for the difference of means otherwise.")
+KEPT_NOTE = ("teacher kept = (student − scratch) / (teacher − scratch), top-1 last; teacher kept, NLL = "
+             "(scratch NLL − student NLL) / (scratch NLL − teacher NLL), last epoch; — where the teacher is not "
+             "better than scratch by more than the scratch row's std over seeds.")
 BOLD_RULE = ("a column's best value is in bold only when, against every other row of the same configuration, "
              "the 95% confidence interval over seeds of the difference (paired t-interval when the seeds pair, "
              "else Welch) excludes 0; ties or overlapping intervals: nothing in bold")
@@ -276,9 +280,14 @@ def best_mask(display: Display) -> list[list[bool]]:
     return mask
 
 
+def md_text(v: Any) -> str:
+    """Text for Markdown: HTML (``<script>``, ``&``) escaped, so a record's strings render as text in any viewer."""
+    return html.escape(str(v), quote=False)
+
+
 def md_cell(v: Any) -> str:
-    """A Markdown table cell: ``|`` escaped, newlines flattened."""
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell: HTML escaped (:func:`md_text`), ``|`` escaped, newlines flattened."""
+    return md_text(v).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(df, *, colalign: Sequence[str] | None = None, compact: bool = False) -> str:
@@ -287,13 +296,14 @@ def markdown_table(df, *, colalign: Sequence[str] | None = None, compact: bool =
     ``compact=False``: padded columns, ``left``/``right`` alignment per column (``colalign``);
     ``compact=True``: one ``| a | b |`` line per row under a ``| --- |`` rule, nothing padded.
     """
-    cols = list(df.columns)
+    cols = [md_cell(c) for c in df.columns]
     if compact:
-        lines = ["| " + " | ".join(str(c) for c in cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+        lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
         for row in df.itertuples(index=False, name=None):
             lines.append("| " + " | ".join(md_cell(v) for v in row) + " |")
         return "\n".join(lines)
-    body = df.map(md_cell) if len(df) else df
+    body = df.map(md_cell) if len(df) else df.copy()
+    body.columns = cols
     kw = {"colalign": list(colalign)} if colalign is not None else {}
     return body.to_markdown(index=False, disable_numparse=True, **kw)
 
@@ -327,10 +337,11 @@ def _published_note(display: Display) -> str | None:
 
 
 def render_markdown(display: Display, caption: str) -> str:
-    """``table.md``: caption, protocol note, teacher accuracy, the table and the failed runs."""
+    """``table.md``: caption, protocol note, teacher accuracy, the table and the failed runs; every string
+    from the records (caption, config values, errors) HTML-escaped (:func:`md_text`)."""
     import pandas as pd
 
-    lines = [f"# {caption}", "", PROTOCOL_NOTE + "."]
+    lines = [f"# {md_text(caption)}", "", PROTOCOL_NOTE + "."]
     summary = display.summary
     t = to_float(summary.teacher_acc)
     pt = to_float(summary.published_teacher_pct)
@@ -344,16 +355,16 @@ def render_markdown(display: Display, caption: str) -> str:
         extra.append(DELTA_NOTE)
     if "n" in summary.table.columns and (summary.table["n"] == 1).any():
         extra.append(f"{NA}: one seed, so no spread and no interval.")
-    if "teacher kept (%)" in cols:
-        extra.append("teacher kept = (student − scratch) / (teacher − scratch), top-1 last; teacher kept, NLL = "
-                     "(scratch NLL − student NLL) / (scratch NLL − teacher NLL), last epoch.")
+    if "teacher kept (%)" in cols or "teacher kept, NLL (%)" in cols:
+        extra.append(KEPT_NOTE)
+    extra += summary.notes
     if "failed" in cols:
         extra.append("failed: runs of the group that did not complete (not in the means).")
     if extra:
-        lines += ["", " ".join(extra)]
+        lines += ["", md_text(" ".join(extra))]
     note = _published_note(display)
     if note:
-        lines += ["", note]
+        lines += ["", md_text(note)]
     n_left = len(display.group_cols or ["variant"])
     align = ["left" if j < n_left else "right" for j in range(len(display.table.columns))]
     lines += ["", markdown_table(display.table, colalign=align), "", "## Failed runs", ""]
@@ -371,6 +382,8 @@ def render_latex(display: Display, caption: str, label: str | None = None) -> st
     cap = tex_escape(caption) + ". " + tex_escape(PROTOCOL_NOTE) + "; " + tex_escape(BOLD_RULE) + "."
     if "Δ vs KD (pp)" in display.table.columns or "Δ vs scratch (pp)" in display.table.columns:
         cap += " " + tex_escape(DELTA_NOTE)
+    if display.summary.notes:
+        cap += " " + tex_escape(" ".join(display.summary.notes))
     note = _published_note(display)
     if note:
         pt = to_float(display.summary.published_teacher_pct)
@@ -408,8 +421,15 @@ def write_tables(display: Display, out_dir: str | os.PathLike, caption: str) -> 
         "md": ("table.md", render_markdown(display, caption)),
         "tex": ("table.tex", render_latex(display, caption, label=label)),
         "paper": ("table_paper.tex", render_paper_latex(display, caption, label=label + "-paper")),
-        "csv": ("table.csv", display.summary.table.to_csv(index=False)),
+        "csv": ("table.csv", csv_table(display.summary.table)),
     })
+
+
+def csv_table(table) -> str:
+    """``table.csv``: the summary's columns, but those empty in every row (a metric no run measured), so the
+    file depends only on what the records hold."""
+    keep = [c for c in table.columns if not (len(table) and table[c].isna().all())]
+    return table[keep].to_csv(index=False)
 
 
 #: the columns a paper's main table shows (when present), in this order
