@@ -1,0 +1,5 @@
+import sys
+
+from kdbench.gpucheck.main import main
+
+sys.exit(main())
