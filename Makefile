@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 gpu-check gpu-wheels clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,12 @@ study-tokens: $(STAMP) ## token-level KD (markov + bytes_text): capture top-k pe
 
 study-cifar10: $(STAMP) ## CIFAR-10 (JPEG copy) methods x 2 pairs x 3 seeds, cached teacher; resumable; on a GPU: ARGS="trainer=gpu"
 	$(PY) -m kdbench.sweep experiment=cifar10_methods $(ARGS)
+
+gpu-check: ## issue 30: CUDA tests, smoke runs, GPU bench, a 10-epoch run killed + resumed, in 8 min (docs/gpu.md; ARGS=--dry-run on CPU)
+	$(if $(wildcard $(PY)),$(PY),python3) -m kdbench.gpucheck --out $(or $(OUT),outputs/gpucheck-$(shell date +%Y%m%d-%H%M%S)) $(ARGS)
+
+gpu-wheels: $(STAMP) ## the wheels and data a bare GPU machine lacks, into .gpucarry/ (ignored; name it in the run tool's carry)
+	$(PY) -m kdbench.gpucheck --prepare .gpucarry
 
 clean: ## remove the virtualenv, caches and Hydra outputs (keeps results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache wandb
