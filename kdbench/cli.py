@@ -7,6 +7,8 @@
     kdbench train  [hydra overrides]      (= python -m kdbench.train)
     kdbench sweep  [hydra overrides]      (= make sweep)
     kdbench report --experiment NAME      (= make table)
+    kdbench runs [--experiment X] [--status S] | kdbench runs show RUN_ID   (the results browser)
+    kdbench compare A B                   (two experiments side by side, with intervals)
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                     add_help=False)
     sub.add_parser("capture", help="write a teacher's top-k log-probs for teacher_signal=captured", add_help=False)
     sub.add_parser("eval", help="test a student checkpoint: kdbench eval ckpt=PATH [overrides]", add_help=False)
+    sub.add_parser("runs", help="the run records: kdbench runs [--experiment X] [--status S] | runs show RUN_ID",
+                   add_help=False)
+    sub.add_parser("compare", help="two experiments side by side: kdbench compare A B", add_help=False)
     d = sub.add_parser("doctor", help="check your own KD loss for the common mistakes: kdbench doctor FILE.py:FUNCTION")
     d.add_argument("function", help="FILE.py:FUNCTION or package.module:FUNCTION")
     d.add_argument("--json", action="store_true", help="print only the JSON diagnosis")
@@ -128,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdbench.evaluate import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] in (["runs"], ["compare"]):
+        from kdbench.browse import main as browse_main
+
+        return browse_main(argv)
     if argv[:2] == ["records", "migrate"]:
         from kdbench.migrate import main as migrate_main
 
