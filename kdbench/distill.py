@@ -198,6 +198,7 @@ class DistillModule(pl.LightningModule):
             self._raise_if_bad()
 
     def _raise_if_bad(self) -> None:
+        self._check_teacher()  # a non-finite teacher output is the teacher's fault: raised first
         if self._first_bad_step is not None:
             first = int(self._first_bad_step)
             if first >= 0:
@@ -309,7 +310,13 @@ class DistillModule(pl.LightningModule):
                     acc[0] += total
                     acc[1] += n
 
+    def _check_teacher(self) -> None:
+        check = getattr(self.signal, "check_finite", None)  # TeacherError for a NaN the teacher gave (a host read)
+        if callable(check):
+            check()
+
     def on_test_epoch_end(self) -> None:
+        self._check_teacher()  # a teacher's NaN on a test row, too
         self.last_test = self.test_metrics.compute()
         self.last_reliability = self.test_metrics.reliability()
         self.test_metrics.reset()

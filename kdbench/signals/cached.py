@@ -11,7 +11,11 @@ The cache lives beside its teacher in the registry, ``<entry>/cache/<key>/``, ke
 key, the dataset identity (including the validation split), the augmentation family, the memory
 format, the precision the teacher ran in and the storage dtype; it is built under a file lock
 (the jobs of a sweep build it once) into a temporary folder renamed into place with ``meta.json``
-written last, and memory-mapped when read. ``float32`` storage (the default for a float32 run) makes
+written last, and memory-mapped when read. Opening it verifies it: ``meta.json`` against the run's plan,
+every array's size, dtype and shape always, and its SHA-256 (recorded when built) once after any change
+to the file (``verified.json`` remembers the checked size, mtime and inode); a broken cache (truncated,
+garbage ``meta.json``, another plan, a changed value) is rebuilt under the build lock, and a teacher that
+gives a non-finite logit while it is built is refused, naming the row. ``float32`` storage (the default for a float32 run) makes
 it bit-equal to the online teacher on the CPU; ``bfloat16`` halves it (the default under bf16
 autocast, where the online teacher's logits are bfloat16 anyway).
 """
@@ -34,14 +38,20 @@ from torch import Tensor
 
 from kdbench.data import TensorLoader
 from kdbench.data import augment as aug
-from kdbench.errors import ConfigError
+from kdbench.errors import WRITE_ERRNOS, ConfigError, TeacherError
+from kdbench.files import atomic_write_text
 from kdbench.signals import SPLITS, register_signal, table_for
+from kdbench.signals.online import NonFiniteWatch
 
 log = logging.getLogger("kdbench")
 
 DTYPES = {"float32": (torch.float32, np.float32), "bfloat16": (torch.bfloat16, np.uint16),
           "float16": (torch.float16, np.float16)}
 META = "meta.json"
+#: the arrays' (size, mtime, inode) when their checksums were last checked: what "checked once" remembers
+STAMP = "verified.json"
+#: the plan's fields that ``meta.json`` must repeat
+PLAN_KEYS = ("family", "views", "n_train", "n_val", "n_test", "num_classes", "dtype")
 
 
 def storage_dtype(conf: dict) -> str:
@@ -90,14 +100,100 @@ def preflight(conf: dict, data) -> None:
                                                   "raise it, store bfloat16 (teacher_cache.dtype), or use online")
 
 
-def cache_key(teacher_key: str, conf: dict, data, p: dict) -> str:
+def cache_fields(teacher_key: str, conf: dict, data, p: dict) -> dict:
+    """What a cache is of (its key hashes them; ``meta.json`` repeats them, as JSON data)."""
     from kdbench.teachers import dataset_identity
 
     fields = {"teacher": teacher_key, "dataset": dataset_identity(conf["dataset"], data), "family": p["family"],
               "views": p["views"], "dtype": p["dtype"], "precision": conf["trainer"].get("precision"),
               "channels_last": bool(conf["trainer"].get("channels_last")) and data.is_image,
               "val": [conf["dataset"].get("val_size"), conf["dataset"].get("split_seed")]}
+    return json.loads(json.dumps(fields, sort_keys=True, default=str))
+
+
+def cache_key(teacher_key: str, conf: dict, data, p: dict) -> str:
+    fields = cache_fields(teacher_key, conf, data, p)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def splits_of(p: dict) -> dict[str, tuple[tuple[int, int, int], np.dtype]]:
+    """The arrays a cache of plan ``p`` holds: ``{split: (shape, numpy dtype)}``."""
+    views = {"train": int(p["views"]), "val": 1, "test": 1}
+    return {s: ((int(p[f"n_{s}"]), views[s], int(p["num_classes"])), np.dtype(DTYPES[p["dtype"]][1]))
+            for s in SPLITS if s != "val" or int(p.get("n_val") or 0) > 0}
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def verify(folder: Path, p: dict, fields: dict | None = None) -> str | None:
+    """Why the cache in ``folder`` is not a sound cache of plan ``p`` (and of ``fields``), or None.
+
+    Always: ``meta.json`` readable, for this plan and these fields, every array there with the size its
+    meta records, its dtype and shape. Once after any change to an array file: its SHA-256 against the
+    one recorded when it was built (the check is remembered in ``verified.json``)."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{META} is missing"
+    except (OSError, ValueError) as e:
+        return f"{META} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    if not isinstance(meta, dict):
+        return f"{META} is not a mapping (a JSON {type(meta).__name__})"
+    for k in PLAN_KEYS:
+        if meta.get(k) != p[k]:
+            return f"{META} says {k}={meta.get(k)!r}, the run needs {p[k]!r}"
+    if fields is not None and meta.get("fields") != fields:
+        theirs = meta.get("fields") if isinstance(meta.get("fields"), dict) else {}
+        differ = sorted(k for k in set(theirs) | set(fields) if theirs.get(k) != fields.get(k))
+        return f"it was built for other {', '.join(differ) or 'fields'} than this run's"
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict):
+        return f"{META} records no checksums (built by an earlier kdbench)"
+    stamp = _read_json(folder / STAMP)
+    stamp = stamp if isinstance(stamp, dict) else {}
+    checked = dict(stamp)
+    for name, (shape, dtype) in splits_of(p).items():
+        path, rec = folder / f"{name}.npy", arrays.get(name)
+        if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str) or not isinstance(rec.get("bytes"), int):
+            return f"{META} records no size and checksum for {name}.npy"
+        if not path.is_file():
+            return f"{name}.npy is missing"
+        size = path.stat().st_size
+        if size != rec["bytes"]:
+            return f"{name}.npy is {size} bytes, {META} says {rec['bytes']} (truncated or replaced)"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:  # a garbage header, an object array (pickles are never loaded)
+            return f"{name}.npy is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        if arr.dtype != dtype or tuple(arr.shape) != shape:
+            return f"{name}.npy is {arr.dtype} {tuple(arr.shape)}, the run needs {dtype} {shape}"
+        del arr
+        now = [*_stat(path), rec["sha256"]]
+        if stamp.get(name) != now:
+            if _sha256(path) != rec["sha256"]:
+                return f"{name}.npy does not match its checksum (its values changed after it was built)"
+            checked[name] = now
+    if checked != stamp:
+        try:
+            atomic_write_text(folder / STAMP, json.dumps(checked) + "\n")
+        except OSError:  # a read-only registry: checked again next time
+            pass
+    return None
 
 
 class _Progress:
@@ -118,8 +214,10 @@ def _teacher_device(conf: dict) -> torch.device:
 
 
 @torch.inference_mode()
-def build(folder: Path, teacher: nn.Module, conf: dict, data, p: dict) -> None:
-    """Run the teacher once per (training image, view), and once per validation / test image."""
+def build(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, *, fields: dict | None = None,
+          who: str = "the teacher") -> None:
+    """Run the teacher once per (training image, view), and once per validation / test image; a non-finite
+    logit refuses the cache (TeacherError naming ``who`` and the row) and leaves nothing behind."""
     device = _teacher_device(conf)
     channels_last = bool(conf["trainer"].get("channels_last")) and data.is_image
     teacher = teacher.to(device).eval()
@@ -139,25 +237,48 @@ def build(folder: Path, teacher: nn.Module, conf: dict, data, p: dict) -> None:
         splits.insert(1, ("val", data.val_x, data.val_y, "none", 1))
     total = sum(-(-x.shape[0] // bs) * v for _, x, _, _, v in splits)
     progress, done = _Progress(total), 0
-    for name, x, y, family, views in splits:
-        loader = TensorLoader(x, y, bs, augment=family if data.is_image else "none", **common).to(device)
-        store = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=ndt,
-                                          shape=(x.shape[0], views, p["num_classes"]))
-        for v in range(views):
-            for start in range(0, x.shape[0], bs):
-                idx = torch.arange(start, min(start + bs, x.shape[0]), device=device)
-                xb = loader.view_batch(idx, torch.full_like(idx, v))
-                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    out = teacher(xb)
-                store[start:start + len(idx), v] = out.to(tdt).cpu().view(
-                    torch.uint16 if p["dtype"] == "bfloat16" else tdt).numpy()
-                done += 1
-                progress.update(done)
-        store.flush()
-        del store
-    (tmp / META).write_text(json.dumps({**p, "built_s": round(time.time() - progress.t0, 1)}, indent=2) + "\n")
+    try:
+        for name, x, y, family, views in splits:
+            loader = TensorLoader(x, y, bs, augment=family if data.is_image else "none", **common).to(device)
+            store = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=ndt,
+                                              shape=(x.shape[0], views, p["num_classes"]))
+            for v in range(views):
+                for start in range(0, x.shape[0], bs):
+                    idx = torch.arange(start, min(start + bs, x.shape[0]), device=device)
+                    xb = loader.view_batch(idx, torch.full_like(idx, v))
+                    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                        out = teacher(xb)
+                    _refuse_non_finite(out, name, start, v, who)
+                    store[start:start + len(idx), v] = out.to(tdt).cpu().view(
+                        torch.uint16 if p["dtype"] == "bfloat16" else tdt).numpy()
+                    done += 1
+                    progress.update(done)
+            store.flush()
+            del store
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    arrays = {name: {"shape": [int(x.shape[0]), views, int(p["num_classes"])], "dtype": str(np.dtype(ndt)),
+                     "bytes": (tmp / f"{name}.npy").stat().st_size, "sha256": _sha256(tmp / f"{name}.npy")}
+              for name, x, _, _, views in splits}
+    # checked as written (renaming the folder keeps each file's size, mtime and inode)
+    stamp = {n: [*_stat(tmp / f"{n}.npy"), a["sha256"]] for n, a in arrays.items()}
+    (tmp / STAMP).write_text(json.dumps(stamp) + "\n")
+    (tmp / META).write_text(json.dumps({**p, "fields": fields, "arrays": arrays,
+                                        "built_s": round(time.time() - progress.t0, 1)}, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def _refuse_non_finite(out: Tensor, split: str, start: int, view: int, who: str) -> None:
+    """A non-finite logit while building is the teacher's fault: refused with its row (one host read per
+    batch of a one-off build)."""
+    bad = ~torch.isfinite(out).flatten(1).all(1)
+    if bool(bad.any()):
+        row = start + int(bad.nonzero()[0, 0])
+        where = f"{split} row {row}" + (f" (view {view})" if split == "train" else "")
+        raise TeacherError("teacher", f"{who} gives a non-finite logit (NaN/Inf) for {where} while its logits are "
+                                      "cached: its weights or that input are bad; nothing was cached")
 
 
 def _open(folder: Path, name: str, dtype: str) -> Tensor:
@@ -182,6 +303,17 @@ class CachedSignal:
                        if (folder / f"{s}.npy").exists()}
         self.device = torch.device("cpu")
         self.resident = False  # the tables are in the device's memory (looked up there, no copy per batch)
+        self.watch = NonFiniteWatch(f"the teacher cache {folder}", "the file changed after it was verified "
+                                    "(it is checked again, and rebuilt, by the next run)")
+
+    def check_finite(self) -> None:
+        """Raise TeacherError if a logit looked up so far was not finite; the cache is then re-verified (and
+        rebuilt) by the next run."""
+        try:
+            self.watch.check()
+        except TeacherError:
+            (self.folder / STAMP).unlink(missing_ok=True)
+            raise
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tables.values())
@@ -207,7 +339,17 @@ class CachedSignal:
         where = table.device
         idx = batch.idx.to(where)
         view = batch.view.to(where) if split == "train" else torch.zeros_like(idx)
-        return table[idx, view].to(self.device, non_blocking=True).float()
+        out = table[idx, view].to(self.device, non_blocking=True).float()
+        self.watch.see(out, batch, split)
+        return out
+
+
+def _not_a_folder(path: Path, what: str) -> None:
+    """Refuse, in one line, a file (or a link to one) where the cache needs ``what``."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        kind = "a broken symbolic link" if not path.exists() else "a file"
+        raise ConfigError("teacher_signal", f"{path} is {kind} where the teacher cache's {what} should be: "
+                                            "move it away (kdbench does not delete it), or use teacher_signal=online")
 
 
 @register_signal("cached", preflight=preflight)
@@ -218,16 +360,43 @@ def _cached(*, teacher: nn.Module | None, conf: dict, data, teacher_meta: dict |
         raise ConfigError("teacher_signal", "cached needs a registry teacher (not oracle or none)")
     preflight(conf, data)
     p = plan(conf, data)
-    folder = Path(teacher_meta["path"]) / "cache" / cache_key(str(teacher_meta.get("key")), conf, data, p)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder.parent).free
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / META).is_file():
-            if p["bytes"] > free:
-                raise ConfigError("teacher_signal", f"the cached teacher needs {p['bytes'] / 2**30:.2f} GiB "
-                                                    f"({p['formula']}), the disk at {folder.parent} has "
-                                                    f"{free / 2**30:.2f} GiB free")
-            log.info("teacher cache %s: building (%s)", folder, p["formula"])
-            build(folder, teacher, conf, data, p)
+    fields = cache_fields(str(teacher_meta.get("key")), conf, data, p)
+    parent = Path(teacher_meta["path"]) / "cache"
+    folder = parent / cache_key(str(teacher_meta.get("key")), conf, data, p)
+    lock = Path(str(folder) + ".lock")
+    _not_a_folder(parent, "folder")
+    _not_a_folder(folder, "folder")
+    if lock.is_dir():
+        raise ConfigError("teacher_signal", f"{lock} is a folder where the teacher cache's lock file should be: "
+                                            "move it away (kdbench does not delete it)")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            why = verify(folder, p, fields) if folder.exists() else None
+            if why is not None or not folder.exists():
+                _rebuild(folder, teacher, conf, data, p, fields, teacher_meta, why)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise ConfigError("teacher_signal", f"could not write the teacher cache at {e.filename or folder}: "
+                                            f"{e.strerror or e}; no run record was written (fix the folder or "
+                                            "free space, or use teacher_signal=online)") from None
     return CachedSignal(folder, json.loads((folder / META).read_text()),
                         on_device=(conf.get("teacher_cache") or {}).get("on_device", "auto"))
+
+
+def _rebuild(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, fields: dict, teacher_meta: dict,
+             why: str | None) -> None:
+    """Build the cache (under its lock): a first time, or again when :func:`verify` found it broken (``why``)."""
+    free = shutil.disk_usage(folder.parent).free
+    if p["bytes"] > free:
+        raise ConfigError("teacher_signal", f"the cached teacher needs {p['bytes'] / 2**30:.2f} GiB "
+                                            f"({p['formula']}), the disk at {folder.parent} has "
+                                            f"{free / 2**30:.2f} GiB free")
+    if why is not None:
+        log.warning("teacher cache %s is broken (%s): rebuilding it", folder, why)
+        print(f"kdbench: warning: teacher cache {folder} is broken ({why}): rebuilding it", file=sys.stderr)
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # a build killed half-way (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    log.info("teacher cache %s: building (%s)", folder, p["formula"])
+    build(folder, teacher, conf, data, p, fields=fields, who=f"teacher {teacher_meta.get('name') or teacher_meta.get('key')}")

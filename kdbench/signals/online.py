@@ -6,8 +6,41 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from kdbench.errors import TeacherError
 from kdbench.features import Out, forward_with, probe
-from kdbench.signals import register_signal
+from kdbench.signals import SPLITS, register_signal
+
+
+class NonFiniteWatch:
+    """The first non-finite teacher output a signal handed on, kept on the device (no host sync per batch):
+    ``(split, dataset row, view)`` of the first bad row. :meth:`check` reads it (one sync) and raises a
+    one-line :class:`TeacherError` naming ``who`` and that row: a NaN from the teacher is the teacher's
+    (or its file's) fault, said before the student's loss is called diverged."""
+
+    def __init__(self, who: str, why: str):
+        self.who, self.why = who, why
+        self.first: Tensor | None = None
+
+    def see(self, out: Tensor, batch, split: str) -> None:
+        if out.ndim == 0 or out.shape[0] == 0:
+            return
+        rows = ~torch.isfinite(out.detach()).flatten(1).all(1)
+        at = rows.to(torch.uint8).argmax().view(1)  # the first bad row (0 when none: then unused)
+        idx = batch.idx.to(rows.device).gather(0, at)
+        view = batch.view.to(rows.device).gather(0, at) if split == "train" else torch.zeros_like(idx)
+        found = torch.cat([torch.full_like(idx, SPLITS.index(split)), idx, view])
+        if self.first is None or self.first.device != found.device:
+            self.first = torch.full_like(found, -1)
+        self.first = torch.where(rows.any() & (self.first[0] < 0), found, self.first)
+
+    def check(self) -> None:
+        if self.first is None:
+            return
+        split, row, view = (int(v) for v in self.first.tolist())
+        if split >= 0:
+            where = f"{SPLITS[split]} row {row}" + (f" (view {view})" if SPLITS[split] == "train" else "")
+            raise TeacherError("teacher", f"{self.who} gave a non-finite logit (NaN/Inf) for {where}: {self.why}, "
+                                          "not the student's training (the run is recorded 'failed', not 'diverged')")
 
 
 class OnlineSignal:
@@ -21,11 +54,18 @@ class OnlineSignal:
 
     kind = "online"
 
-    def __init__(self, teacher: nn.Module, *, train_mode: bool = False, grad: bool = False):
+    def __init__(self, teacher: nn.Module, *, train_mode: bool = False, grad: bool = False, name: str | None = None):
         self.teacher = teacher
         self.train_mode, self.grad = bool(train_mode), bool(grad)
         teacher.requires_grad_(self.grad)
         teacher.eval()
+        self.watch = NonFiniteWatch(f"the online teacher {name or type(teacher).__name__}",
+                                    "its weights or that input are bad")
+
+    def check_finite(self) -> None:
+        """Raise TeacherError if a logit it gave so far was not finite (a host read: call it where the
+        student's own NaN check reads its flag)."""
+        self.watch.check()
 
     @property
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -57,14 +97,18 @@ class OnlineSignal:
             with torch.set_grad_enabled(self.grad):
                 out = forward_with(self.teacher, batch.x, self.selectors)
             out.logits = out.logits.float()
+            if not self.grad:
+                self.watch.see(out.logits, batch, split)
             return out
-        if self.grad and training:
+        if self.grad and training:  # a teacher trained beside the student: its NaN is a divergence of both
             return self.teacher(batch.x)
         with torch.inference_mode():
             out = self.teacher(batch.x)  # under the run's autocast: bf16 on a GPU
         # an inference tensor cannot be saved for backward by the loss: a normal copy (B x C, cheap), in
         # float32 whatever precision the teacher ran in (the loss and the metrics read float32 logits)
-        return out.to(torch.float32, copy=True)
+        out = out.to(torch.float32, copy=True)
+        self.watch.see(out, batch, split)
+        return out
 
     def state_dict(self) -> dict:
         """The teacher's weights, when the ablation trains them (a resumed run must continue from them)."""
@@ -76,8 +120,9 @@ class OnlineSignal:
 
 
 @register_signal("online", features=True)
-def _online(*, teacher: nn.Module | None, conf: dict, **_) -> OnlineSignal:
+def _online(*, teacher: nn.Module | None, conf: dict, teacher_meta: dict | None = None, **_) -> OnlineSignal:
     if teacher is None:
         raise ValueError("teacher_signal=online needs a teacher")
     d = conf.get("distill") or {}
-    return OnlineSignal(teacher, train_mode=bool(d.get("teacher_train_mode")), grad=bool(d.get("teacher_grad")))
+    return OnlineSignal(teacher, train_mode=bool(d.get("teacher_train_mode")), grad=bool(d.get("teacher_grad")),
+                        name=(teacher_meta or {}).get("name"))
