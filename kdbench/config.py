@@ -210,7 +210,25 @@ def unusual_values(cfg) -> list[str]:
         v = _get(cfg, key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
             out.append(f"{key}={v:g} is far outside [{lo:g}, {hi:g}] ({usual}); running anyway")
-    return out
+    warm = warmup_warning(cfg)
+    return out + ([warm] if warm else [])
+
+
+def warmup_warning(cfg) -> str | None:
+    """A method's warm-up (DKD's, ReviewKD's ``distill.warmup_epochs``: its term's weight grows over that many
+    epochs) that is not shorter than the run: its term reaches full weight in the last epoch only, or never
+    (DKD's default 20 epochs with ``trainer.max_epochs=2`` trains at a tenth of it)."""
+    from kdbench.methods import method_params
+
+    method, warm, epochs = _get(cfg, "distill.method"), _get(cfg, "distill.warmup_epochs"), _get(cfg, "trainer.max_epochs")
+    if is_scratch(cfg) or not isinstance(warm, int) or isinstance(warm, bool) or not isinstance(epochs, int):
+        return None
+    if warm < epochs or warm == 0 or "warmup_epochs" not in method_params(str(method)):
+        return None
+    how = ("reaches its full weight only in the last epoch" if warm == epochs else
+           f"never reaches its full weight (at most {epochs}/{warm} of it, in the last epoch)")
+    return (f"distill.warmup_epochs={warm} is not shorter than trainer.max_epochs={epochs}: the {method} term "
+            f"{how}; running anyway")
 
 
 def check_class_counts(dataset_classes: int, cfg) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 NOT_COMPUTATIONAL_TOP: tuple[str, ...] = (
     "paths", "logger", "hydra", "resume", "force", "tags", "teacher_only", "experiment_name", "pair",
     "fuse",  # how many jobs share a process (kdbench.fused): the same numbers either way
+    "print_config",  # the config tree on the terminal
 )
 #: dotted keys below the top level that never change what a run computes
 NOT_COMPUTATIONAL_KEYS: tuple[str, ...] = (

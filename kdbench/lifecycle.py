@@ -45,16 +45,16 @@ class Job:
     def of(cls, cfg, overrides: Sequence[str]) -> Job:
         """Validate ``cfg`` (before any work: bad input raises ConfigError), warn about unusual values and
         keys the method does not read, and resolve every ``auto``: what is hashed into the run id."""
-        from kdbench.config import resolve, unusual_values, validate
+        from kdbench.config import is_scratch, resolve, unusual_values, validate
         from kdbench.identity import run_id_of
 
         validate(cfg)
         for w in unusual_values(cfg):
-            log.warning(w)
+            log.debug(w)  # the terminal gets it once, below
             print(f"kdbench: warning: {w}", file=sys.stderr)
         conf = resolve(cfg)  # credentials redacted: what is hashed and recorded
         ignored = sorted(set(cfg.distill) - set(conf["distill"]))
-        if ignored:
+        if ignored and not is_scratch(cfg):  # scratch reads no distill key at all: nothing to announce
             log.warning("distill.%s: not read by method %s (ignored)", ", distill.".join(ignored),
                         conf["distill"]["method"])
         return cls(cfg, conf, run_id_of(conf), overrides)
@@ -67,9 +67,8 @@ class Job:
             return None
         rec = complete_record(self.record_path)
         if rec is not None:
-            log.info("run %s is already complete (%s); skipping (force=true re-runs it)", self.run_id,
-                     self.record_path)
-            print(f"kdbench: {self.run_id} already complete, record {self.record_path}")
+            log.debug("run %s is already complete (%s); skipping", self.run_id, self.record_path)
+            print(f"kdbench: {self.run_id} already complete, record {self.record_path} (force=true re-runs it)")
         return rec
 
 

@@ -88,7 +88,7 @@ _SCHED = {"name": R(_schedulers, "scheduler"), "milestones": Spec("list", item=I
 #: every key kdbench reads (a ``*`` segment: any name there); the values a run may take
 SCHEMA: dict[str, Spec] = {
     "seed": SEED, "data_seed": SEED, "experiment_name": PLAIN_NAME, "tags": Spec("list", item=S),
-    "teacher_signal": R(_signals, "teacher signal"), "resume": B, "teacher_only": B, "force": B, "fuse": I(1),
+    "teacher_signal": R(_signals, "teacher signal"), "resume": B, "teacher_only": B, "force": B, "fuse": I(1), "print_config": B,
     "teacher_cache.dtype": R(_cache_dtypes, "value"), "teacher_cache.max_gb": N(0),
     "teacher_cache.on_device": AUTO_BOOL,
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),

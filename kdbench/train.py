@@ -18,7 +18,7 @@ from kdbench.errors import exit_codes
 from kdbench.provenance import in_multirun
 from kdbench.runner import quiet_libraries, run
 
-__all__ = ["main", "run", "print_config"]
+__all__ = ["main", "run", "print_config", "verbose"]
 
 log = logging.getLogger("kdbench")
 
@@ -28,15 +28,28 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the best validation accuracy (for sweepers that optimise)."""
     quiet_libraries()
     scrub_hydra_files(cfg)
-    if not in_multirun() and (cfg.get("trainer") or {}).get("progress", False):
+    if cfg.get("print_config") or cfg.get("debug") or verbose():  # asked for, a debug= run, hydra.verbose
         print_config(cfg)
     with exit_codes(run=True, reraise=in_multirun(), exit=True):  # docs/errors.md; under -m the launcher sees it
         rec = run(cfg)
     return float((((rec.get("metrics") or {}).get("best") or {}).get("val") or {}).get("acc", 0.0))
 
 
+def verbose() -> bool:
+    """Hydra's debug verbosity is on (``hydra.verbose=true``, or naming kdbench's logger)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        v = HydraConfig.get().verbose
+    except Exception:  # outside Hydra
+        return False
+    names = [v] if isinstance(v, str) else list(v) if not isinstance(v, bool) else []
+    return v is True or any(n in ("kdbench", "root", "__main__") for n in names)
+
+
 def print_config(cfg) -> None:
-    """The composed config as a tree (rich), before a single interactive run starts."""
+    """The composed config as a tree (rich), when asked: ``print_config=true``, a ``debug=`` run, or
+    ``hydra.verbose``."""
     try:
         from omegaconf import OmegaConf
         from rich import print as rprint
