@@ -144,7 +144,7 @@ def settle(item: dict, out: dict) -> None:
         line, kind = error_of(out["text"])
         item.update(status="FAILED", rc=out["rc"], error=line, kind=kind)
     else:
-        item.setdefault("status", "ok")
+        item["status"] = "ok"
 
 
 # ---- (a) the CUDA tests and the smoke runs ----------------------------------------------------------
@@ -153,7 +153,7 @@ def smoke_items(plan: Plan, py: str) -> list[dict]:
     """One run per method family on a small slice, on the device; ``after``: the item it needs first."""
     s, w = plan.smoke, Path(plan.work)
     base = ["logger=none", "trainer.progress=false", f"paths.results_dir={w / 'results'}",
-            f"paths.data_dir={w / 'data_cache'}", *plan.trainer]
+            f"paths.data_dir={plan.data_dir}", *plan.trainer]
     cifar = ["experiment=cifar10_jpeg_smoke", f"dataset.root={plan.cifar}", f"dataset.train_subset={s['train_subset']}",
              f"dataset.test_subset={s['test_subset']}", "teacher.arch=resnet20", "student.arch=resnet8",
              "teacher.recipe.epochs=1", "trainer.max_epochs=1", *base]
@@ -293,7 +293,7 @@ def bench(part: Part) -> None:
             s = dict(gpu_form[pair], n_train=b["n_train"], epochs=b["epochs"], batches=tuple(b["batches"]),
                      augment=b["augment"], signals=tuple(b["signals"]),
                      dataset={**gpu_form[pair]["dataset"], "root": plan.cifar,
-                              "cache_dir": str(Path(plan.work) / "data_cache")})
+                              "cache_dir": str(Path(plan.data_dir) / ".cache")})
             sec["rows"] = harness.bench_harness(device, [s])
             done.append(s)
             every.extend(sec["rows"])
@@ -336,7 +336,7 @@ def run_overrides(plan: Plan, experiment: str) -> list[str]:
     out = ["experiment=cifar10_methods", "pair=resnet56_resnet20", "distill=kd", "teacher_signal=online",
            f"dataset.root={plan.cifar}", f"trainer.max_epochs={r['epochs']}", f"teacher.recipe.epochs={r['teacher_epochs']}",
            f"teacher.recipe.batch_size={r['teacher_batch']}", "teacher.recipe.sched.name=cosine", "logger=none",
-           "trainer.progress=false", f"paths.results_dir={w / 'results'}", f"paths.data_dir={w / 'data_cache'}",
+           "trainer.progress=false", f"paths.results_dir={w / 'results'}", f"paths.data_dir={plan.data_dir}",
            *plan.trainer, f"experiment_name={experiment}"]
     out += [f"dataset.{k}={r[k]}" for k in ("train_subset", "test_subset") if r.get(k)]
     return out

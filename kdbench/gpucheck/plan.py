@@ -49,6 +49,7 @@ class Plan:
     bench: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
     site: str | None = None        # where the carried wheels were installed (on PYTHONPATH of every part)
+    data_dir: str = ""             # the runs' paths.data_dir (their decoded-data cache: <data_dir>/.cache)
 
     @property
     def cifar(self) -> str:
@@ -88,10 +89,12 @@ def make_plan(dry_run: bool, work: Path, data: Path, parts: list[str], budgets: 
         tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
                        if "torch.cuda.is_available()" in p.read_text())
         default_budgets, default_total, default_jobs = dict(GPU_BUDGETS), GPU_TOTAL, 4
+    # a dry run shares the cache of this checkout's runs (paths.data_dir's default); a GPU machine starts bare
+    data_dir = REPO / "data" if dry_run else work / "data_cache"
     return Plan(device="cpu" if dry_run else "cuda", dry_run=dry_run, work=str(work), data=str(data), parts=parts,
                 budgets={**default_budgets, **budgets}, total_s=float(total or default_total),
                 jobs=int(jobs or default_jobs), trainer=trainer, test_files=tests, smoke=smoke, bench=bench,
-                run=run)
+                run=run, data_dir=str(data_dir))
 
 
 # ---- checks before any work: one line naming the option and what is allowed ----------------------------
@@ -129,9 +132,10 @@ def check_out(out: Path) -> None:
 
 
 def default_data() -> Path:
-    """``.gpucarry/data`` where ``make gpu-wheels`` filled it (the GPU machine), else ``../shared/data``."""
-    carried = CARRY / "data"
-    return carried if (carried / CIFAR).exists() else REPO.parent / "shared" / "data"
+    """``../shared/data`` where it is (a developer's checkout), else ``.gpucarry/data`` (``make gpu-wheels``'s
+    copy, what the GPU machine gets: ``../shared`` does not travel)."""
+    shared = REPO.parent / "shared" / "data"
+    return shared if (shared / CIFAR).exists() else CARRY / "data"
 
 
 def mnist_state(data: Path) -> str | None:
