@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from kdbench.errors import ConfigError, exit_codes
-from kdbench.stores import check_out, export_jsonl, import_jsonl, make_header, read_header, write_store
+from kdbench.stores import (
+    check_out,
+    export_jsonl,
+    import_jsonl,
+    make_header,
+    read_header,
+    validate_store,
+    write_store,
+)
 
 
 def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Path:
@@ -101,6 +109,12 @@ def _existing(out: Path, want: dict, key_of) -> bool:
     have = {key: h.get(key) for key in want}
     if have == want:
         have["teacher_key"], want["teacher_key"] = h["teacher"].get("key"), key_of()
+    if have == want:
+        try:
+            validate_store(out, key="--out")  # kept only when whole: a broken copy is not this capture
+        except ConfigError as e:
+            raise ConfigError("--out", f"{out} holds this capture, broken ({e.message}); it is kept: delete it "
+                                       "or give another folder") from None
     if have != want:
         diff = ", ".join(f"{key} {have[key]!r} (asked {want[key]!r})" for key in want
                          if have[key] != want[key] and key != "dataset") or "dataset"

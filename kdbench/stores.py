@@ -28,9 +28,11 @@ import hashlib
 import json
 import math
 import os
+import tokenize
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from kdbench.errors import ConfigError
 from kdbench.files import atomic_write, atomic_write_text
@@ -141,6 +143,9 @@ def check_header(h, where: str, key: str) -> dict:
     if not isinstance(t, dict) or not all(t.get(f) is None or isinstance(t.get(f), str) for f in ("name", "key", "arch")) \
             or not isinstance(t.get("test") or {}, dict):
         bad(f"teacher must be an object with string name, key, arch and a test-metrics object, got {t!r}")
+    for metric, v in (t.get("test") or {}).items():  # a run's record carries them as the teacher's
+        if v is not None and not _num(v):
+            bad(f"teacher.test.{metric} must be a number or null, got {v!r}")
     if h.get("positions") is not None and (not _int(h["positions"]) or h["positions"] < 1):
         bad(f"positions must be an integer >= 1 (token data) or absent, got {h['positions']!r}")
     if h.get("positions") is not None and h["views"]["train"] != 1:
@@ -182,8 +187,9 @@ def _npy_layout(f: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
             else:
                 raise ValueError(f"unsupported .npy version {version}")
             offset = fh.tell()
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ConfigError(key, f"{f}: not a readable .npy array ({e})") from None
+    except (OSError, ValueError, SyntaxError, tokenize.TokenError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise ConfigError(key, f"{f}: not a readable .npy array ({why})") from None
     if dtype.hasobject:
         raise ConfigError(key, f"{f}: an object array (pickled Python objects); allowed: numeric arrays only")
     want = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -359,9 +365,8 @@ def write_store(out: Path, header: dict, arrays: dict[str, tuple[np.ndarray, np.
             check_values(split, idx, logp, header["num_classes"], tokens.get(split))
         except StoreDefect as e:
             raise ConfigError(key, f"{out}: {e}") from None
-    if check_out(out, "--out"):
-        raise ConfigError("--out", f"{out} already holds a capture; it is kept: give a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, "--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(array: np.ndarray):
         def write(tmp: Path) -> None:
@@ -370,13 +375,18 @@ def write_store(out: Path, header: dict, arrays: dict[str, tuple[np.ndarray, np.
 
         return write
 
-    for split, (idx, logp) in arrays.items():
-        atomic_write(out / f"{split}.indices.npy", save(np.asarray(idx).astype(np.int32)))
-        atomic_write(out / f"{split}.log_probs.npy", save(np.asarray(logp).astype(np.float32)))
-        if split in tokens:
-            atomic_write(out / f"{split}.tokens.npy", save(np.asarray(tokens[split]).astype(np.int64)))
-    header["checked"] = _checked_note(out, header)
-    atomic_write_text(out / HEADER, json.dumps(header, indent=2, sort_keys=True) + "\n")
+    with FileLock(str(out) + ".lock"):  # two writers of one folder: the second finds the first's store
+        if check_out(out, "--out"):
+            raise ConfigError("--out", f"{out} already holds a capture (or another writer's files); it is kept: "
+                                       "give a new folder")
+        out.mkdir(exist_ok=True)
+        for split, (idx, logp) in arrays.items():
+            atomic_write(out / f"{split}.indices.npy", save(np.asarray(idx).astype(np.int32)))
+            atomic_write(out / f"{split}.log_probs.npy", save(np.asarray(logp).astype(np.float32)))
+            if split in tokens:
+                atomic_write(out / f"{split}.tokens.npy", save(np.asarray(tokens[split]).astype(np.int64)))
+        header["checked"] = _checked_note(out, header)
+        atomic_write_text(out / HEADER, json.dumps(header, indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -376,3 +376,123 @@ def test_teacher_import_refuses_non_finite_weights_even_without_evaluation(tmp_p
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and name in err and "non-finite" in err, err
     assert not (tmp_path / "t").exists()
+
+
+# ---- more hostile stores ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[]", "the header must be a JSON object, got list"),
+    ("", "no readable capture"),
+    ("\udcff", "no readable capture"),
+])
+def test_a_header_that_is_not_a_json_object_is_one_line(store, text, fragment):
+    (store / "header.json").write_bytes(b"\xff\xfe\x00" if text == "\udcff" else text.encode())
+    _refused(store, fragment, values=False)
+
+
+def test_teacher_metrics_that_are_not_numbers_never_reach_a_record(store):
+    _header(store, lambda h: h["teacher"]["test"].update(acc="0.97"))
+    _refused(store, "teacher.test.acc must be a number or null, got '0.97'", values=False)
+
+
+def test_an_npy_whose_own_header_is_garbage_is_refused(store):
+    f = store / "val.indices.npy"
+    data = bytearray(f.read_bytes())
+    data[10:40] = b"{'descr': garbage, 'shape': ("
+    f.write_bytes(bytes(data))
+    _refused(store, "val.indices.npy: not a readable .npy array", values=False)
+
+
+def test_capture_into_a_broken_copy_of_the_same_capture_does_not_keep_it(capture_cli, made, tmp_path):
+    copy = shutil.copytree(made / "cap", tmp_path / "copy")
+    f = copy / "train.log_probs.npy"
+    f.write_bytes(f.read_bytes()[:-40])
+    rc, err = capture_cli("--k", "3", "--out", str(copy))
+    assert rc == 2 and "holds this capture, broken" in err and "train.log_probs.npy" in err and "truncated" in err
+    assert err.count("\n") == 0
+
+
+def test_two_writers_of_one_folder_never_mix_their_arrays(made, tmp_path, monkeypatch):
+    """The second writer, started while the first writes, finds the first's store and is refused."""
+    import threading
+
+    import kdbench.stores as stores
+
+    h = stores.read_header(made / "cap")
+    arrays = {s: tuple(t.numpy().copy() for t in stores.read_split(made / "cap", s)) for s in h["n"]}
+    other = {s: (i[..., ::-1].copy(), np.full(lp.shape, math.log(0.2), np.float32)) for s, (i, lp) in arrays.items()}
+    first_writing, second_writing = threading.Event(), threading.Event()
+    real = stores.atomic_write
+
+    def write(path, fn, **kw):
+        if threading.current_thread().name == "first" and not first_writing.is_set():
+            first_writing.set()
+            second_writing.wait(timeout=1.0)  # without a lock the second writer gets here meanwhile
+        else:
+            second_writing.set()
+        return real(path, fn, **kw)
+
+    monkeypatch.setattr(stores, "atomic_write", write)
+    out = tmp_path / "cap"
+    t = threading.Thread(target=stores.write_store, args=(out, h, arrays), name="first")
+    t.start()
+    first_writing.wait(timeout=10)
+    with pytest.raises(ConfigError) as e:
+        stores.write_store(out, h, other)
+    t.join()
+    assert "already holds a capture" in str(e.value)
+    stores.validate_store(out)  # the first writer's store, whole and consistent with its checksums
+    assert np.array_equal(np.load(out / "test.indices.npy"), arrays["test"][0])
+
+
+# ---- token captures ---------------------------------------------------------------------------------------
+
+TOKENS = ["dataset=markov", "dataset.n_train=40", "dataset.n_test=20", "dataset.val_size=10", "teacher=oracle",
+          "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def token_made(tmp_path_factory):
+    """A real top-4 capture of the Markov data's oracle: ``[N, 1, T, 4]`` arrays and ``[N, T]`` token ids."""
+    from kdbench.capture import main
+
+    tmp = tmp_path_factory.mktemp("token_store")
+    assert main(["--k", "4", "--out", str(tmp / "cap"), *TOKENS, f"paths.results_dir={tmp / 'results'}",
+                 f"paths.data_dir={tmp / 'data'}"]) == 0
+    return tmp / "cap"
+
+
+@pytest.fixture
+def token_store(token_made, tmp_path):
+    return shutil.copytree(token_made, tmp_path / "tcap")
+
+
+def test_a_real_token_capture_passes(token_made):
+    from kdbench.stores import validate_store
+
+    h = validate_store(token_made)
+    assert h["positions"] >= 2 and np.load(token_made / "train.indices.npy").ndim == 4
+
+
+@pytest.mark.parametrize("name, edit, fragments", [
+    ("train.indices.npy", lambda a: np.ascontiguousarray(a[:, :, 0]), ["[N, V, T, k]", "shape"]),  # 3-D, not 4-D
+    ("train.log_probs.npy", lambda a: np.ascontiguousarray(a.reshape(a.shape[0], 1, -1)[..., :4]), ["shape"]),
+    ("test.tokens.npy", lambda a: a[:, None], ["test.tokens.npy", "[N, T]"]),
+    ("val.tokens.npy", _set((1, 2), 10**6), ["val.tokens.npy", "split val, row 1", "token ids must be in [0, "]),
+    ("test.indices.npy", _set((2, 0, 3, 1), -5), ["split test, row 2, view 0, position 3", "class ids"]),
+    ("train.log_probs.npy", _set((0, 0, 1), np.log(0.6)), ["split train, row 0, view 0, position 1"]),
+])
+def test_a_tampered_token_capture_is_refused_naming_the_position(token_store, name, edit, fragments):
+    _array(token_store, name, edit)
+    _refused(token_store, *fragments)
+
+
+def test_a_token_capture_without_its_token_ids_is_refused(token_store):
+    (token_store / "train.tokens.npy").unlink()
+    _refused(token_store, "train.tokens.npy: missing", values=False)
+
+
+def test_a_token_header_without_positions_over_token_arrays_is_refused(token_store):
+    _header(token_store, lambda h: (h.pop("positions"), h.pop("alignment")))
+    _refused(token_store, "train.indices.npy", "[N, V, k]", values=False)
