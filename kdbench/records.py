@@ -73,8 +73,8 @@ def run_lock(lock_path: Path, record_path: Path, run_id: str, wait: bool = False
     except Timeout:
         try:
             rec = read_record(record_path)
-            who = f"started {rec.get('started_at')} on {rec.get('host')}, record {record_path}"
-        except (OSError, ValueError):
+            who = f"started {_one_line(rec['started_at'])} on {_one_line(rec['host'])}, record {record_path}"
+        except (OSError, ValueError, TypeError, KeyError):  # unreadable, not a mapping, or without them
             who = f"lock {lock_path}"
         raise BusyError("run", f"{run_id} is already running in another process ({who}); wait for it to "
                                "finish, or stop it (the next invocation resumes it)") from None
@@ -82,6 +82,12 @@ def run_lock(lock_path: Path, record_path: Path, run_id: str, wait: bool = False
         yield
     finally:
         lock.release()
+
+
+def _one_line(value: Any) -> str:
+    """A value read back from a record, printable in a one-line message (control characters escaped)."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def read_record(path: str | os.PathLike) -> dict:
@@ -139,13 +145,37 @@ def load_records(root: str | os.PathLike, experiment: str | None = None):
     return df
 
 
+def not_a_result(rec: Any, run_id: str) -> str | None:
+    """Why a record that says ``complete`` is not run ``run_id``'s result (another run's id, or no test metrics
+    of its last and best epochs), or None."""
+    if rec.get("run_id") != run_id:
+        return f"it is run {_one_line(rec.get('run_id'))}'s record, not {run_id}'s"
+    metrics = rec.get("metrics")
+    for which in ("last", "best"):
+        m = metrics.get(which) if isinstance(metrics, dict) else None
+        if not isinstance(m, dict) or not isinstance(m.get("test"), dict) or not m["test"]:
+            return f"it has no test metrics of its {which} epoch"
+    return None
+
+
 def complete_record(path: str | os.PathLike) -> dict | None:
-    """The record at ``path`` if it is there, readable and complete; otherwise None."""
+    """The record at ``path`` (``<run_id>.json``) if it is there, readable and complete: this run's, with the
+    test metrics of its last and best epochs; otherwise None (the run is trained again). A record that says
+    ``complete`` but is not a result is named in a warning on stderr."""
+    path = Path(path)
     try:
         rec = read_record(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, garbage JSON or bytes that are not UTF-8
         return None
-    return rec if isinstance(rec, dict) and rec.get("status") == "complete" else None
+    if not isinstance(rec, dict) or rec.get("status") != "complete":
+        return None
+    why = not_a_result(rec, path.stem)
+    if why is not None:
+        import sys
+
+        print(f"kdbench: warning: {path} says 'complete' but {why}: training it again", file=sys.stderr)
+        return None
+    return rec
 
 
 def jsonable(obj: Any) -> Any:

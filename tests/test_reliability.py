@@ -128,9 +128,10 @@ def test_rerun_skips_a_complete_record_and_redoes_failed_ones(compose, tmp_path)
     rid = run_id_of(resolve(cfg))
     path = Path(cfg.paths.runs_dir) / cfg.experiment_name / f"{rid}.json"
 
-    write_record(path, {"run_id": rid, "status": "complete", "metrics": {"planted": True}})
+    planted = {"last": {"test": {"acc": 0.5}}, "best": {"test": {"acc": 0.5}}, "planted": True}
+    write_record(path, {"run_id": rid, "status": "complete", "metrics": planted})
     before = path.read_bytes()
-    assert run(cfg)["metrics"] == {"planted": True}  # returned as it was: no work done
+    assert run(cfg)["metrics"] == planted  # returned as it was: no work done
     assert path.read_bytes() == before and not (tmp_path / "results" / "checkpoints").exists()
 
     write_record(path, {"run_id": rid, "status": "failed", "error": "boom"})

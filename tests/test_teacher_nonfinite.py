@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import FAST, train_main
@@ -44,6 +45,7 @@ def test_an_online_teacher_giving_nan_fails_the_run_naming_the_teacher_not_diver
     assert rec["status"] == "failed" and "TeacherError" in rec["error"] and "diverged_step" not in rec
 
 
+@pytest.mark.slow  # the build's refusal itself is tests/test_cache_trust.py's (no run around it)
 def test_the_same_teacher_is_refused_while_its_cache_is_built_and_nothing_is_left(compose, teachers_dir, tmp_path, capsys):
     teachers = overflowing_registry(compose, teachers_dir, tmp_path)
     results = tmp_path / "r"
