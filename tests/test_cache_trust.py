@@ -246,3 +246,26 @@ def test_a_temporary_folder_left_by_a_killed_build_is_removed_by_the_next_build(
     (folder / "meta.json").unlink()
     rebuilt(made, entry, capsys, "meta.json is missing")
     assert not stale.exists()
+
+
+def test_a_cache_of_other_teacher_weights_under_the_same_key_is_rebuilt(made, tmp_path, capsys):
+    """An entry retrained or re-imported under the same key: the cache was of the old weights, and was used."""
+    from kdbench.models import build_model
+
+    _, data, teacher, _, _ = made
+    entry, _ = copy_of(made, tmp_path)
+    torch.manual_seed(1)
+    other = build_model("mlp", data.num_classes, data.input_shape, hidden=[16]).eval()
+    capsys.readouterr()
+    sig = open_cache(made, entry, teacher=other)
+    assert "it was built from other teacher weights" in capsys.readouterr().err
+    from kdbench.data import TensorLoader
+
+    n = len(data.test_y)
+    x = TensorLoader(data.test_x, data.test_y, n, mean=data.mean, std=data.std).view_batch(
+        torch.arange(n), torch.zeros(n, dtype=torch.long))
+    with torch.inference_mode():
+        want = other(x)
+    torch.testing.assert_close(torch.from_numpy(tables(sig)["test"][:, 0]), want.float(), rtol=1e-5, atol=1e-5)
+    open_cache(made, entry, teacher=other)
+    assert "broken" not in capsys.readouterr().err

@@ -116,6 +116,17 @@ def cache_key(teacher_key: str, conf: dict, data, p: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def weights_digest(teacher: nn.Module) -> str:
+    """SHA-256 of the teacher's parameters and buffers (names, dtypes, shapes, bytes): a cache is of these
+    weights, and one built from others (an entry retrained or re-imported under the same key) is rebuilt."""
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def splits_of(p: dict) -> dict[str, tuple[tuple[int, int, int], np.dtype]]:
     """The arrays a cache of plan ``p`` holds: ``{split: (shape, numpy dtype)}``."""
     views = {"train": int(p["views"]), "val": 1, "test": 1}
@@ -140,7 +151,7 @@ def _read_json(path: Path) -> object:
         return None
 
 
-def verify(folder: Path, p: dict, fields: dict | None = None) -> str | None:
+def verify(folder: Path, p: dict, fields: dict | None = None, weights: str | None = None) -> str | None:
     """Why the cache in ``folder`` is not a sound cache of plan ``p`` (and of ``fields``), or None.
 
     Always: ``meta.json`` readable, for this plan and these fields, every array there with the size its
@@ -161,6 +172,8 @@ def verify(folder: Path, p: dict, fields: dict | None = None) -> str | None:
         theirs = meta.get("fields") if isinstance(meta.get("fields"), dict) else {}
         differ = sorted(k for k in set(theirs) | set(fields) if theirs.get(k) != fields.get(k))
         return f"it was built for other {', '.join(differ) or 'fields'} than this run's"
+    if weights is not None and meta.get("weights_sha256") != weights:
+        return "it was built from other teacher weights (the entry was retrained or replaced)"
     arrays = meta.get("arrays")
     if not isinstance(arrays, dict):
         return f"{META} records no checksums (built by an earlier kdbench)"
@@ -215,7 +228,7 @@ def _teacher_device(conf: dict) -> torch.device:
 
 @torch.inference_mode()
 def build(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, *, fields: dict | None = None,
-          who: str = "the teacher") -> None:
+          weights: str | None = None, who: str = "the teacher") -> None:
     """Run the teacher once per (training image, view), and once per validation / test image; a non-finite
     logit refuses the cache (TeacherError naming ``who`` and the row) and leaves nothing behind."""
     device = _teacher_device(conf)
@@ -264,7 +277,7 @@ def build(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, *, fields
     # checked as written (renaming the folder keeps each file's size, mtime and inode)
     stamp = {n: [*_stat(tmp / f"{n}.npy"), a["sha256"]] for n, a in arrays.items()}
     (tmp / STAMP).write_text(json.dumps(stamp) + "\n")
-    (tmp / META).write_text(json.dumps({**p, "fields": fields, "arrays": arrays,
+    (tmp / META).write_text(json.dumps({**p, "fields": fields, "weights_sha256": weights, "arrays": arrays,
                                         "built_s": round(time.time() - progress.t0, 1)}, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -372,9 +385,10 @@ def _cached(*, teacher: nn.Module | None, conf: dict, data, teacher_meta: dict |
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock)):
-            why = verify(folder, p, fields) if folder.exists() else None
+            weights = weights_digest(teacher)
+            why = verify(folder, p, fields, weights) if folder.exists() else None
             if why is not None or not folder.exists():
-                _rebuild(folder, teacher, conf, data, p, fields, teacher_meta, why)
+                _rebuild(folder, teacher, conf, data, p, fields, weights, teacher_meta, why)
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
@@ -385,8 +399,8 @@ def _cached(*, teacher: nn.Module | None, conf: dict, data, teacher_meta: dict |
                         on_device=(conf.get("teacher_cache") or {}).get("on_device", "auto"))
 
 
-def _rebuild(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, fields: dict, teacher_meta: dict,
-             why: str | None) -> None:
+def _rebuild(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, fields: dict, weights: str,
+             teacher_meta: dict, why: str | None) -> None:
     """Build the cache (under its lock): a first time, or again when :func:`verify` found it broken (``why``)."""
     free = shutil.disk_usage(folder.parent).free
     if p["bytes"] > free:
@@ -399,4 +413,5 @@ def _rebuild(folder: Path, teacher: nn.Module, conf: dict, data, p: dict, fields
     for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # a build killed half-way (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     log.info("teacher cache %s: building (%s)", folder, p["formula"])
-    build(folder, teacher, conf, data, p, fields=fields, who=f"teacher {teacher_meta.get('name') or teacher_meta.get('key')}")
+    build(folder, teacher, conf, data, p, fields=fields, weights=weights,
+          who=f"teacher {teacher_meta.get('name') or teacher_meta.get('key')}")
