@@ -227,7 +227,7 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
         cfg = next(j["cfg"] for j in jobs if j["cfg"].experiment_name == name)
         if not any(j["run_id"] in complete for j in jobs if j["cfg"].experiment_name == name):
             continue
-        from kdbench.report import make_report
+        from kdbench.report import make_report, print_summary
 
         # a report run in W&B only when this sweep completed runs of the experiment (not on every re-run),
         # in the project / entity / mode of the sweep's own runs
@@ -235,9 +235,7 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
                     if j["cfg"].experiment_name == name)
         wb = {k: lg.wandb.get(k) for k in ("project", "entity", "mode")} if to_wandb and fresh else False
         out = make_report(Path(cfg.paths.runs_dir).absolute(), name, wandb_log=wb)
-        table = out.get("markdown") or ""
-        if table:
-            print("\n" + table)
+        print_summary(out["out_dir"])
         for w in out.get("warnings") or []:
             print(f"warning: {w}")
         print(f"\ntables and plots: {out.get('out_dir')}")

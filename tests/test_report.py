@@ -299,10 +299,15 @@ def test_main_missing_experiment_exits_2_and_writes_nothing(results, capsys):
     assert not (results.parent / "missing").exists()
 
 
-def test_main_writes_tables_and_prints_markdown(results, capsys):
+def test_main_writes_tables_and_prints_the_compact_table(results, capsys):
     assert report.main(["--experiment", EXP, "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "top-1 last (%)" in out and "## Failed runs" in out
+    # the compact table (issue 24.7), not the markdown: teacher first, one line per group, then the paths
+    assert "top-1 last (%)" in out and "## Failed runs" not in out and "|" not in out
+    assert [ln.split()[0] for ln in out.splitlines() if ln.split()[:1] in (["teacher"], *([v] for v in ACC))] == \
+        ["teacher", "scratch", "kd", "no_tau2"]
+    assert "1 run did not complete" in out
+    assert f"full table: {results / EXP / 'table.md'}" in out and f"page:       {results / EXP / 'index.html'}" in out
     assert (results / EXP / "table.tex").exists() and (results / EXP / "reliability.png").exists()
     assert report.main(["-e", EXP, "--records", str(results / "runs"), "--out", str(results / "o"),
                         "--no-print"]) == 0
@@ -674,8 +679,8 @@ def test_an_unreadable_record_is_listed_and_warned_not_silently_dropped(results,
     path = results / "runs" / EXP / "kd-1.json"
     path.write_text(path.read_text()[:200])  # truncated (a copy cut short, a full disk)
     assert report.main(["--experiment", EXP, "--results", str(results)]) == 0
-    out, err = capsys.readouterr()
-    section = out.split("## Failed runs", 1)[1]
+    err = capsys.readouterr().err
+    section = (results / EXP / "table.md").read_text().split("## Failed runs", 1)[1]
     assert "unreadable" in section and str(path) in section
     assert f"warning: {EXP}: unreadable record left out of the table: {path}" in err
     summary, _ = table(results)

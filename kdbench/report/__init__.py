@@ -89,6 +89,7 @@ from kdbench.report.tables import (
     write_tables,
     write_text_files,
 )
+from kdbench.report.terminal import print_summary
 from kdbench.report.tracking import load_wandb_runs
 
 __all__ = [
@@ -98,6 +99,6 @@ __all__ = [
     "default_out_dir", "diff_interval", "experiments_under", "fmt_delta_ci", "fmt_mean_std", "fmt_num", "fmt_value", "format_display",
     "iter_experiment_records", "latex_table", "load_experiment", "load_wandb_runs", "main", "make_report",
     "markdown_table", "plot_learning_curves", "plot_reliability", "plot_tau_curves", "pool_reliability",
-    "published_fields", "read_summary_csv", "render_latex", "render_markdown", "save_figure", "summarize",
+    "print_summary", "published_fields", "read_summary_csv", "render_latex", "render_markdown", "save_figure", "summarize",
     "Summary", "t_quantile", "tex_escape", "write_text_files", "write_tables",
 ]

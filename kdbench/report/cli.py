@@ -10,6 +10,7 @@ from kdbench.errors import exit_codes
 from kdbench.report.build import make_report
 from kdbench.report.frame import ReportError, default_out_dir, experiments_under
 from kdbench.report.tables import PROTOCOL_NOTE
+from kdbench.report.terminal import print_summary
 
 __all__ = ["main"]
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-wandb", metavar="ENTITY/PROJECT",
                     help="read finished runs from the W&B API instead of local records (online only; tables only)")
     ap.add_argument("--print", dest="print_table", action=argparse.BooleanOptionalAction, default=True,
-                    help="print the markdown table (default: on)")
+                    help="print the compact table and the paths of the full table and the page (default: on)")
     args = ap.parse_args(argv)
     if not args.experiment and not args.all:
         ap.error("--experiment NAME is required (or --all)")
@@ -56,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(args.out) if args.out else (
             Path(args.results) / exp if not args.records else default_out_dir(records, exp))
         res = make_report(records, exp, out_dir=out_dir, wandb_log=args.wandb, frame=frame)
-        if args.print_table:
-            print(res["markdown"])
         for w in res.get("warnings") or []:
             print(f"kdbench-report: warning: {exp}: {w}", file=sys.stderr)
-        print(f"kdbench-report: {exp}: wrote {', '.join(str(p) for p in [*res['tables'].values(), *res['plots'].values()])}",
-              file=sys.stderr)
+        files = [*res["tables"].values(), *res["plots"].values()]
+        print(f"kdbench-report: {exp}: wrote {len(files)} files into {res['out_dir']}", file=sys.stderr)
+        if args.print_table:
+            print_summary(res["out_dir"])
     return 0
