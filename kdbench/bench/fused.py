@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,11 +44,12 @@ def _s_per_epoch(results: Path, experiment: str, run_id: str) -> float:
 
 
 def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (1, 4, 8),
-                data_root: str = "../shared/data", repeats: int = 3) -> list[dict]:
+                data_root: str = "../shared/data", repeats: int = 3,
+                on_row: Callable[[dict], object] | None = None) -> list[dict]:
     """One row per K: seconds per epoch (training + validation of all K students) and end to end (every
     run's setup, fit and both tests, in this process: no process start-up counted) for K separate runs
     and for one fused group, each the minimum over ``repeats`` alternated measurements (a shared machine's
-    background load only ever adds time); speed-ups."""
+    background load only ever adds time); speed-ups. ``on_row`` sees each row as it is measured."""
     import contextlib
     import io
 
@@ -83,6 +85,8 @@ def bench_fused(device: torch.device | str, quick: bool, ks: tuple[int, ...] = (
             rows.append({"K": k, "separate s/epoch": se, "fused s/epoch": fe, "speed-up /epoch": se / fe,
                          "separate s (whole runs)": sw, "fused s (whole group)": fw, "speed-up whole": sw / fw,
                          "same test acc": "yes" if same else "NO"})
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 

@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -328,9 +329,10 @@ def _cached_signal(setup: dict, data, teacher: torch.nn.Module, device: torch.de
     return CachedSignal(folder, p), time.perf_counter() - t0
 
 
-def bench_harness(device: torch.device, setups: list[dict], given_peak: float | None = None) -> list[dict]:
+def bench_harness(device: torch.device, setups: list[dict], given_peak: float | None = None,
+                  on_row: Callable[[dict], object] | None = None) -> list[dict]:
     """One row per (setup, batch, teacher signal): kdbench and the reference loop side by side (keys
-    starting with ``_`` are for the target lines, not the table)."""
+    starting with ``_`` are for the target lines, not the table); ``on_row`` sees each row as it is measured."""
     from kdbench.signals.online import OnlineSignal
 
     _quiet()
@@ -377,6 +379,8 @@ def bench_harness(device: torch.device, setups: list[dict], given_peak: float | 
                                 "_pair": setup.get("pair"), "_n_train": n_train, "_build_s": built,
                                 "_full_min": full_min})
                     rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
     return rows
 
 

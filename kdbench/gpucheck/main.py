@@ -144,9 +144,13 @@ class Check:
                 pass
             child.unlink(missing_ok=True)
         res = read_json(work / "parts" / f"{name}.json") or {"status": "FAILED", "error": "it wrote no result"}
-        if stopped or (res.get("status") == "running"):
+        if stopped or res.get("status") in ("running", "TIMED OUT"):
             res["status"] = "TIMED OUT"
             res.setdefault("error", f"stopped at its budget ({budget:.0f} s)")
+            for step in [*res.get("items", []), *(res.get("sections") or {}).values()]:
+                if step.get("status") in ("running", "waiting"):  # what the stop cut short, or never began
+                    step.update(status="TIMED OUT" if step["status"] == "running" else "not run",
+                                error=f"the part was stopped at its budget ({budget:.0f} s)", kind="budget")
         elif proc.returncode not in (0, 1) and res.get("status") == "ok":
             res.update(status="FAILED", error=f"its process ended with exit {proc.returncode}")
         res.update(seconds=time.time() - t, budget=budget, rc=proc.returncode)
@@ -167,10 +171,11 @@ class Check:
                 if name not in self.plan.parts:
                     self.results[name] = {"status": "not selected"}
                     continue
-                budget = min(self.plan.budgets[name] + slack, self.deadline - time.time() - RESERVE_S - GRACE_S)
-                if budget < 5:
+                left = self.deadline - time.time() - RESERVE_S - GRACE_S
+                if left < 5:
                     self.results[name] = {"status": "not run", "error": "no time left of the total budget"}
                     continue
+                budget = min(self.plan.budgets[name] + slack, left)
                 self.results[name] = self.part(name, budget)
                 slack = max(0.0, budget - self.results[name]["seconds"])
         except BaseException as e:  # the summary is written whatever stopped the check

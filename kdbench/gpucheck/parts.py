@@ -214,6 +214,10 @@ def checks(part: Part) -> None:
             item.update(status="not run", error=f"needs {need}, which did not succeed", kind="skipped")
             part.save()
             return
+        if part.left() <= 1:
+            item.update(status="not run", error="its part's budget ran out before it began", kind="budget")
+            part.save()
+            return
         item["status"] = "running"
         part.save()
         for i, cmd in enumerate(it["cmds"]):
@@ -294,17 +298,26 @@ def bench(part: Part) -> None:
                      augment=b["augment"], signals=tuple(b["signals"]),
                      dataset={**gpu_form[pair]["dataset"], "root": plan.cifar,
                               "cache_dir": str(Path(plan.data_dir) / ".cache")})
-            sec["rows"] = harness.bench_harness(device, [s])
             done.append(s)
-            every.extend(sec["rows"])
-            part.result["harness_notes"] = harness.harness_notes(device, done, None)
-            part.result["harness_targets"] = harness.harness_targets(device, every)
+
+            def row(r: dict) -> None:  # saved as measured: a part stopped at its budget keeps its rows
+                sec["rows"].append(r)
+                every.append(r)
+                part.result["harness_notes"] = harness.harness_notes(device, done, None)
+                part.result["harness_targets"] = harness.harness_targets(device, every)
+                part.save()
+
+            harness.bench_harness(device, [s], on_row=row)
         return go
 
     def fused_k(sec: dict) -> None:
-        sec["rows"] = fused.bench_fused(device, quick=True, ks=tuple(b["ks"]), data_root=plan.data,
-                                        repeats=b["fused_repeats"])
-        sec["targets"] = fused.fused_targets(sec["rows"])
+        def row(r: dict) -> None:
+            sec["rows"].append(r)
+            sec["targets"] = fused.fused_targets(sec["rows"])
+            part.save()
+
+        fused.bench_fused(device, quick=True, ks=tuple(b["ks"]), data_root=plan.data, repeats=b["fused_repeats"],
+                          on_row=row)
 
     section("step", "teacher forward + student train step (eager; bf16 autocast on GPU)", steps)
     order = [("harness", pairs[0]), ("fused", None), *[("harness", p) for p in pairs[1:]]]

@@ -87,7 +87,7 @@ def make_plan(dry_run: bool, work: Path, data: Path, parts: list[str], budgets: 
         run = {"epochs": 10, "kill_after": 5, "teacher_epochs": 5, "teacher_batch": 256, "train_subset": None,
                "test_subset": None}
         tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
-                       if "torch.cuda.is_available()" in p.read_text())
+                       if "torch.cuda.is_available()" in p.read_text() and p.name != "test_gpu_check.py")
         default_budgets, default_total, default_jobs = dict(GPU_BUDGETS), GPU_TOTAL, 4
     # a dry run shares the cache of this checkout's runs (paths.data_dir's default); a GPU machine starts bare
     data_dir = REPO / "data" if dry_run else work / "data_cache"
