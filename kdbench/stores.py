@@ -17,6 +17,9 @@ distinct per row, log-probs finite, <= 0, sorted from the largest, per-row mass 
 checksums are not the ones the header says passed. Every refusal is one line naming the file, split, row
 and rule.
 
+An importer (JSONL here; other tools' top-k log-probs) builds ``{split: (indices, log_probs)}`` arrays, a header
+with :func:`make_header`, and calls :func:`write_store`, which refuses what breaks a rule before writing.
+
 The JSON-lines form (``--jsonl`` / ``--from-jsonl``): the first line ``{"header": {...}}``, then one
 object per (split, idx, view): ``{"split", "idx", "view", "indices", "log_probs"}`` (token data: also
 ``"tokens"``, and a list of top-k per position).
@@ -48,7 +51,7 @@ RULES = 1
 #: the keys a header may hold: required ones first
 REQUIRED = ("format", "values", "k", "capture_tau", "num_classes", "family", "views", "n", "dataset", "teacher")
 OPTIONAL = ("positions", "alignment", "checked")
-_ROWS = 4096  # examples per chunk of the value check
+_CHUNK = 1 << 22  # entries per chunk of the value check (~32 MB per float64 copy)
 
 
 class StoreDefect(ValueError):
@@ -246,9 +249,10 @@ _RULES = (
 def check_values(split: str, idx: np.ndarray, logp: np.ndarray, num_classes: int,
                  tokens: np.ndarray | None = None) -> None:
     """The value rules for one split, chunk by chunk; raises :class:`StoreDefect` for the first row that breaks one."""
-    for start in range(0, idx.shape[0], _ROWS):
-        i = np.asarray(idx[start:start + _ROWS]).astype(np.int64)
-        lp = np.asarray(logp[start:start + _ROWS]).astype(np.float64)
+    rows = max(1, _CHUNK // max(1, int(np.prod(idx.shape[1:]))))
+    for start in range(0, idx.shape[0], rows):
+        i = np.asarray(idx[start:start + rows]).astype(np.int64)
+        lp = np.asarray(logp[start:start + rows]).astype(np.float64)
 
         for mask, rule in _RULES:
             hit = np.argwhere(mask(i, lp, num_classes))
