@@ -156,6 +156,10 @@ def test_a_verified_array_is_hashed_once_after_each_change(made, tmp_path, monke
     open_cache(made, entry)
     assert calls == ["val.npy"]
     calls.clear()
+    (folder / "verified.json").write_text("{garbage")  # what it remembers is unreadable: checked again
+    open_cache(made, entry)
+    assert sorted(calls) == ["test.npy", "train.npy", "val.npy"]
+    calls.clear()
     open_cache(made, made[3])
     assert calls == []  # the built one: checked when built
 
