@@ -166,7 +166,14 @@ class DistillModule(pl.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        if self.needs is not None:  # a feature method: what it asked for, from the step's one forward pass
+        if self.needs is not None and len(getattr(self.method, "views", ())) > 1:
+            # a method that declares views (MLKD: weak, strong): one Out per view and side, in its order
+            xs = [batch.x] + [batch.x_views[v] for v in self.method.views[1:]]
+            outs = [forward_with(self.student, x, self.needs.student) for x in xs]
+            ts = [self.signal(batch._replace(x=x), "train") for x in xs]
+            s = outs[0].logits
+            terms = self.method(outs, [t if isinstance(t, Out) else Out(t) for t in ts], batch, self.parts)
+        elif self.needs is not None:  # a feature method: what it asked for, from the step's one forward pass
             out = forward_with(self.student, batch.x, self.needs.student)
             s, t = out.logits, self.signal(batch, "train")
             terms = self.method(out, t if isinstance(t, Out) else Out(t), batch, self.parts)

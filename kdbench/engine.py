@@ -90,13 +90,15 @@ class EpochSync(Callback):
         self.train_loader.set_epoch(trainer.current_epoch)
 
 
-def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+def make_loaders(data: TensorData, spec: FitSpec, channels_last: bool,
+                 views: tuple[str, ...] = ("weak",)) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    """The train (shuffled, augmented; with the extra ``views`` a method declares), val and test loaders."""
     from kdbench.data.augment import family_of
 
     aug = family_of(spec.augment, data)
     common = dict(mean=data.mean, std=data.std, channels_last=channels_last)
     train = TensorLoader(data.train_x, data.train_y, spec.batch_size, shuffle=True, augment=aug, seed=spec.data_seed,
-                         **common)
+                         views=views, **common)
     vx, vy = (data.val_x, data.val_y) if data.val_x is not None else (data.test_x, data.test_y)
     val = TensorLoader(vx, vy, spec.eval_batch_size, **common)
     test = TensorLoader(data.test_x, data.test_y, spec.eval_batch_size, **common)
@@ -266,7 +268,7 @@ def fit_and_test(module: DistillModule, data: TensorData, spec: FitSpec, ckpt_di
     directory resumes from it.
     """
     channels_last = prepare([module], module.signal, spec, data)
-    train, val, test = make_loaders(data, spec, channels_last)
+    train, val, test = make_loaders(data, spec, channels_last, views=getattr(module.method, "views", ("weak",)))
     label = f"kdbench {ckpt_dir.parent.name}/{ckpt_dir.name}" if ckpt_dir is not None else "kdbench"
     callbacks = [EpochSync([train, val, test], train), Eta(label, ckpt_dir, echo=not spec.progress)]
     callbacks += list(extra_callbacks or [])

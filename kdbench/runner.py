@@ -194,6 +194,15 @@ def preflight_features(conf: dict, data) -> None:
         raise ConfigError("teacher_signal", f"method {d['method']} reads the teacher's features "
                                             f"({', '.join(needs.teacher)}); teacher_signal={kind} gives only its "
                                             "outputs: use teacher_signal=online")
+    views = tuple(getattr(method, "views", ("weak",)))
+    if len(views) > 1 and kind != "online":
+        raise ConfigError("teacher_signal", f"method {d['method']} trains on the {' and '.join(views)} views of each "
+                                            f"image; teacher_signal={kind} gives the teacher on one view only: use "
+                                            "teacher_signal=online")
+    if len(views) > 1 and not data.is_image:
+        raise ConfigError("distill.method", f"method {d['method']} trains on a {views[1]} view of each image; dataset "
+                                            f"{conf['dataset']['name']} gives feature vectors or tokens: use an image "
+                                            "dataset")
     s_arch, t_arch = conf["student"]["arch"], conf["teacher"]["arch"]
     try:
         with torch.random.fork_rng():

@@ -87,6 +87,33 @@ class Batch(NamedTuple):
     view: torch.Tensor
 
 
+class ViewsBatch(NamedTuple):
+    """A :class:`Batch` with other views of the same images: ``x_views`` by name (``{"strong": ...}``), what a
+    loader asked for ``views`` yields (a method that declares them); ``x`` and the rest are the plain batch's."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    view: torch.Tensor
+    x_views: dict[str, torch.Tensor]
+
+
+#: the views a method may ask of a training batch: ``weak`` is the run's own augmentation (``batch.x``),
+#: ``strong`` an independent draw of it followed by RandAugment and Cutout (:mod:`kdbench.data.randaugment`)
+VIEWS = ("weak", "strong")
+
+
+def check_view_names(views, images: bool) -> tuple[str, ...]:
+    """``views`` as a tuple, or ValueError: ``weak`` first, then names of :data:`VIEWS` once each; a
+    ``strong`` view needs images."""
+    views = tuple(views)
+    if not views or views[0] != "weak" or len(set(views)) != len(views) or any(v not in VIEWS for v in views):
+        raise ValueError(f"views must be 'weak' then any of {', '.join(VIEWS[1:])} (once each), got {list(views)}")
+    if "strong" in views and not images:
+        raise ValueError("a strong view needs image inputs [N, C, H, W] (uint8); these are feature vectors or tokens")
+    return views
+
+
 class TensorLoader:
     """Iterate :class:`Batch` ``(x, y, idx, view)`` from in-memory tensors: shuffled, augmented, normalised.
 
@@ -106,14 +133,21 @@ class TensorLoader:
     same number of batches and step ``b`` of all ranks together covers the same examples as step ``b``
     of one process with ``world_size`` times the batch size. Ranks draw different view codes (rank
     0, and a single process, keep the unsharded stream).
+
+    ``views=("weak", "strong")`` yields :class:`ViewsBatch`: a strong view of the same images in ``x_views``,
+    an independent draw of the augmentation family, then :func:`~kdbench.data.randaugment.rand_augment`,
+    from a generator of its own keyed to ``(seed, epoch, rank)``: the weak batches (``x``, ``idx``,
+    ``view``) are the ones a loader without it yields, and a resumed epoch draws the same strong views.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  augment: str = "none", mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
-                 drop_last: bool = False, seed: int = 0, channels_last: bool = False):
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False,
+                 views: tuple[str, ...] = ("weak",)):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         aug.num_views(augment)  # ValueError for an unknown name
+        self.views = check_view_names(views, x.dim() == 4 and x.dtype == torch.uint8)
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -166,6 +200,11 @@ class TensorLoader:
         Exactly the ``idx`` and ``view`` that iterating the loader at that epoch yields (same shard);
         it neither builds the inputs nor advances the epoch.
         """
+        for idx, view, _ in self._plan(epoch):
+            yield idx, view
+
+    def _plan(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator | None]]:
+        """:meth:`plan`, with the generator of the strong views (None without them), drawn after the rest."""
         epoch = self.epoch if epoch is None else int(epoch)
         n = self.x.shape[0]
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -179,21 +218,30 @@ class TensorLoader:
         # ranks draw different augmentations (rank 0, and a single process, keep the unsharded stream)
         aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) + self.rank
         aug_gen = torch.Generator(device=self.x.device).manual_seed(aug_seed)
+        strong_gen = None
+        if "strong" in self.views:
+            strong_gen = torch.Generator(device=self.x.device).manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=gen)) + self.rank)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if self.augmenting:
                 view = aug.draw_views(self.augment, idx.shape[0], aug_gen)
             else:
                 view = torch.zeros(idx.shape[0], dtype=torch.long, device=self.x.device)
-            yield idx, view
+            yield idx, view, strong_gen
 
-    def _build(self, idx: torch.Tensor, view: torch.Tensor, *, check: bool) -> torch.Tensor:
+    def _build(self, idx: torch.Tensor, view: torch.Tensor, *, check: bool,
+               strong: torch.Generator | None = None) -> torch.Tensor:
         xb = self.x[idx]
         if xb.dtype == torch.int64:  # token ids (sequence data): no scaling, no augmentation
             return xb
         xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
         if self.augmenting:
             xb = aug.apply_views(self.augment, xb, view, check=check)
+        if strong is not None:
+            from kdbench.data.randaugment import rand_augment
+
+            xb = rand_augment(xb, strong)
         xb = (xb - self.mean) / self.std
         if self.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -216,7 +264,13 @@ class TensorLoader:
         return self._build(idx, view.long(), check=False)
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx, view in self.plan():
-            yield Batch(self._build(idx, view, check=False), self.y[idx], idx, view)
+        for idx, view, strong in self._plan(None):
+            x = self._build(idx, view, check=False)
+            if strong is None:
+                yield Batch(x, self.y[idx], idx, view)
+            else:  # an independent draw of the family, then RandAugment + Cutout
+                codes = aug.draw_views(self.augment, idx.shape[0], strong) if self.augmenting else view
+                yield ViewsBatch(x, self.y[idx], idx, view, {"strong": self._build(idx, codes, check=False,
+                                                                                   strong=strong)})
         if self.shuffle:
             self.epoch += 1

@@ -7,7 +7,8 @@
   skew KL, the tau**2 switch, logit standardization and the ablation switches.
 * :mod:`~kdbench.losses.dkd_dist`: DKD (Zhao et al. 2022) and DIST (Huang et al. 2022).
 * :mod:`~kdbench.losses.logit_2024`: TTM, WTTM (Zheng & Yang 2024), NormKD (2023) and CTKD's learned
-  temperature pieces (the KD term at a tensor temperature, gradient reversal, the cosine curriculum).
+  temperature pieces (the KD term at a tensor temperature, gradient reversal, the cosine curriculum), and
+  MLKD's (Jin et al. 2023) instance, batch and class levels with its confidence masks.
 * :mod:`~kdbench.losses.topk`: KD from a sparse (top-k) teacher, renormalised or with a tail bucket.
 * :mod:`~kdbench.losses.features`: feature distillation (AT, NST, SP, HCL, RKD, PKT, FitNet, VID, OFD,
   CRD's NCE), equal to mdistiller's / RepDistiller's functions.
@@ -49,6 +50,11 @@ from kdbench.losses.logit_2024 import (
     GradientReversal,
     ctkd_kd_loss,
     ctkd_lambda,
+    mlkd_batch_loss,
+    mlkd_class_loss,
+    mlkd_confidence_masks,
+    mlkd_instance_loss,
+    mlkd_loss,
     normkd_loss,
     reverse_gradient,
     ttm_loss,
@@ -77,6 +83,11 @@ __all__ = [
     "kd_loss",
     "kd_loss_terms",
     "kl_divergence",
+    "mlkd_batch_loss",
+    "mlkd_class_loss",
+    "mlkd_confidence_masks",
+    "mlkd_instance_loss",
+    "mlkd_loss",
     "normkd_loss",
     "nst_loss",
     "ofd_loss",
