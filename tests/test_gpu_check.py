@@ -118,8 +118,9 @@ def test_a_part_out_of_time_is_reported_and_the_summary_written(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parts"]["checks"]["status"] == "TIMED OUT"
     assert summary["parts"]["bench"]["status"] == summary["parts"]["run"]["status"] == "not selected"
-    assert any(line.startswith("checks / teacher: TIMED OUT") for line in summary["failures"])
-    assert {i["status"] for i in summary["parts"]["checks"]["items"][1:]} <= {"TIMED OUT", "not run"}
+    items = summary["parts"]["checks"]["items"]
+    assert {i["status"] for i in items} <= {"TIMED OUT", "not run"} and items[0]["kind"] == "budget"
+    assert any(re.match(r"checks / teacher: (TIMED OUT|not run) \(budget\)", line) for line in summary["failures"])
     md = next(out.glob("*.md")).read_text()
     for heading in ("## Parts", "## Failures", "## (a) CUDA tests and smoke runs", "## (b) bench",
                     "## (c) 10-epoch CIFAR-10 run, killed and resumed"):

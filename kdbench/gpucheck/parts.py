@@ -214,7 +214,7 @@ def checks(part: Part) -> None:
             item.update(status="not run", error=f"needs {need}, which did not succeed", kind="skipped")
             part.save()
             return
-        if part.left() <= 1:
+        if part.left() <= 0.5:
             item.update(status="not run", error="its part's budget ran out before it began", kind="budget")
             part.save()
             return
@@ -251,7 +251,7 @@ def checks(part: Part) -> None:
         for f in first + rest:
             f.result()
     bad = [i for i in part.result["items"] if i["status"] != "ok"]
-    part.result["status"] = "ok" if not bad else ("TIMED OUT" if any(i["status"] == "TIMED OUT" for i in bad)
+    part.result["status"] = "ok" if not bad else ("TIMED OUT" if any(i.get("kind") == "budget" for i in bad)
                                                   else "FAILED")
 
 
