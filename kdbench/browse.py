@@ -59,7 +59,8 @@ def print_table(df, *, title: str | None = None, right: Sequence[str] = (), sect
         say(title, file)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for c in df.columns:
-        table.add_column(str(c), justify="right" if c in right else "left", overflow="fold")
+        num = c in right  # numbers never wrap; the text columns give way
+        table.add_column(str(c), justify="right" if num else "left", overflow="fold", no_wrap=num)
     ends = set(sections)
     for i, row in enumerate(df.itertuples(index=False, name=None)):
         table.add_row(*[str(v) for v in row], end_section=i in ends)
@@ -356,28 +357,40 @@ def _label(key: tuple) -> str:
                     for c, v in key)
 
 
+def _compact_cells(summary) -> tuple[list[dict], list[dict], str | None]:
+    """The compact table's cells (:func:`kdbench.report.terminal.compact_rows`) of a summary: its teacher
+    rows, one row per summary row (same order), each ``{header: cell}``, and its Δ header (vs scratch, or
+    vs KD without a scratch row; None without either)."""
+    from kdbench.report.terminal import compact_rows
+
+    headers, rows, _, _ = compact_rows(summary.table)
+    cells = [dict(zip(headers, r)) for r in rows]
+    n_teacher = len(cells) - len(summary.table)
+    delta = next((h for h in headers if h.startswith("Δ")), None)
+    return cells[:n_teacher], cells[n_teacher:], delta
+
+
 def comparison_rows(runs_dir: str | Path, a: str, b: str) -> tuple[list[dict], list[str]]:
-    """The rows of ``kdbench compare``: the teacher, then per configuration (variant, and the settings that
-    tell a variant's runs apart) one row per experiment: n, top-1 last (mean ± std) and Δ vs scratch with
-    its 95 % interval; on B's row the difference B − A with its interval over seeds (paired when both ran
-    the same seeds, Welch otherwise). And notes: configurations that only one side has."""
+    """The rows of ``kdbench compare``: the compact table's cells of both experiments (the teachers, then
+    per configuration, the variant and the settings that tell a variant's runs apart, one row per
+    experiment: n, top-1 last mean ± std, Δ with its 95 % interval) and on B's row the difference B − A
+    with its interval over seeds (paired when both ran the same seeds, Welch otherwise). And notes: what
+    each Δ is against, configurations that only one side has."""
     from kdbench.report.frame import row_samples
     from kdbench.report.stats import diff_interval
-    from kdbench.report.tables import MISSING, fmt_delta_ci, fmt_mean_std, fmt_value
+    from kdbench.report.tables import MISSING, fmt_delta_ci
 
     sa, sb = _summaries(Path(runs_dir), a, b)
+    (teach_a, cells_a, delta_a), (teach_b, cells_b, delta_b) = _compact_cells(sa), _compact_cells(sb)
     ka, kb = _row_keys(sa), _row_keys(sb)
-    ta, tb = float(sa.teacher_acc), float(sb.teacher_acc)
-    rows = [{"variant": "teacher", "exp": "A", "n": "", "top-1 last (%)": fmt_value(ta, 100.0),
-             "Δ vs scratch (pp)": "", "B − A (pp)": ""},
-            {"variant": "", "exp": "B", "n": "", "top-1 last (%)": fmt_value(tb, 100.0), "Δ vs scratch (pp)": "",
-             "B − A (pp)": fmt_value((tb - ta) * 100.0, signed=True)}]
-    notes = []
+    rows, notes = [], []
+    for side, teachers in (("A", teach_a), ("B", teach_b)):
+        for t in teachers:
+            rows.append({"variant": t["variant"], "exp": side, "n": "", "top-1 last (%)": t["top-1 last (%)"],
+                         "Δ (pp)": "", "B − A (pp)": ""})
     for key in list(ka) + [k for k in kb if k not in ka]:
-        for side, s, i in (("A", sa, ka.get(key)), ("B", sb, kb.get(key))):
-            def cell(col, s=s, i=i):
-                return s.table[col].iloc[i] if i is not None and col in s.table.columns else math.nan
-
+        for side, cells, keys, delta in (("A", cells_a, ka, delta_a), ("B", cells_b, kb, delta_b)):
+            c = cells[keys[key]] if key in keys else {}
             diff = ""
             if side == "B":
                 if key in ka and key in kb:
@@ -385,15 +398,15 @@ def comparison_rows(runs_dir: str | Path, a: str, b: str) -> tuple[list[dict], l
                     diff = fmt_delta_ci(iv.diff * 100.0, iv.lo * 100.0, iv.hi * 100.0)
                 else:
                     diff = MISSING
-            rows.append({"variant": _label(key) if side == "A" else "", "exp": side,
-                         "n": str(int(cell("n"))) if i is not None else "0",
-                         "top-1 last (%)": fmt_mean_std(cell("last_test_acc_mean"), cell("last_test_acc_std"), 100.0,
-                                                        no_std="na"),
-                         "Δ vs scratch (pp)": fmt_delta_ci(cell("delta_vs_scratch"), cell("delta_vs_scratch_lo"),
-                                                           cell("delta_vs_scratch_hi")),
-                         "B − A (pp)": diff})
+            rows.append({"variant": _label(key) if side == "A" else "", "exp": side, "n": c.get("n", "0"),
+                         "top-1 last (%)": c.get("top-1 last (%)", MISSING),
+                         "Δ (pp)": c.get(delta, MISSING) if delta else MISSING, "B − A (pp)": diff})
         if key not in ka or key not in kb:
             notes.append(f"{_label(key)}: only in {a if key in ka else b}")
+    against = {side: (d or "Δ: no scratch or KD row").split(" (pp)")[0].replace("Δ ", "")
+               for side, d in (("A", delta_a), ("B", delta_b))}
+    notes.insert(0, f"Δ: A {against['A']}, B {against['B']}" if against["A"] != against["B"]
+                 else f"Δ: {against['A']}")
     return rows, notes
 
 
@@ -402,10 +415,12 @@ def compare(runs_dir: str | Path, a: str, b: str, file=None) -> int:
 
     rows, notes = comparison_rows(runs_dir, a, b)
     out = file or sys.stdout
-    print_table(pd.DataFrame(rows), right=("n", "top-1 last (%)", "Δ vs scratch (pp)", "B − A (pp)"), file=out,
-                sections=range(1, len(rows), 2), title=f"A = {a}, B = {b}: top-1 last, mean ± std over seeds")
-    say("Δ vs scratch and B − A: percentage points with the 95% interval over seeds [lo, hi] (paired t when "
-              "both ran the same seeds, Welch otherwise; n/a: one seed). The full tables: "
+    n_teacher = sum(1 for r in rows if r["n"] == "")
+    print_table(pd.DataFrame(rows), right=("n", "top-1 last (%)", "Δ (pp)", "B − A (pp)"), file=out,
+                sections=[n_teacher - 1, *range(n_teacher + 1, len(rows), 2)],
+                title=f"A = {a}, B = {b}: top-1 last, mean ± std over seeds")
+    say(f"{notes.pop(0)}. Δ and B − A: percentage points with the 95% interval over seeds [lo, hi] (paired t "
+        "when both ran the same seeds, Welch otherwise; n/a: one seed). The full tables: "
               f"{Path(runs_dir).parent / a / 'table.md'}, {Path(runs_dir).parent / b / 'table.md'}.", out)
     for n in notes:
         say(f"  {n}", out)
