@@ -191,6 +191,10 @@ def migrate(runs_dir: str | os.PathLike, experiment: str | None = None, *, check
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             result["refused"].append((str(path), f"its overrides no longer compose: {type(e).__name__}: {msg}"))
             continue
+        if conf.get("experiment_name") != rec["experiment"]:  # the moved record's config would disown its folder
+            result["refused"].append((str(path), f"its overrides compose to experiment_name "
+                                                 f"{conf.get('experiment_name')!r}, not {rec['experiment']!r}"))
+            continue
         new_id = run_id_of(conf)
         if new_id == rec["run_id"]:
             result["current"].append(str(path))

@@ -56,6 +56,8 @@ def test_hostile_records_are_refused_one_line_each_and_the_good_one_still_moves(
         "elsewhere.json": old_record("kd-s0-5555555555"),
         "garbage.json": "{not json",
         "new\nline.json": {**old_record("new\nline")},
+        "kd-s0-7777777777.json": {**old_record("kd-s0-7777777777"),
+                                  "overrides": [*old_record()["overrides"], "experiment_name=other"]},
     }
     for name, content in hostile.items():
         plant(runs / EXP, name, content)
@@ -74,6 +76,7 @@ def test_hostile_records_are_refused_one_line_each_and_the_good_one_still_moves(
     assert "its config is not a mapping (got list)" in said
     assert "its run_id 'kd-s0-5555555555' is not where it lies (elsewhere)" in said
     assert "unreadable (JSONDecodeError" in said
+    assert "its overrides compose to experiment_name 'other', not 'mnist_ablation'" in said
     assert (victim / "precious.txt").read_text() == "mine" and sorted(p.name for p in victim.parent.iterdir()) == [
         "b", "victim"]
     for name in hostile:
