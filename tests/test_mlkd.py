@@ -87,6 +87,20 @@ def test_each_level_equals_its_float64_formula(dtype):
     assert abs(mlkd_instance_loss(t, t, temps).item()) < 1e-6
 
 
+def test_bf16_logits_and_autocast_are_computed_in_float32():
+    from kdbench.losses import mlkd_loss
+
+    sw, tw = _pair(n=8, c=6, seed=10)
+    ss, ts = _pair(n=8, c=6, seed=11)
+    bf = [z.bfloat16() for z in (sw, tw, ss, ts)]
+    ref = mlkd_loss(*[z.float() for z in bf])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mlkd_loss(*bf)
+    for k in ("instance", "batch", "class"):
+        assert got[k].dtype == torch.float32
+        _close(got[k], ref[k], 1e-6)
+
+
 @pytest.mark.parametrize("tau", [1.0, 4.0])
 def test_one_temperature_unmasked_without_gram_terms_is_kd_at_that_tau(tau):
     """MLKD reduced to one temperature, no mask, no strong/extra instance terms and Gram weights 0 is

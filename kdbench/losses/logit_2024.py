@@ -243,13 +243,14 @@ def _gram_loss(student_logits: Tensor, teacher_logits: Tensor, temperatures, wei
     n = s.shape[-1] if classes else s.shape[0]
     w = _weights(weight, n, s, "class" if classes else "row")
     total = s.new_zeros(())
-    for temp in _temperatures(temperatures):
-        ps, pt = F.softmax(s / temp, dim=-1), F.softmax(t / temp, dim=-1)
-        if classes:
-            gs, gt = ps.transpose(0, 1) @ ps, pt.transpose(0, 1) @ pt
-        else:
-            gs, gt = ps @ ps.transpose(0, 1), pt @ pt.transpose(0, 1)
-        total = total + (w * ((gt - gs) ** 2).sum(-1)).sum() / n
+    with torch.autocast(s.device.type, enabled=False):  # the Gram products in float32 under bf16 autocast too
+        for temp in _temperatures(temperatures):
+            ps, pt = F.softmax(s / temp, dim=-1), F.softmax(t / temp, dim=-1)
+            if classes:
+                gs, gt = ps.transpose(0, 1) @ ps, pt.transpose(0, 1) @ pt
+            else:
+                gs, gt = ps @ ps.transpose(0, 1), pt @ pt.transpose(0, 1)
+            total = total + (w * ((gt - gs) ** 2).sum(-1)).sum() / n
     return total
 
 
