@@ -161,6 +161,8 @@ def read_header(path: Path, key: str = "teacher_capture.path") -> dict:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(key, f"no capture store at {path} ({'not a folder' if path.exists() else 'no such folder'})")
+    if (path / HEADER).is_symlink():
+        _inside(path, path / HEADER, key)
     try:
         h = json.loads((path / HEADER).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:

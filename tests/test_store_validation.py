@@ -175,6 +175,13 @@ def test_a_link_out_of_the_store_is_refused(store, tmp_path):
     _refused(store, "test.indices.npy", "outside the store", values=False)
 
 
+def test_a_header_linked_from_another_store_is_refused(store, made, tmp_path):
+    other = shutil.copytree(made / "cap", tmp_path / "other")
+    (store / "header.json").unlink()
+    (store / "header.json").symlink_to(other / "header.json")
+    _refused(store, "header.json: a link to", "outside the store", values=False)
+
+
 def test_a_nan_in_a_store_is_the_store_s_fault_before_any_work_not_a_divergence(store, compose, tmp_path):
     """Issue 23 #5: refused by the run's preflight (no record, no teacher), not recorded as 'diverged'."""
     from kdbench.train import run
