@@ -26,8 +26,8 @@ class NonFiniteWatch:
             return
         rows = ~torch.isfinite(out.detach()).flatten(1).all(1)
         at = rows.to(torch.uint8).argmax().view(1)  # the first bad row (0 when none: then unused)
-        idx = batch.idx.to(rows.device).gather(0, at)
-        view = batch.view.to(rows.device).gather(0, at) if split == "train" else torch.zeros_like(idx)
+        idx = batch.idx.to(rows.device, non_blocking=True).gather(0, at)  # the loader's: on the device already
+        view = batch.view.to(rows.device, non_blocking=True).gather(0, at) if split == "train" else torch.zeros_like(idx)
         found = torch.cat([torch.full_like(idx, SPLITS.index(split)), idx, view])
         if self.first is None or self.first.device != found.device:
             self.first = torch.full_like(found, -1)
