@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import FAST
+from tests.conftest import FAST, whole_cut_resumed
 
 
 def _pair(n=6, c=5, seed=0, scale=3.0, dtype=torch.float32):
@@ -322,6 +322,14 @@ def test_mlkd_trains_one_epoch_on_digits_on_both_views(compose, teachers_dir, mo
     assert rec["metrics"]["last"]["test"]["acc"] > 0.2
     sw, ss, tw, ts = seen[0]
     assert sw.shape == ss.shape and not torch.equal(sw, ss) and not torch.equal(tw, ts)  # two views, both sides
+
+
+@pytest.mark.slow
+def test_an_interrupted_mlkd_run_resumes_exactly(compose, teachers_dir, monkeypatch):
+    """SIGTERM as the second epoch starts, then the same command: the strong views of the resumed epochs are the
+    uninterrupted run's (keyed to seed and epoch), so it ends with the same numbers."""
+    args = (*FAST, "distill=mlkd", "trainer.max_epochs=3", f"paths.teachers_dir={teachers_dir}")
+    whole_cut_resumed(lambda name: compose(*args, f"experiment_name={name}"), monkeypatch)
 
 
 def test_mlkd_ls_composes_with_the_ls_recipe(compose):
