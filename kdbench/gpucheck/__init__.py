@@ -1,7 +1,7 @@
 """``make gpu-check``: one prepared script for a short window on a bare GPU machine (issue 30).
 
 ``python -m kdbench.gpucheck --out DIR [--dry-run]`` runs, each part in its own process under its own time
-budget (8 minutes in all by default):
+budget (8 minutes in all by default; in the order a, c, b):
 
 (a) ``checks``: the tests that need CUDA, and a one-epoch smoke run of one method per family (logit KD /
     DKD with the cached teacher, top-k captured, the feature methods FitNet and CRD, token-level KD on the
@@ -18,5 +18,7 @@ whole thing on CPU at tiny sizes. The hydra-core / omegaconf wheels a bare machi
 from ``.gpucarry/wheels`` (``make gpu-wheels``). How to run it on a lent GPU: ``docs/gpu.md``.
 """
 
-#: the parts, in the order they run (also the names ``--parts`` and ``--budget`` take)
+#: the parts, in the issue's order (also the names ``--parts`` and ``--budget`` take)
 PARTS = ("checks", "bench", "run")
+#: the order they run in: the bench saves each row as it is measured, so it is the one to take what time is left
+RUN_ORDER = ("checks", "run", "bench")

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kdbench.errors import exit_codes
-from kdbench.gpucheck import PARTS
+from kdbench.gpucheck import PARTS, RUN_ORDER
 from kdbench.gpucheck import plan as plans
 from kdbench.gpucheck.parts import read_json
 
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
                    help=f"a part's time budget (GPU defaults: {plans.GPU_BUDGETS})")
     p.add_argument("--total", type=float, default=None, help=f"seconds for everything (GPU default {plans.GPU_TOTAL:g})")
-    p.add_argument("--jobs", type=int, default=None, help="smoke runs at a time (GPU default 4, dry run 1)")
+    p.add_argument("--jobs", type=int, default=None, help="smoke runs at a time (GPU default 6, dry run 1)")
     p.add_argument("--data", default=None, help="folder with cifar10-jpeg.tar.gz and MNIST/raw (default: "
                                                 ".gpucarry/data if there, else ../shared/data)")
     p.add_argument("--wheels", default=None, help="the carried wheels (default .gpucarry/wheels)")
@@ -167,7 +167,7 @@ class Check:
             self.results["setup"] = self.setup()
             self.say(f"setup: {self.header['setup']}; device {self.header['device']}")
             slack = 0.0
-            for name in PARTS:
+            for name in RUN_ORDER:
                 if name not in self.plan.parts:
                     self.results[name] = {"status": "not selected"}
                     continue

@@ -25,7 +25,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 #: module -> distribution, for what kdbench imports and a bare GPU image lacks (W&B is not needed: logger=none)
 CARRIED = (("hydra", "hydra-core"), ("omegaconf", "omegaconf"), ("antlr4", "antlr4-python3-runtime"))
 #: seconds per part on a GPU: 8 minutes in all, with what a part leaves unused passed on to the next
-GPU_BUDGETS = {"checks": 110.0, "bench": 200.0, "run": 150.0}
+GPU_BUDGETS = {"checks": 120.0, "run": 170.0, "bench": 150.0}
 GPU_TOTAL = 480.0
 #: the pairs of the GPU bench, the target pair (``kdbench.bench.harness.TARGET_PAIR``) first
 GPU_PAIRS = (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"))
@@ -71,7 +71,7 @@ def make_plan(dry_run: bool, work: Path, data: Path, parts: list[str], budgets: 
     if dry_run:
         trainer = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.compile=false"]
         smoke = {"train_subset": 128, "test_subset": 64, "n_tokens": 128}
-        bench = {"pairs": [["resnet56", "resnet20"]], "batches": [64], "n_train": 128, "epochs": 2,
+        bench = {"pairs": [["resnet56", "resnet20"], ["wrn_40_2", "wrn_16_2"]], "batches": [64], "n_train": 128, "epochs": 2,
                  "augment": "none", "signals": ["online", "cached"], "ks": [1, 2], "fused_repeats": 1,
                  "step_steps": 1}
         run = {"epochs": 2, "kill_after": 1, "teacher_epochs": 1, "teacher_batch": 64, "train_subset": 256,
@@ -88,7 +88,7 @@ def make_plan(dry_run: bool, work: Path, data: Path, parts: list[str], budgets: 
                "test_subset": None}
         tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
                        if "torch.cuda.is_available()" in p.read_text() and p.name != "test_gpu_check.py")
-        default_budgets, default_total, default_jobs = dict(GPU_BUDGETS), GPU_TOTAL, 4
+        default_budgets, default_total, default_jobs = dict(GPU_BUDGETS), GPU_TOTAL, 6
     # a dry run shares the cache of this checkout's runs (paths.data_dir's default); a GPU machine starts bare
     data_dir = REPO / "data" if dry_run else work / "data_cache"
     return Plan(device="cpu" if dry_run else "cuda", dry_run=dry_run, work=str(work), data=str(data), parts=parts,

@@ -87,8 +87,9 @@ def write_summary(out: Path, name: str, header: dict, results: dict[str, dict], 
         notes = [f"{sec['status']} after {sec.get('seconds', '-')} s" + (f": {sec['error']}" if sec.get("error") else "")]
         rep.section(Section(f"(b) {sec['title']}", sec.get("rows", []), notes, sec.get("targets")))
     if res.get("harness_targets"):
-        rep.section(Section("(b) harness: notes and speed targets", [], res.get("harness_notes", []),
-                            res["harness_targets"]))
+        rep.emit("\n## (b) harness: notes and speed targets\n")
+        for line in [*res.get("harness_notes", []), "", *res["harness_targets"]]:
+            rep.emit(line)
     b = plan.bench
     rep.emit(f"\nBench sizes: {b.get('n_train')} training images, {b.get('epochs')} epochs per harness fit, augment "
              f"{b.get('augment')}, batches {b.get('batches')}; part status: {res.get('status', 'not run')}.")
