@@ -273,3 +273,22 @@ def test_a_cache_of_other_teacher_weights_under_the_same_key_is_rebuilt(made, tm
     torch.testing.assert_close(torch.from_numpy(tables(sig)["test"][:, 0]), want.float(), rtol=1e-5, atol=1e-5)
     open_cache(made, entry, teacher=other)
     assert "broken" not in capsys.readouterr().err
+
+
+def test_a_stray_val_array_beside_a_cache_without_validation_split_is_not_read(made, tmp_path):
+    """val_size 0 (validation on the test set): a val.npy planted there was looked up for validation."""
+    from kdbench.data import Batch
+    from kdbench.signals.cached import CachedSignal, build, verify
+
+    conf, data, teacher, _, _ = made
+    p = {"family": "none", "views": 1, "num_classes": 10, "dtype": "float32", "n_train": len(data.train_y),
+         "n_val": 0, "n_test": len(data.test_y)}
+    folder = tmp_path / "cache"
+    data_no_val = type(data)(**{**data.__dict__, "val_x": None, "val_y": None})
+    build(folder, teacher, conf, data_no_val, p)
+    np.save(folder / "val.npy", np.full((len(data.test_y), 1, 10), 1e6, dtype=np.float32))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert verify(folder, p) is None
+    sig = CachedSignal(folder, meta)
+    first = Batch(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), torch.arange(4), torch.zeros(4, dtype=torch.long))
+    assert torch.equal(sig(first, "val"), sig(first, "test"))

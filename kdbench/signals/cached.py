@@ -312,8 +312,9 @@ class CachedSignal:
 
     def __init__(self, folder: Path, meta: dict, on_device: bool | str = "auto"):
         self.folder, self.meta, self.on_device = folder, meta, on_device
+        listed = meta.get("arrays")  # the arrays it was built with: a stray file beside them is not read
         self.tables = {s: _open(folder, s, meta["dtype"]) for s in SPLITS
-                       if (folder / f"{s}.npy").exists()}
+                       if (s in listed if isinstance(listed, dict) else (folder / f"{s}.npy").exists())}
         self.device = torch.device("cpu")
         self.resident = False  # the tables are in the device's memory (looked up there, no copy per batch)
         self.watch = NonFiniteWatch(f"the teacher cache {folder}", "the file changed after it was verified "
