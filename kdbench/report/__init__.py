@@ -26,6 +26,7 @@ Modules, by job:
 - :mod:`kdbench.report.tables`   -- number formatting, the :class:`Display` table, Markdown / LaTeX / CSV,
   earned best value in bold
 - :mod:`kdbench.report.plots`    -- reliability diagrams, τ curves, learning curves
+- :mod:`kdbench.report.terminal` -- the compact table a terminal shows (:func:`print_summary`, 100 columns)
 - :mod:`kdbench.report.tracking` -- W&B: reading runs from the API, logging a report
 - :mod:`kdbench.report.build`    -- one experiment's report (:func:`build_table`, :func:`make_report`)
 - :mod:`kdbench.report.cli`      -- the command line (:func:`main`)

@@ -1,7 +1,7 @@
 """Run records as a pandas frame, and the numbers of a table: groups, mean ± std, deltas, teacher kept.
 
 One flat row per run (:func:`kdbench.records.flatten_record`, plus ``path``, the config keys that
-tell runs of one variant apart as dotted columns, and, when the records carry a teacher -> student
+tell runs of one variant apart, named by their dotted key (:attr:`Frame.config_cols`), and, when the records carry a teacher -> student
 pair with published numbers, the ``published_*`` columns). :func:`summarize` reduces the rows to
 one per group: mean and std (ddof=1) over the seeds of the completed runs, keeping each group's
 ``(seed, value)`` samples (:attr:`Summary.samples`) for the 95 % intervals of the differences between
