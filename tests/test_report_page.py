@@ -12,7 +12,7 @@ import pytest
 from kdbench import report
 from kdbench.records import write_record
 from kdbench.report import plots
-from kdbench.report.html import config_differences, page_title, render_html
+from kdbench.report.html import compact_table, config_differences, page_title, render_html
 
 TEACHER = {"key": "k1", "name": "digits-mlp-s0-k1", "arch": "mlp"}
 #: variant -> top-1 last of seeds 0, 1, 2
@@ -229,3 +229,35 @@ def test_seed_bars_start_at_the_scratch_mean_with_the_tables_intervals(tmp_path)
     dots = plots.seed_bars_figure(runs(["kd", "dkd"]))
     assert not [p for p in dots.axes[0].patches if isinstance(p, Rectangle)]
     assert "no bars" in dots.axes[0].get_title()
+
+
+def test_the_compact_table_and_the_plot_labels_keep_only_the_config_columns_that_tell_rows_apart(tmp_path):
+    """A capture's k and its path vary together: the page's first table and the figures show k, not the path."""
+    recs = []
+    for k in (1, 8):
+        for mode in ("renorm", "tail"):
+            for s in range(2):
+                r = record("kd", s, config={"teacher_signal": "captured",
+                                            "teacher_capture": {"k": k, "path": f"results/captures/digits-k{k}"}})
+                r["config"]["distill"] = dict(r["config"]["distill"], topk_mode=mode)
+                r["run_id"] = f"kd-k{k}-{mode}-s{s}"
+                recs.append(r)
+    d = tmp_path / "runs" / "page"
+    for r in recs:
+        write_record(d / f"{r['run_id']}.json", r)
+    _, display = report.build_table(tmp_path / "runs", "page")
+    assert {"teacher_capture.path", "teacher_capture.k", "distill.topk_mode"} <= set(display.table.columns)
+    table, n_left = compact_table(display)
+    assert list(table.columns)[:n_left] == ["variant", "topk_mode", "k"]
+    assert list(table.columns)[n_left:] == ["n", "top-1 last (%)", "ECE last", "agreement last (%)"]
+    assert sorted(zip(table["topk_mode"], table["k"])) == [("renorm", "1"), ("renorm", "8"), ("tail", "1"), ("tail", "8")]
+    gcols = display.group_cols
+    keys = [tuple(row) for row in display.summary.table[gcols].itertuples(index=False, name=None)]
+    assert sorted(plots.group_labels(keys, gcols).values()) == [
+        "kd topk_mode=renorm k=1", "kd topk_mode=renorm k=8", "kd topk_mode=tail k=1", "kd topk_mode=tail k=8"]
+    # a bare "kd" beside "kd k=1" says what it has; a path alone is shortened to its last part
+    labels = plots.group_labels([("kd", 1, "online"), ("kd", None, "captured"), ("scratch", None, None)],
+                                ["variant", "teacher_capture.k", "teacher_signal"])
+    assert list(labels.values()) == ["kd k=1", "kd teacher_signal=captured", "scratch"]
+    assert plots.group_labels([("kd", "a/b/x1"), ("kd", "a/b/x2")], ["variant", "p"]) == {
+        ("kd", "a/b/x1"): "kd p=x1", ("kd", "a/b/x2"): "kd p=x2"}

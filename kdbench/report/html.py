@@ -20,7 +20,7 @@ from typing import Any
 
 from kdbench.identity import computational, is_computational
 from kdbench.report.frame import config_leaves, group_sort_key, to_float
-from kdbench.report.plots import teachers_of
+from kdbench.report.plots import short_cells, short_key, teachers_of, telling_apart
 from kdbench.report.tables import MISSING, Display, fmt_value
 
 _CSS = """
@@ -200,6 +200,35 @@ def _table(table_id: str, df, n_left: int, reference: Sequence[Mapping[str, str]
             + f'<tbody class="rows">{"".join(rows)}</tbody></table>')
 
 
+def compact_table(display: Display):
+    """``(table, n_left)``: the page's first table. The variant and only the config columns that tell its
+    rows apart (:func:`kdbench.report.plots.telling_apart`, short names, paths as their last part; a row
+    that would be bare beside others of its variant keeps the columns it has), then :data:`COMPACT_COLUMNS`."""
+    import pandas as pd
+
+    df = display.table
+    cols = list(df.columns)
+    gcols = list(display.group_cols or ["variant"])
+    n_left = len(gcols)
+    vi = gcols.index("variant") if "variant" in gcols else None
+    keys = [tuple(v if i == vi or str(v) != MISSING else None for i, v in enumerate(row))
+            for row in df[cols[:n_left]].itertuples(index=False, name=None)]
+    cells = short_cells(keys, gcols)
+    keep = telling_apart(keys, gcols)
+    for j, k in enumerate(keys):
+        if vi is not None and sum(kk[vi] == k[vi] for kk in keys) > 1 and all(cells[i][j] is None for i in keep):
+            keep += [i for i in cells if cells[i][j] is not None and i not in keep]
+    data: dict[str, list] = {}
+    if vi is not None:
+        data[cols[vi]] = df[cols[vi]].tolist()
+    for i in sorted(set(keep)):
+        data[short_key(gcols[i], gcols)] = [MISSING if c is None else c for c in cells[i]]
+    for c in COMPACT_COLUMNS:
+        if c in cols[n_left:]:
+            data[c] = df[c].tolist()
+    return pd.DataFrame(data), len(data) - sum(c in cols[n_left:] for c in COMPACT_COLUMNS)
+
+
 def _teacher_rows(teachers: Sequence[Mapping], cols: Sequence[str], n_left: int) -> list[dict[str, str]]:
     out = []
     for t in teachers:
@@ -225,7 +254,7 @@ def _wbr(key: str) -> str:
 def render_html(experiment: str, display: Display, *, caption: str, plots: Mapping[str, Path],
                 records: Sequence[tuple[Path, Mapping]], out_dir: Path, notes: Sequence[str] = ()) -> str:
     """The page of one experiment: a title naming teacher and student, the teacher's line, ``display``'s
-    compact columns (:data:`COMPACT_COLUMNS`, the teacher as a reference row) with every column behind a
+    compact table (:func:`compact_table`, the teacher as a reference row) with every column behind a
     toggle, the figures, the config keys in which the variants differ, the failed runs and links to
     ``records`` (relative to ``out_dir``)."""
     e = html.escape
@@ -233,7 +262,7 @@ def render_html(experiment: str, display: Display, *, caption: str, plots: Mappi
     display_df, failed = display.table, display.failed
     cols = list(display_df.columns)
     n_left = len(display.group_cols or ["variant"])
-    compact_cols = cols[:n_left] + [c for c in COMPACT_COLUMNS if c in cols[n_left:]]
+    compact, c_left = compact_table(display)
     teachers = teachers_of(recs)
     title = page_title(experiment, recs, caption)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kdbench: {e(experiment)}</title>"
@@ -245,9 +274,9 @@ def render_html(experiment: str, display: Display, *, caption: str, plots: Mappi
                      + " ".join(e(_fmt_teacher(t)) for t in teachers) + "</p>")
     parts += [f'<p class="note">{e(n)}</p>' for n in notes if n]
     parts.append('<h2>Results</h2><div class="scroll">'
-                 + _table("results", display_df[compact_cols], n_left, _teacher_rows(teachers, compact_cols, n_left))
+                 + _table("results", compact, c_left, _teacher_rows(teachers, list(compact.columns), c_left))
                  + "</div>")
-    rest = [c for c in cols if c not in compact_cols]
+    rest = [c for c in cols[n_left:] if c not in compact.columns]
     if rest:
         parts.append(f'<details id="all-columns"><summary>All {len(cols)} columns (also {e(" · ".join(rest))})</summary>'
                      f'<div class="scroll">{_table("results-full", display_df, n_left)}</div></details>')

@@ -29,7 +29,7 @@ from kdbench.report.frame import (
 from kdbench.report.tables import GROUP_HEADERS, fmt_num
 
 __all__ = ["as_runs", "run_label", "run_groups", "new_figure", "save_figure", "pool_reliability", "plain",
-           "teachers_of", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
+           "teachers_of", "short_key", "short_cells", "telling_apart", "group_labels", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
            "plot_reliability", "plot_tau_curves", "plot_learning_curves", "plot_seed_bars", "plot_acc_vs_ece",
            "SMALL_MULTIPLES_AFTER"]
 
@@ -143,6 +143,69 @@ def run_label(row: Mapping, group_cols: Sequence[str]) -> str:
     return " ".join(parts)
 
 
+def short_key(col: str, cols: Sequence[str]) -> str:
+    """``teacher_capture.k`` -> ``k`` unless another column ends the same way; α, τ for the grid columns."""
+    if col in GROUP_HEADERS:
+        return GROUP_HEADERS[col]
+    last = str(col).rsplit(".", 1)[-1]
+    return last if sum(str(c).rsplit(".", 1)[-1] == last for c in cols) == 1 else str(col)
+
+
+def _short_value(v: Any, values: Sequence[Any]) -> str:
+    """A path as its last part when that still tells the column's values apart."""
+    text = fmt_num(v)
+    distinct = {fmt_num(x) for x in values if group_key(x) is not None}
+    if "/" in text and len({t.rstrip("/").rsplit("/", 1)[-1] for t in distinct}) == len(distinct):
+        return text.rstrip("/").rsplit("/", 1)[-1]
+    return text
+
+
+def short_cells(keys: Sequence[tuple], group_cols: Sequence[str]) -> dict[int, list[str | None]]:
+    """Per non-variant group column (index): each key's value as short text (:func:`_short_value`), None where
+    the key lacks it."""
+    keys = list(keys)
+    return {i: [_short_value(k[i], [kk[i] for kk in keys]) if group_key(k[i]) is not None else None for k in keys]
+            for i, c in enumerate(group_cols) if c != "variant"}
+
+
+def telling_apart(keys: Sequence[tuple], group_cols: Sequence[str]) -> list[int]:
+    """The non-variant group columns (indices) needed to tell ``keys`` apart: dropping the widest first, each
+    column whose rows stay apart without it (all of them when the rows are not apart even with all)."""
+    keys = list(keys)
+    cells = short_cells(keys, group_cols)
+    vi = list(group_cols).index("variant") if "variant" in group_cols else None
+
+    def apart(cols: list[int]) -> bool:
+        seen = [(k[vi] if vi is not None else None, *(cells[i][j] for i in cols)) for j, k in enumerate(keys)]
+        return len(set(seen)) == len(seen)
+
+    keep = list(cells)
+    if apart(keep):
+        for i in sorted(cells, key=lambda i: -max((len(t or "") for t in cells[i]), default=0)):
+            if apart([c for c in keep if c != i]):
+                keep.remove(i)
+    return keep
+
+
+def group_labels(keys: Sequence[tuple], group_cols: Sequence[str]) -> dict[tuple, str]:
+    """Short labels of a figure's groups: the variant, then only the group columns that tell the groups apart
+    (:func:`telling_apart`), as ``short_key=value``; a column a group lacks is left out of its label (a bare
+    variant beside others of its name says what it has). ``run_label`` is the long form."""
+    keys = list(keys)
+    cells = short_cells(keys, group_cols)
+    keep = telling_apart(keys, group_cols)
+    vi = list(group_cols).index("variant") if "variant" in group_cols else None
+    out = {}
+    for j, k in enumerate(keys):
+        parts = [str(k[vi])] if vi is not None else []
+        shown = [i for i in keep if cells[i][j] is not None]
+        if not shown and vi is not None and sum(kk[vi] == k[vi] for kk in keys) > 1:
+            shown = [i for i in cells if cells[i][j] is not None]  # bare "kd" beside "kd k=1": say what it has
+        parts += [f"{short_key(group_cols[i], group_cols)}={cells[i][j]}" for i in shown]
+        out[k] = " ".join(parts)
+    return out
+
+
 def _is_scratch(row: Mapping) -> bool:
     return str(row.get("variant")) == "scratch"
 
@@ -206,13 +269,14 @@ def reliability_figure(records_df_or_records, which: str = "last", group_cols: S
     runs = as_runs(records_df_or_records)
     groups, gcols = run_groups(runs, group_cols)
     pooled = []
-    for members in groups.values():
+    labels = group_labels(list(groups), gcols)
+    for key, members in groups.items():
         p = pool_reliability(((rec.get("reliability") or {}).get(which) for _, rec in members))
         if p is not None:
             eces = [((rec.get("metrics") or {}).get(which) or {}).get("test", {}).get("ece") for _, rec in members]
             eces = [float(e) for e in eces if isinstance(e, (int, float)) and not math.isnan(e)]
             p = {**p, "table_ece": sum(eces) / len(eces) if eces else math.nan}
-            pooled.append((run_label(members[0][0], gcols), p))
+            pooled.append((labels[key], p))
     if not pooled:
         return None
     ncols = min(4, len(pooled))
@@ -316,6 +380,7 @@ def plot_tau_curves(records_df_or_records, out_path: str | os.PathLike) -> Path 
 def _curves(groups, gcols, metric: str) -> list[dict]:
     """Per group: ``{label, n, epochs, mean, std, scratch, config}`` of ``metric`` over epochs (mean over seeds)."""
     out = []
+    labels = group_labels(list(groups), gcols)
     for key, members in groups.items():
         per_epoch: dict[int, list[float]] = {}
         for _, rec in members:
@@ -326,7 +391,7 @@ def _curves(groups, gcols, metric: str) -> list[dict]:
             ep = sorted(per_epoch)
             scale = 100.0 if metric.endswith("acc") else 1.0
             row = members[0][0]
-            out.append({"label": run_label(row, gcols), "n": len(members), "epochs": ep,
+            out.append({"label": labels[key], "n": len(members), "epochs": ep,
                         "mean": [statistics.mean(per_epoch[e]) * scale for e in ep],
                         "std": [(statistics.stdev(per_epoch[e]) if len(per_epoch[e]) > 1 else 0.0) * scale for e in ep],
                         "scratch": _is_scratch(row),
@@ -414,11 +479,12 @@ def _per_group(records_df_or_records, group_cols, metric: str) -> list[tuple[str
     runs = as_runs(records_df_or_records)
     groups, gcols = run_groups(runs, group_cols)
     out = []
-    for members in groups.values():
+    labels = group_labels(list(groups), gcols)
+    for key, members in groups.items():
         vals = [(row.get("seed"), to_float(row.get(metric))) for row, _ in members]
         vals = [(s, v) for s, v in vals if not math.isnan(v)]
         if vals:
-            out.append((run_label(members[0][0], gcols), vals))
+            out.append((labels[key], vals))
     return out
 
 
@@ -438,11 +504,12 @@ def seed_bars_figure(records_df_or_records, metric: str = "last_test_acc", group
     groups, gcols = run_groups(runs, group_cols)
     scale = 100.0 if metric.endswith("acc") else 1.0
     items = []
+    labels = group_labels(list(groups), gcols)
     for key, members in groups.items():
         vals = [to_float(row.get(metric)) * scale for row, _ in members]
         vals = [v for v in vals if not math.isnan(v)]
         if vals:
-            items.append((key, run_label(members[0][0], gcols), vals))
+            items.append((key, labels[key], vals))
     if not items:
         return None
     deltas: dict[tuple, tuple[float, float, float]] = {}
