@@ -109,26 +109,26 @@ def _warp(x: Tensor, m: Tensor) -> Tensor:
     return out.view(b, c, h, w)
 
 
-def _affine(x: Tensor, a, b_, c, d, e, f) -> Tensor:
-    m = torch.stack([torch.stack([a, b_, c], -1), torch.stack([d, e, f], -1)], -2)
-    return _warp(x, m)
+_GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 
 
-def _geometric(name: str, x: Tensor, v: Tensor) -> Tensor:
-    h, w = x.shape[-2:]
+def _matrix(name: str, v: Tensor, h: int, w: int) -> Tensor:
+    """The inverse map (output pixel -> input point, PIL's ``AFFINE`` data) of a geometric operation, ``[B, 2, 3]``."""
     one, zero = torch.ones_like(v), torch.zeros_like(v)
     if name == "rotate":  # PIL's rotate(v): counter-clockwise by v degrees about the centre
         r = -v * (math.pi / 180.0)  # PIL negates the angle of its inverse map
         cos, sin = r.cos(), r.sin()
         cx, cy = w / 2.0, h / 2.0
-        return _affine(x, cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
-    if name == "shear_x":
-        return _affine(x, one, v, zero, zero, one, zero)
-    if name == "shear_y":
-        return _affine(x, one, zero, zero, v, one, zero)
-    if name == "translate_x":
-        return _affine(x, one, zero, v * w, zero, one, zero)
-    return _affine(x, one, zero, zero, zero, one, v * h)  # translate_y
+        rows = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    elif name == "shear_x":
+        rows = (one, v, zero, zero, one, zero)
+    elif name == "shear_y":
+        rows = (one, zero, zero, v, one, zero)
+    elif name == "translate_x":
+        rows = (one, zero, v * w, zero, one, zero)
+    else:  # translate_y
+        rows = (one, zero, zero, zero, one, v * h)
+    return torch.stack([torch.stack(rows[:3], -1), torch.stack(rows[3:], -1)], -2)
 
 
 def apply_op(name: str, x: Tensor, v: Tensor) -> Tensor:
@@ -153,7 +153,7 @@ def apply_op(name: str, x: Tensor, v: Tensor) -> Tensor:
         return _sharpness(x, v)
     if name == "solarize":
         return _solarize(x, v)
-    return _geometric(name, x, v)
+    return _warp(x, _matrix(name, v, *x.shape[-2:]))
 
 
 def _cutout(x: Tensor, size: Tensor, x0: Tensor, y0: Tensor) -> Tensor:
@@ -184,10 +184,18 @@ def rand_augment(x: Tensor, gen: torch.Generator, *, n_ops: int = 2, cutout: flo
     cut = torch.rand(b, 3, generator=gen, device=dev, dtype=torch.float64).to(x.device)
     out = _quantise(x.clone())
     for k in range(n_ops):
+        m = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)  # the geometric ones: one warp per step
+        warped = torch.zeros(b, dtype=torch.bool, device=x.device)
         for i, (name, lo, hi) in enumerate(OPS):
             sel = (ops[:, k] == i).nonzero().squeeze(1)
             if sel.numel():
                 v = (lo + (hi - lo) * mags[sel, k]).to(x.dtype)
-                out[sel] = _quantise(apply_op(name, out[sel], v))
+                if name in _GEOMETRIC:
+                    m[sel], warped[sel] = _matrix(name, v, h, w), True
+                else:
+                    out[sel] = _quantise(apply_op(name, out[sel], v))
+        sel = warped.nonzero().squeeze(1)
+        if sel.numel():
+            out[sel] = _quantise(_warp(out[sel], m[sel]))
     size = (cut[:, 0] * cutout * w).to(x.dtype)
     return _cutout(out, size, (cut[:, 1] * w).to(x.dtype), (cut[:, 2] * h).to(x.dtype))
