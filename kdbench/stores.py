@@ -51,6 +51,7 @@ RULES = 1
 #: the keys a header may hold: required ones first
 REQUIRED = ("format", "values", "k", "capture_tau", "num_classes", "family", "views", "n", "dataset", "teacher")
 OPTIONAL = ("positions", "alignment", "checked")
+_MIN_ROW_BYTES = 16  # no JSONL row (or position of one) is shorter than this
 _CHUNK = 1 << 22  # entries per chunk of the value check (~32 MB per float64 copy)
 
 
@@ -446,6 +447,10 @@ def import_jsonl(src: Path, out: Path) -> Path:
             header = check_header({k: v for k, v in first["header"].items() if k != "checked"}
                                   if isinstance(first["header"], dict) else first["header"], where, key)
             k, positions = header["k"], header.get("positions")
+            rows = sum(header["n"][s] * header["views"][s] for s in header["n"]) * (positions or 1)
+            if rows * _MIN_ROW_BYTES > os.path.getsize(src):  # before allocating what the header claims
+                bad(f"the header counts {rows} rows (n x views{' x positions' if positions else ''}); the file "
+                    f"({os.path.getsize(src)} bytes) cannot hold them")
             arrays = {s: (np.zeros(expected_shape(header, s, "indices"), np.int64),
                           np.zeros(expected_shape(header, s, "log_probs"), np.float32)) for s in header["n"]}
             tokens = {s: np.zeros(expected_shape(header, s, "tokens"), np.int64) for s in header["n"]} \
