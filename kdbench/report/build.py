@@ -102,7 +102,8 @@ def make_report(records_dir: str | os.PathLike, experiment: str, out_dir: str | 
         from kdbench.report.tables import DELTA_NOTE, PROTOCOL_NOTE
 
         page = render_html(experiment, display, caption=caption, plots=plots, out_dir=out_dir,
-                           records=list(zip([Path(p) for p in df["path"]], recs)), notes=[PROTOCOL_NOTE, DELTA_NOTE])
+                           records=list(zip([Path(p) for p in df["path"]], recs)),
+                           notes=[PROTOCOL_NOTE, DELTA_NOTE, *summary.notes])
         tables["html"] = atomic_write_text(out_dir / "index.html", page)
     result = {"out_dir": out_dir, "tables": tables, "plots": plots, "markdown": tables["md"].read_text(),
               "display": display, "summary": summary, "wandb_dir": None, "warnings": record_warnings(fr)}
