@@ -603,8 +603,8 @@ def plot_acc_vs_ece(records_df_or_records, out_path: str | os.PathLike,
                     yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3, label=plain(label))
     for t in teachers_of(_records_of(records_df_or_records)):
         if not (math.isnan(t["acc"]) or math.isnan(t["ece"])):
-            ax.plot(t["ece"], t["acc"] * 100, marker="*", markersize=12, color=_TEACHER_COLOR, linestyle="none",
-                    label=plain(f"teacher {t['arch']}"))
+            ax.plot(t["ece"], t["acc"] * 100, marker="*", markersize=14, markerfacecolor="gold", markeredgecolor="black",
+                    linestyle="none", label=plain(f"teacher {t['arch']}"))
     ax.set_xlabel("ECE, last epoch (lower is better)")
     ax.set_ylabel("test top-1, last epoch (%)")
     ax.set_title("Accuracy vs calibration (mean ± std over seeds)")
