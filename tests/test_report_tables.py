@@ -54,7 +54,7 @@ def test_a_plus_key_in_some_runs_is_never_averaged_with_the_runs_without_it(tmp_
         return OmegaConf.to_container(compose("distill=kd", "seed=0", *overrides), resolve=True)
 
     plain, tail = config(), config("+distill.topk_mode=tail")
-    cached = config("teacher_signal=cached")
+    cached = {**plain, "teacher_signal": "cached"}  # a top-level key (no dot in its name)
     assert "topk_mode" in tail["distill"] and "topk_mode" not in plain["distill"]
     runs = write(tmp_path, [rec("plus", "kd", 0, 0.90, config=plain, run_id="kd-plain"),
                             rec("plus", "kd", 0, 0.94, config=tail, run_id="kd-tail"),
