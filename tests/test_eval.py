@@ -73,3 +73,24 @@ def test_eval_of_a_checkpoint_of_another_width_names_the_first_mismatched_tensor
     assert err.startswith(f"kdbench: error: ckpt: {ckpt} does not fit student.arch=mlp")
     assert "tensor 'features.1.weight' is [32, 64] in the checkpoint, [48, 64] in the student" in err, err
     assert "its run's record: student.arch=mlp student.kwargs={\"hidden\":[32]}" in err
+
+
+@pytest.mark.slow
+def test_eval_measures_fidelity_to_the_teacher_a_teacher_grad_run_trained(kd_run, tmp_path, capsys):
+    """distill.teacher_grad trains the teacher: fidelity is to the checkpoint's teacher, not the registry's."""
+    from conftest import train_main
+
+    from kdbench.cli import main
+
+    _, _, args = kd_run
+    res = tmp_path / "results"
+    mine = [*args, f"paths.results_dir={res}", "distill=kd_teacher_grad"]
+    assert train_main([*mine, f"hydra.run.dir={tmp_path / 'h'}"]) == 0
+    (rec_path,) = (res / "runs" / "default").glob("*.json")
+    rec = json.loads(rec_path.read_text())
+    capsys.readouterr()
+    assert main(["eval", f"ckpt={res / 'checkpoints' / 'default' / rec['run_id'] / 'best.ckpt'}", *mine]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "the checkpoint's trained teacher" in out["teacher"]["source"]
+    for k in ("agreement", "kl_teacher"):
+        assert out["test"][k] == pytest.approx(rec["metrics"]["best"]["test"][k], rel=1e-5, abs=1e-6), k
