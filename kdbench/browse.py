@@ -1,8 +1,11 @@
 """A results browser for the terminal: ``kdbench runs``, ``kdbench runs show <run id>``, ``kdbench compare A B``.
 
-    kdbench runs [--experiment X] [--status running|complete|failed|...] [--runs-dir results/runs]
-    kdbench runs show RUN_ID [--runs-dir results/runs]
-    kdbench compare A B [--runs-dir results/runs]
+    kdbench runs [--experiment X] [--status running|complete|failed|...] [--runs-dir DIR]
+    kdbench runs show RUN_ID [--runs-dir DIR]
+    kdbench compare A B [--runs-dir DIR]
+
+``--runs-dir`` defaults to the config's ``paths.runs_dir`` (``results/runs``, or what ``conf/local/``
+makes it on this machine).
 
 ``runs`` lists the records under the runs folder (experiment, variant, seed, status, top-1, age), a
 running job with its epoch and ETA from its ``progress.json``; ``runs show`` one record: what its config
@@ -30,7 +33,6 @@ __all__ = ["WIDTH", "print_table", "list_runs", "run_rows", "find_record", "conf
 
 #: the widest a table is drawn (a terminal of 100 columns shows every line whole)
 WIDTH = 100
-DEFAULT_RUNS = "results/runs"
 #: a running record whose progress.json is older than this (and than three of its epochs) is likely abandoned
 STALE_S = 600.0
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
@@ -439,18 +441,28 @@ def build_parser(prog: str = "kdbench") -> argparse.ArgumentParser:
     r.add_argument("show", nargs="*", metavar="show RUN_ID", help="one run's record")
     r.add_argument("--experiment", default=None)
     r.add_argument("--status", default=None, help="running, complete, failed, diverged, interrupted, debug")
-    r.add_argument("--runs-dir", default=DEFAULT_RUNS)
+    r.add_argument("--runs-dir", default=None, help="default: the config's paths.runs_dir")
     c = sub.add_parser("compare", help="two experiments side by side")
     c.add_argument("a")
     c.add_argument("b")
-    c.add_argument("--runs-dir", default=DEFAULT_RUNS)
+    c.add_argument("--runs-dir", default=None, help="default: the config's paths.runs_dir")
     return p
+
+
+def default_runs_dir() -> Path:
+    """The runs folder the config names (``paths.runs_dir``, with this machine's ``conf/local`` overrides)."""
+    from kdbench.config import compose_job
+    from kdbench.files import abs_path
+
+    return abs_path(compose_job([]).paths.runs_dir)
 
 
 @exit_codes()
 def main(argv: list[str] | None = None) -> int:
     """``kdbench runs ...`` / ``kdbench compare ...`` (``argv`` starts with the subcommand)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.runs_dir is None:
+        args.runs_dir = default_runs_dir()
     if args.cmd == "compare":
         return compare(args.runs_dir, args.a, args.b)
     if args.show:

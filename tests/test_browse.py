@@ -183,3 +183,14 @@ def test_compare_shows_two_experiments_side_by_side_with_the_paired_interval_of_
     assert "dkd: only in expB" in out
     assert main(["compare", "expA", "nope", "--runs-dir", str(runs)]) == 2
     assert "no run records for experiment 'nope'" in capsys.readouterr().err
+
+
+def test_runs_reads_the_configs_runs_folder_by_default(tmp_path, base_conf, capsys, monkeypatch):
+    from kdbench.cli import main
+
+    monkeypatch.chdir(tmp_path)  # paths.results_dir is `results`, relative to where kdbench runs
+    rec = _record(tmp_path / "results" / "runs", "e", "kd", 0, 0.9, conf=base_conf)
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert rec["run_id"] in out and f"1 runs under {tmp_path / 'results' / 'runs'}" in "".join(out.split("\n"))
