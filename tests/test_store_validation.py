@@ -260,7 +260,7 @@ JSONL_CASES = {
     "a row not an object": (lambda lines: [*lines[:2], "[1, 2]", *lines[3:]], ":3: a row must be a JSON object"),
     "a header without n": (_edit_header(lambda h: h.pop("n")), ":1: the header lacks n"),
     "a header counting 10**12 rows": (_edit_header(lambda h: h["n"].update(test=10**12)),
-                                      ":1: the header counts 1000000000"),  # refused before allocating them
+                                      ":1: the header counts 1000000001"),  # refused before allocating them
 }
 
 
