@@ -116,6 +116,8 @@ class Search(Callback):
         rec = _record_of(job_return.cfg)
         if rec is not None:
             job_return.return_value = objective_value(rec, self.objective)
+        elif self.objective != "val/acc":  # the task's own return value is the best epoch's: not this objective
+            job_return.return_value = math.nan
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         from kdbench.files import abs_path
@@ -144,8 +146,9 @@ def _record_of(cfg) -> dict | None:
 
     try:
         conf = resolve(cfg)
-        return read_record(Job(cfg, conf, run_id_of(conf), []).record_path)
-    except (OSError, ValueError):
+        rec = read_record(Job(cfg, conf, run_id_of(conf), []).record_path)
+        return rec if isinstance(rec, dict) else None
+    except Exception:  # noqa: BLE001 - no readable record: the trial's own return value stands
         return None
 
 

@@ -140,3 +140,12 @@ def test_a_four_trial_search_on_digits_optimises_the_records_validation_accuracy
     assert f"{100 * best['metrics']['last']['test']['acc']:.2f}" in row
     table = out.split("best trial per method")[1].split("best trials:")[0]
     assert "kd " in table and max(len(ln) for ln in table.splitlines()) <= 100
+
+
+def test_the_objective_is_read_from_the_records_best_or_last_epoch():
+    from kdbench.tuning import objective_value
+
+    rec = {"metrics": {"best": {"val": {"acc": 0.91}, "test": {"acc": 0.99}},
+                       "last": {"val": {"acc": 0.88}, "test": {"acc": 0.98}}}}
+    assert objective_value(rec, "val/acc") == 0.91 and objective_value(rec, "val/acc_last") == 0.88
+    assert objective_value({"metrics": {}}) != objective_value({"metrics": {}})  # NaN: nothing to optimise
