@@ -195,6 +195,16 @@ def test_a_nan_in_a_store_is_the_store_s_fault_before_any_work_not_a_divergence(
     assert not (results / "runs").exists() and not (results / "teachers").exists()
 
 
+def test_the_signal_itself_refuses_a_bad_store_and_rechecks_one_changed_after_it_passed(store):
+    """``kdbench eval`` builds the signal without a run's preflight: the signal validates too."""
+    from kdbench.signals.captured import CapturedSignal
+
+    assert CapturedSignal(store).tables["test"][0].shape[-1] == 3  # passed (and remembered by this process)
+    _array(store, "test.indices.npy", _set((1, 0, 0), 99))
+    with pytest.raises(ConfigError, match=r"test.indices.npy: split test, row 1, view 0: class ids must be in"):
+        CapturedSignal(store)
+
+
 def test_a_capture_with_other_splits_than_the_run_is_refused(store, compose):
     from kdbench.config import resolve
     from kdbench.runner import load_data

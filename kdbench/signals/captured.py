@@ -87,7 +87,7 @@ class CapturedSignal:
     trainable_parameters: list = []
 
     def __init__(self, path: Path):
-        self.header = validate_store(path, values=False)  # the run's preflight checked the values
+        self.header = validate_store(path)  # also for `kdbench eval`; after a run's preflight, a stat per file
         self.tau = float(self.header["capture_tau"])
         self.tables = {s: read_split(path, s) for s in splits_of(self.header)}
         self.device = torch.device("cpu")
