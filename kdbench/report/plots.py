@@ -446,9 +446,11 @@ def learning_curves_figure(records_df_or_records, metric: str = "val_acc", group
         ax.set_visible(False)
     handles: dict[str, Any] = {}
     for ax, c in zip(axes.flat, distilled):
-        ref = [s for s in scratch if s["config"] == c["config"]] or (scratch if len(scratch) == 1 else [])
+        same = [s for s in scratch if s["config"] == c["config"]]
+        ref = same or (scratch if len(scratch) == 1 else [])
         if ref:
-            handles["scratch (same configuration)"] = _draw_curve(ax, ref[0], _SCRATCH_COLOR, "scratch")
+            what = "scratch, same configuration" if same else "scratch (the study's only one)"
+            handles[what] = _draw_curve(ax, ref[0], _SCRATCH_COLOR, "scratch")
         handles["the panel's variant"] = _draw_curve(ax, c, _RUN_COLOR, "variant")
         for h in _draw_teachers(ax, teachers):
             handles[h.get_label()] = h
