@@ -147,6 +147,9 @@ def test_the_committed_mnist_ablation_page_renders_and_sorts_in_chromium(tmp_pat
 
     lo, hi = Image.open(shot).convert("L").getextrema()
     assert hi - lo > 100
+    o = _probe(page, 1280, tmp_path)  # the committed page as regenerated: fits, compact columns in view
+    assert o["closed"] <= 1280 and o["open"] <= 1280 and [c[0] for c in o["cols"]] == COMPACT
+    assert all(right <= 1280 for _, _, right in o["cols"])
 
 
 #: appended to a copy of a page: what a reader sees at the window's width, written into the DOM

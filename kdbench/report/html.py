@@ -152,7 +152,7 @@ def _variant_order(v: str) -> tuple:
 
 def _fmt_teacher(t: Mapping) -> str:
     acc = fmt_value(t["acc"], 100.0, 2)
-    bits = [f"test top-1 {acc} %" if acc != MISSING else "test top-1 not measured (captured signal)"]
+    bits = [f"test top-1 {acc} %" if acc != MISSING else "test top-1 not in the records (a captured signal has none)"]
     if not math.isnan(to_float(t["ece"])):
         bits.append(f"ECE {fmt_value(t['ece'], 1.0, 4)}")
     text = f"{t['arch']}" + (f" ({t['name']})" if t.get("name") else "") + ", " + ", ".join(bits)
