@@ -126,7 +126,7 @@ def _row(field, value):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda lines: lines[:-1] + [lines[-1][: len(lines[-1]) // 2]], "truncated"),
-    (lambda lines: lines[:2] + [lines[2].replace('"indices": [', '"indices": [3, ', 1)], "header says k=10"),
+    (lambda lines: [*lines[:2], lines[2].replace('"indices": [', '"indices": [3, ', 1), *lines[3:]], "header says k=10"),
     (_row("indices", 10), "class ids must be integers in [0, 10)"),
     (_row("indices", -1), "class ids must be integers in [0, 10)"),
     (_row("log_probs", float("nan")), "finite and <= 0"),

@@ -269,6 +269,7 @@ JSONL_CASES = {
     "a string idx": (_edit_row("train", lambda o: o.update(idx="0")), "idx must be an integer"),
     "a row not an object": (lambda lines: [*lines[:2], "[1, 2]", *lines[3:]], ":3: a row must be a JSON object"),
     "a header without n": (_edit_header(lambda h: h.pop("n")), ":1: the header lacks n"),
+    "a file cut after its first rows": (lambda lines: lines[:3], "cannot hold them"),
     "a header counting 10**12 rows": (_edit_header(lambda h: h["n"].update(test=10**12)),
                                       ":1: the header counts 1000000001"),  # refused before allocating them
 }
