@@ -133,6 +133,9 @@ def validate(cfg) -> None:
             I(1).check("teacher.recipe.epochs", _get(cfg, "teacher.recipe.epochs"))
         validate_method(cfg)
     validate_devices(cfg)
+    from kdbench.models.hf import preflight as hf_preflight
+
+    hf_preflight(cfg)  # local model folders and one vocabulary (hf_causal_lm), before any work
     check_output_folders(cfg)
 
 

@@ -107,6 +107,8 @@ SCHEMA: dict[str, Spec] = {
     "dataset.num_classes": I(2), "dataset.seed": SEED,
     # sequence data (markov, bytes_text)
     "dataset.seq_len": I(2), "dataset.vocab": I(2), "dataset.branching": I(1), "dataset.prompt_len": I(0),
+    # hf_text: local text and a local Hugging Face tokenizer
+    "dataset.path": S0, "dataset.tokenizer": S0, "dataset.max_length": I(2), "dataset.pack": B,
     # models
     "student.arch": R(_models, "model"), "student.num_classes": I(2, optional=True), "student.kwargs": KWARGS,
     "student.kwargs.*": ANY,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
-from kdbench.data import keys, text
+from kdbench.data import hf_text, keys, text
 from kdbench.data.bundled import load_digits, load_synthetic
 from kdbench.data.core import TensorData
 from kdbench.data.imagefolder import load_imagefolder
@@ -94,6 +94,8 @@ for builtin in (
                 "sequences of a seeded sparse Markov chain (known next-token law: an exact oracle teacher)"),
     DatasetSpec("bytes_text", text.load_bytes_text, 256, "tokens",
                 "byte-level windows of CPython's own documentation (pydoc_data.topics), offline"),
+    DatasetSpec("hf_text", hf_text.load_hf_text, None, "tokens",
+                "local JSONL prompt/response or plain text, tokenized with dataset.tokenizer (a local HF tokenizer)"),
 ):
     register_dataset(builtin)
 del builtin

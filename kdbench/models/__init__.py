@@ -41,7 +41,7 @@ def register_model(name: str, *, input_shape: tuple[int, ...] | None = None, fam
 
 def _load_builtin() -> None:
     # imported for their registration side effect
-    from kdbench.models import cifar, lm, mlp  # noqa: F401
+    from kdbench.models import cifar, hf, lm, mlp  # noqa: F401
 
 
 def model_names() -> list[str]:

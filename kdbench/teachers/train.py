@@ -22,6 +22,10 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
     tc = teacher_cfg
     if tc["arch"] == "oracle":
         return oracle(data)
+    if tc["arch"] == "hf_causal_lm" and (tc.get("kwargs") or {}).get("path"):
+        from kdbench.models.hf import pretrained_teacher
+
+        return pretrained_teacher(tc, data)  # a local pretrained model: frozen as it is, never trained here
     from kdbench.config import resolve_precision
     from kdbench.distill import DistillModule, OptimSpec, SchedSpec
     from kdbench.engine import FitSpec, check_every, fit_and_test
