@@ -29,7 +29,7 @@ from kdbench.report.frame import (
 from kdbench.report.tables import GROUP_HEADERS, fmt_num
 
 __all__ = ["as_runs", "run_label", "run_groups", "new_figure", "save_figure", "pool_reliability", "plain",
-           "teachers_of", "short_key", "short_cells", "telling_apart", "group_labels", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
+           "teachers_of", "teacher_name", "short_key", "short_cells", "telling_apart", "group_labels", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
            "plot_reliability", "plot_tau_curves", "plot_learning_curves", "plot_seed_bars", "plot_acc_vs_ece",
            "SMALL_MULTIPLES_AFTER"]
 
@@ -98,7 +98,14 @@ def _teacher_lines(records, scale: float = 100.0, shift: float = 0.0) -> list[tu
     ts = [t for t in teachers_of(records) if not math.isnan(t["acc"])]
     if len(ts) > 3:
         return []
-    return [(plain(f"teacher {t['arch']}, test top-1 {t['acc'] * 100:.2f} %"), t["acc"] * scale - shift) for t in ts]
+    return [(plain(f"teacher {teacher_name(t, ts)}, test top-1 {t['acc'] * 100:.2f} %"), t["acc"] * scale - shift)
+            for t in ts]
+
+
+def teacher_name(t: Mapping, among: Sequence[Mapping]) -> str:
+    """A teacher's architecture, or its registry name when another teacher in ``among`` shares the architecture."""
+    same = sum(o["arch"] == t["arch"] for o in among) > 1
+    return str(t["name"] or t["key"]) if same and (t["name"] or t["key"]) else str(t["arch"])
 
 
 def _draw_teachers(ax, lines: Sequence[tuple[str, float]]) -> list:
@@ -603,10 +610,11 @@ def plot_acc_vs_ece(records_df_or_records, out_path: str | os.PathLike,
         e = [v for _, v in ece[label]]
         ax.errorbar(statistics.mean(e), statistics.mean(a), xerr=statistics.stdev(e) if len(e) > 1 else 0,
                     yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3, label=plain(label))
-    for t in teachers_of(_records_of(records_df_or_records)):
+    teachers = teachers_of(_records_of(records_df_or_records))
+    for t in teachers:
         if not (math.isnan(t["acc"]) or math.isnan(t["ece"])):
             ax.plot(t["ece"], t["acc"] * 100, marker="*", markersize=14, markerfacecolor="gold", markeredgecolor="black",
-                    linestyle="none", label=plain(f"teacher {t['arch']}"))
+                    linestyle="none", label=plain(f"teacher {teacher_name(t, teachers)}"))
     ax.set_xlabel("ECE, last epoch (lower is better)")
     ax.set_ylabel("test top-1, last epoch (%)")
     ax.set_title("Accuracy vs calibration (mean ± std over seeds)")
