@@ -67,7 +67,8 @@ def capture(cfg, out: Path, k: int, tau: float = 1.0, views: str = "all") -> Pat
             arrays[split] = top_k(teacher, x, y, fam, nv, data, bs, k, tau)
     header = make_header(k=k, capture_tau=tau, num_classes=data.num_classes, family=want["family"], arrays=arrays,
                          dataset=want["dataset"], teacher=tmeta,
-                         positions=int(data.train_x.shape[1]) if data.is_tokens else None)
+                         positions=int(data.train_x.shape[1]) if data.is_tokens else None,
+                         tokenizer=data.info.get("tokenizer"))
     # the sequences themselves, for the JSONL form (one line per sequence)
     tokens = {s: x.numpy() for s, x in (("train", data.train_x), ("val", data.val_x), ("test", data.test_x))
               if x is not None} if data.is_tokens else None
@@ -146,10 +147,10 @@ def top_k(teacher, x, y, family: str, n_views: int, data, bs: int, k: int, tau: 
 @exit_codes()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench capture", description=__doc__.split("\n\n")[0])
-    p.add_argument("--k", type=int, default=5, help="classes kept per example (top-k)")
-    p.add_argument("--tau", type=float, default=1.0, help="temperature of the stored log-probs")
-    p.add_argument("--views", choices=("all", "none"), default="all",
-                   help="all: every view of the training augmentation; none: the plain image only")
+    p.add_argument("--k", type=int, default=None, help="classes kept per example (top-k; default 5)")
+    p.add_argument("--tau", type=float, default=None, help="temperature of the stored log-probs (default 1)")
+    p.add_argument("--views", choices=("all", "none"), default=None,
+                   help="all (default): every view of the training augmentation; none: the plain image only")
     p.add_argument("--out", required=True, help="the store folder to write")
     p.add_argument("--jsonl", default=None, help="also export it as JSON lines to this file")
     p.add_argument("--from-jsonl", default=None, help="import this JSON-lines capture into --out instead")
@@ -158,13 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.jsonl and Path(a.jsonl).exists():
         raise ConfigError("--jsonl", f"{a.jsonl} exists; it is kept: give a new file")
     if a.from_jsonl:
+        unused = [f"--{n}" for n in ("k", "tau", "views") if getattr(a, n) is not None] + a.overrides[:1]
+        if unused:  # an import takes them from its header: a value given here would have no effect
+            raise ConfigError(unused[0], "not used with --from-jsonl (the file's header says k, tau, views and "
+                                         "the data): leave it out")
         out = import_jsonl(Path(a.from_jsonl), Path(a.out))
         print(f"kdbench: capture imported into {out}")
     else:
         from kdbench.config import compose_job
 
-        check_args(a.k, a.tau, Path(a.out))
-        out = capture(compose_job(a.overrides), Path(a.out), a.k, a.tau, a.views)
+        k, tau = 5 if a.k is None else a.k, 1.0 if a.tau is None else a.tau
+        check_args(k, tau, Path(a.out))
+        out = capture(compose_job(a.overrides), Path(a.out), k, tau, a.views or "all")
     if a.jsonl:
         export_jsonl(out, Path(a.jsonl))
         print(f"kdbench: exported as JSON lines to {a.jsonl}")

@@ -368,6 +368,17 @@ def test_capture_out_under_a_file_on_a_file_or_over_another_store_is_refused_bef
     assert {p.name: p.read_bytes() for p in other.iterdir()} == before
 
 
+@pytest.mark.parametrize("extra, key", [(["--tau", "4"], "--tau"), (["--k", "5"], "--k"), (["--views", "none"], "--views"),
+                                        (["dataset.val_size=0"], "dataset.val_size=0")])
+def test_an_import_refuses_capture_options_it_would_ignore(made, tmp_path, capsys, extra, key):
+    from kdbench.capture import main
+
+    rc = main(["--from-jsonl", str(made / "cap.jsonl"), "--out", str(tmp_path / "imp"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"kdbench: error: {key}: not used with --from-jsonl") and "\n" not in err
+    assert not (tmp_path / "imp").exists()
+
+
 def test_capture_never_overwrites_an_existing_jsonl_file(capture_cli, tmp_path):
     mine = tmp_path / "mine.jsonl"
     mine.write_text("my notes\n")
