@@ -17,11 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from kdbench.config import CONF_DIR, compose_job  # noqa: F401  (compose_job: re-exported for callers of sweep)
 from kdbench.errors import KDBenchError, exit_codes, print_error
 
 DEFAULT_EXPERIMENT = "mnist_ablation"
 PROG = "kdbench-sweep"
+#: set in the environment of the ``kdbench.train -m`` a sweep launches: the sweep prints its own summary
+SUMMARY_OFF = "KDBENCH_SWEEP_SUMMARY_OFF"
 
 
 def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
@@ -48,14 +52,19 @@ def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
     return jobs, base
 
 
-def plan(overrides: list[str]) -> list[dict]:
-    """Compose and validate every job; returns [{overrides, cfg, run_id}] or raises KDBenchError."""
+#: keys that say how a sweep runs, not what a job computes: one value for the whole sweep
+SWEEP_WIDE = {"fuse": "how many jobs share one process"}
+
+
+def plan(overrides: list[str], *, default_experiment: bool = True) -> list[dict]:
+    """Compose and validate every job; returns [{overrides, cfg, run_id}] or raises KDBenchError.
+    ``default_experiment``: a grid without ``experiment=`` is :data:`DEFAULT_EXPERIMENT`'s (``make sweep``)."""
     from kdbench.config import resolve, validate
     from kdbench.credentials import redact_override
     from kdbench.errors import ConfigError
     from kdbench.identity import run_id_of
 
-    if not any(o.startswith("experiment=") for o in overrides):
+    if default_experiment and not any(o.startswith("experiment=") for o in overrides):
         overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
     jobs, _ = expand_jobs(overrides)
     if not jobs:
@@ -72,6 +81,11 @@ def plan(overrides: list[str]) -> list[dict]:
         rid = run_id_of(conf)
         out.append({"overrides": job, "cfg": cfg, "conf": conf, "run_id": rid,
                     "record": _records_dir(cfg) / f"{rid}.json"})
+    for key, what in SWEEP_WIDE.items():  # before the runs are matched: these never change a run id
+        values = list(dict.fromkeys(str(j["cfg"].get(key)) for j in out))
+        if len(values) > 1:
+            raise ConfigError(key, f"takes one value for the whole sweep ({what}), got {','.join(values)}: "
+                                   "run one sweep per value")
     # jobs that differ only in keys their method does not read (distill=kd,none distill.tau=1,4: the
     # scratch run does not read tau) are one run: it runs once (Hydra still launches the others; they
     # find it complete, or wait on its lock under a parallel launcher, and skip)
@@ -84,6 +98,17 @@ def plan(overrides: list[str]) -> list[dict]:
                                                           "the grid repeats a point")
             first.setdefault("same_as", []).append(j["overrides"])
     return list(unique.values())
+
+
+def same_run_keys(jobs: list[dict]) -> list[str]:
+    """The override keys in which the grid points that are one run (a job's ``same_as``) differ from it."""
+    keys: dict[str, None] = {}
+    for j in jobs:
+        mine = set(j["overrides"])
+        for other in j.get("same_as", []):
+            for o in mine.symmetric_difference(other):
+                keys[o.lstrip("+~").partition("=")[0]] = None
+    return list(keys)
 
 
 def varying(jobs: list[dict]) -> list[str]:
@@ -131,7 +156,8 @@ def _status(path: Path) -> dict | None:
 
 
 @exit_codes(PROG)
-def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = True) -> int:
+def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = True, hints: bool = False) -> int:
+    """``make sweep``: plan, launch, follow and summarize a grid (:func:`summarize`; ``hints``: what to try next)."""
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = [f"experiment={DEFAULT_EXPERIMENT}", *overrides]
     try:
@@ -149,8 +175,9 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     skipped = [r for r, s in before.items() if s == "complete" and not force]
     shared = sum(len(j.get("same_as", [])) for j in jobs)
     print(f"kdbench sweep '{exp}': {len(jobs)} jobs ({len(skipped)} already complete, skipped)"
-          + (f"; {shared} more grid point(s) are one of these runs (keys their method does not read): "
-             "each runs once" if shared else ""), flush=True)
+          + (f"; {shared} more grid point(s) are one of these runs (they differ only in "
+             f"{', '.join(same_run_keys(jobs))}, which those runs do not compute with): each runs once"
+             if shared else ""), flush=True)
 
     log_dir = Path("multirun") / experiments[0]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +186,12 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     extra = ["trainer.progress=false"] if quiet_jobs and not any(o.startswith("trainer.progress") for o in overrides) else []
     cmd = [sys.executable, "-m", "kdbench.train", "-m", *overrides, *extra]
     # (fuse=K with nothing left to train: the unfused launcher finds every job complete)
-    cmds = _fused_commands(jobs, skipped, extra) or [[c for c in cmd if not c.startswith("fuse=")]]
+    fused = _fused_commands(jobs, skipped, extra)
+    cmds = fused or [[c for c in cmd if not c.startswith("fuse=")]]
+    if fused:
+        sizes = [c.count("--") + 1 for c in fused]
+        print(f"fused (fuse={int(cfg0.get('fuse', 1))}): the {sum(sizes)} pending jobs train in {len(sizes)} "
+              f"group(s) of {', '.join(map(str, sizes))} student(s), one teacher pass per batch per group", flush=True)
     t0 = time.time()
     seen: dict[str, str] = {r: "complete" for r in skipped}
     # records that exist now and will be re-run (failed ones, or all with force=true) are stale until rewritten
@@ -167,7 +199,7 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     keys = varying(jobs)
     stopped: list[int] = []
     with open(log_path, "w") as logf:
-        env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0", SUMMARY_OFF: "1"}  # the summary is this process's
         queue, rcs = list(cmds), []
         proc = subprocess.Popen(queue.pop(0), stdout=logf, stderr=subprocess.STDOUT, env=env)
 
@@ -199,6 +231,19 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
         finally:
             signal.signal(signal.SIGTERM, old_term)
     rc = next((r for r in [*rcs, proc.returncode] if r), 0)
+    return summarize(jobs, skipped=skipped, t0=t0, rc=rc, log_path=log_path, stopped=stopped, report=report,
+                     hints=hints)
+
+
+def summarize(jobs: list[dict], *, skipped: list[str], t0: float, rc: int = 0, log_path: Path | None = None,
+              stopped: list[int] | None = None, report: bool = True, hints: bool = False) -> int:
+    """The end of a sweep (``make sweep``, ``python -m kdbench.train -m``): complete / failed counts, the
+    failures, the teachers it trained or reused, each experiment's table and report, where things are, and
+    (``hints``) what to try next; returns the sweep's exit code (1 if a job failed or has no record)."""
+    stopped = stopped or []
+    cfg0 = jobs[0]["cfg"]
+    experiments = list(dict.fromkeys(j["cfg"].experiment_name for j in jobs))
+    exp = experiments[0] if len(experiments) == 1 else f"{experiments[0]} (+{len(experiments) - 1} more)"
     final = {j["run_id"]: (_status(j["record"]) or {}) for j in jobs}
     complete = [r for r, rec in final.items() if rec.get("status") == "complete"]
     failed = [(r, rec) for r, rec in final.items()
@@ -206,23 +251,29 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
     missing = [r for r, rec in final.items() if not rec]
     mins = (time.time() - t0) / 60
     print(f"\nsweep '{exp}' {'stopped' if stopped else 'finished'} after {mins:.1f} min: {len(complete)} complete, "
-          f"{len(failed)} failed or interrupted, {len(missing)} without a record; log: {log_path}")
+          f"{len(failed)} failed or interrupted, {len(missing)} without a record"
+          + (f"; log: {log_path}" if log_path else ""))
     for r, rec in failed:
         first = (rec.get("error") or rec.get("status") or "").splitlines()[0][:200] if rec else ""
         st = rec.get("status", "failed")
         tag = "INTERRUPTED" if st == "interrupted" else "FAILED" if st == "failed" else f"FAILED ({st})"
         print(f"  {tag} {r}: {first}")
     if missing and not stopped:
-        print("  jobs without a record (rejected before work, see the log):", ", ".join(missing))
-        tail = log_path.read_text().strip().splitlines()[-8:]
-        print("  " + "\n  ".join(tail))
+        print("  jobs without a record (rejected before work" + (", see the log):" if log_path else "):"),
+              ", ".join(missing))
+        if log_path:
+            tail = log_path.read_text().strip().splitlines()[-8:]
+            print("  " + "\n  ".join(tail))
     if stopped:
         name = signal.Signals(stopped[0]).name
         print(f"kdbench sweep: stopped by {name}; the same command resumes it (complete runs are skipped, "
               "interrupted ones resume from their last checkpoint)")
         return 128 + stopped[0]
+    for line in teacher_lines([final[r] for r in complete], t0):
+        print(line)
     lg = cfg0.get("logger") or {}
     to_wandb = bool(lg.get("wandb")) and lg.wandb.mode != "disabled"
+    pages = []
     for name in experiments if report else []:
         cfg = next(j["cfg"] for j in jobs if j["cfg"].experiment_name == name)
         if not any(j["run_id"] in complete for j in jobs if j["cfg"].experiment_name == name):
@@ -240,24 +291,54 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
             print(f"warning: {w}")
         print(f"\ntables and plots: {out.get('out_dir')}")
         print(f"run records:      {_records_dir(cfg)}")
+        if out.get("out_dir"):
+            pages.append(Path(out["out_dir"]) / "index.html")
     if report and complete:
         if to_wandb:
             wdir = Path(cfg0.paths.wandb_dir).absolute() / "wandb"
             mode = lg.wandb.mode
             print(f"W&B ({mode}):     {wdir}" + ("  (upload: wandb sync <dir>/offline-run-*)" if mode == "offline" else ""))
+    if hints and pages:
+        print(f"\nnext: open {pages[0]}  (the table, the plots, how the variants differ, every record)")
+        print(f'      make sweep ARGS="experiment={experiments[0]} seed=0,1,2,3,4"  (more seeds; complete runs are '
+              "skipped)")
     ok = rc == 0 and not failed and not missing
     return 0 if ok else 1
+
+
+def teacher_lines(records: list[dict], t0: float) -> list[str]:
+    """One line per registry teacher of these runs: trained by this sweep (registered after ``t0``), and in
+    about how long (from the start of the job that trained it to its registration), or reused."""
+    from datetime import datetime
+
+    paths = dict.fromkeys(str(p) for p in ((r.get("teacher") or {}).get("path") for r in records) if p)
+    out = []
+    for path in paths:
+        try:
+            registered = (Path(path) / "meta.json").stat().st_mtime
+        except OSError:
+            continue
+        if registered < t0:
+            out.append(f"teacher {Path(path).name}: reused from the registry ({path})")
+            continue
+        # the records of the jobs that used it: the earliest one started before the teacher was registered
+        starts = []
+        for r in records:
+            if str((r.get("teacher") or {}).get("path")) == path and r.get("finished_at") and r.get("wall_time_s"):
+                try:
+                    starts.append(datetime.fromisoformat(r["finished_at"]).timestamp() - float(r["wall_time_s"]))
+                except (TypeError, ValueError):
+                    pass
+        began = [b for b in starts if b <= registered + 1]
+        took = f" in about {max(0.0, registered - min(began)):.0f} s" if began else ""
+        out.append(f"teacher {Path(path).name}: trained by this sweep{took} ({path})")
+    return out
 
 
 def _fused_commands(jobs: list[dict], skipped: list[str], extra: list[str]) -> list[list[str]]:
     """``fuse=K`` (K > 1): one ``python -m kdbench.fused`` command per fusable group of at most K pending
     jobs (see :mod:`kdbench.fused`); [] when the sweep does not fuse."""
-    from kdbench.errors import ConfigError
-
-    values = {int(j["cfg"].get("fuse", 1)) for j in jobs}
-    if len(values) > 1:
-        raise ConfigError("fuse", f"one value for the whole sweep, got {sorted(values)}")
-    k = values.pop()
+    k = int(jobs[0]["cfg"].get("fuse", 1))  # one value for the whole sweep (plan)
     if k <= 1:
         return []
     from kdbench.fused import group_jobs
@@ -322,7 +403,43 @@ def _progress(jobs, seen: dict, t0: float, total: int, stale: dict | None = None
             acc = ((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc")
             extra = f"test acc {100 * acc:.2f}%" if acc is not None else (rec.get("error") or "")[:80]
             what = label(j, keys or []) if "cfg" in j else f"{rec.get('variant')} seed {rec.get('seed')}"
-            print(f"[{n:>3}/{total}] {st:<8} {what}  {extra}  ({time.time() - t0:.0f} s)", flush=True)
+            took = rec.get("wall_time_s")  # the job's own time (a fused group's: the group's)
+            print(f"[{n:>3}/{total}] {st:<8} {what}  {extra}" + (f"  ({float(took):.0f} s)" if took else ""), flush=True)
+
+
+class SweepSummary(Callback):
+    """Hydra's ``-m`` (``python -m kdbench.train -m ...``) ends as ``make sweep`` does: with :func:`summarize`
+    over the jobs of its grid (planned as the sweep starts, to know which were complete already). Registered
+    in ``conf/train.yaml`` (``hydra.callbacks``); off under ``make sweep``, which summarizes itself, and for
+    sweepers other than Hydra's basic grid (an optimizer's trials are not a grid)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] | None = None
+        self.skipped: list[str] = []
+        self.t0 = time.time()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra.initialize import get_gh_backup, restore_gh_from_backup
+        from omegaconf import OmegaConf
+
+        if os.environ.get(SUMMARY_OFF) or "BasicSweeper" not in str(config.hydra.sweeper.get("_target_")):
+            return
+        self.t0, backup = time.time(), get_gh_backup()  # plan() composes with Hydra's global state: keep Hydra's
+        try:
+            with exit_codes("kdbench", exit=True):  # a bad grid: one line, exit 2, before any job (as make sweep)
+                jobs = plan(list(OmegaConf.to_container(config.hydra.overrides.task)), default_experiment=False)
+        except Exception as e:  # noqa: BLE001 - e.g. Hydra's own composition errors: the launcher reports them
+            print(f"kdbench: no sweep summary at the end ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            return
+        finally:
+            restore_gh_from_backup(backup)
+        force = bool(jobs[0]["cfg"].get("force"))
+        self.jobs = jobs
+        self.skipped = [j["run_id"] for j in jobs if not force and (_status(j["record"]) or {}).get("status") == "complete"]
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if self.jobs:
+            summarize(self.jobs, skipped=self.skipped, t0=self.t0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,6 +204,8 @@ def test_sweep_fuse_runs_fusable_groups(tmp_path, monkeypatch, capsys):
     assert [r["fused"] for r in recs] == [3, 3, 3]
     assert all(set(r["fused_with"]) == {s["run_id"] for s in recs} - {r["run_id"]} for r in recs)
     assert "3 complete" in out and out.count("] complete") == 3
+    assert "fused (fuse=3): the 3 pending jobs train in 1 group(s) of 3 student(s)" in out  # it says it fused
+    assert "they differ only in distill.tau" in out  # the scratch point that is one run, and why
     # run ids are the unfused ones: the same grid without fuse plans every job as complete
     assert all(j["record"].exists() for j in plan(args[:-1]))
     # and the same fused sweep again trains nothing (every job is skipped; no job fails on fuse=3)
