@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kdbench.errors import exit_codes
+from kdbench.errors import ConfigError, exit_codes
 from kdbench.gpucheck import PARTS, RUN_ORDER
 from kdbench.gpucheck import plan as plans
 from kdbench.gpucheck.parts import read_json
@@ -34,9 +35,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--total", type=float, default=None, help=f"seconds for everything (GPU default {plans.GPU_TOTAL:g})")
     p.add_argument("--jobs", type=int, default=None, help="smoke runs at a time (GPU default 6, dry run 1)")
     p.add_argument("--data", default=None, help="folder with cifar10-jpeg.tar.gz and MNIST/raw (default: "
-                                                ".gpucarry/data if there, else ../shared/data)")
+                                                "../shared/data if there, else .gpucarry/data)")
     p.add_argument("--wheels", default=None, help="the carried wheels (default .gpucarry/wheels)")
-    p.add_argument("--work", default=None, help="scratch folder, new or empty (default: a new temporary one)")
+    p.add_argument("--work", default=None, help="scratch folder, new or empty, kept (default: a temporary one, "
+                                                "removed once the archive is written)")
     p.add_argument("--prepare", default=None, metavar="DIR",
                    help="instead of a check: put the wheels and data a bare GPU machine lacks into DIR (make gpu-wheels)")
     return p
@@ -51,21 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # every check before any work
     if not args.out:
-        raise plans.ConfigError("--out", "is required: the folder the check writes (new or empty)")
+        raise ConfigError("--out", "is required: the folder the check writes (new or empty)")
     out = Path(args.out)
     plans.check_out(out)
     parts = plans.parse_parts(args.parts)
     budgets = plans.parse_budgets(args.budget)
     if args.total is not None and not args.total > 0:
-        raise plans.ConfigError("--total", f"must be > 0 seconds, got {args.total:g}")
+        raise ConfigError("--total", f"must be > 0 seconds, got {args.total:g}")
     if args.jobs is not None and args.jobs < 1:
-        raise plans.ConfigError("--jobs", f"must be a positive integer, got {args.jobs}")
+        raise ConfigError("--jobs", f"must be a positive integer, got {args.jobs}")
     data = Path(args.data) if args.data else plans.default_data()
     plans.check_data(data, parts)
     wheels = Path(args.wheels) if args.wheels else plans.CARRY / "wheels"
     to_install = plans.check_wheels(wheels)
     if args.work and Path(args.work).exists() and (not Path(args.work).is_dir() or any(Path(args.work).iterdir())):
-        raise plans.ConfigError("--work", f"{args.work} exists and is not an empty folder (pick another path)")
+        raise ConfigError("--work", f"{args.work} exists and is not an empty folder (pick another path)")
     plans.check_device(args.dry_run)
     return Check(args, out, parts, budgets, data, wheels, to_install).run()
 
@@ -74,6 +76,7 @@ class Check:
     def __init__(self, args, out: Path, parts, budgets, data: Path, wheels: Path, to_install: list[str]):
         self.out, self.wheels, self.to_install = out, wheels, to_install
         out.mkdir(parents=True, exist_ok=True)
+        self.temporary = not args.work
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kdbench-gpucheck-"))
         work.mkdir(parents=True, exist_ok=True)
         self.plan = plans.make_plan(args.dry_run, work.resolve(), data.resolve(), parts, budgets, args.total, args.jobs)
@@ -84,6 +87,13 @@ class Check:
         self.header = {"device": "?", "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
                        "torch": "?", "cuda": "?", "python": platform.python_version(), "setup": "not done",
                        "seconds": 0.0, "host": platform.node()}
+
+    def clean(self) -> str:
+        """The temporary work folder, removed once archived (a ``--work`` folder is kept)."""
+        if self.temporary:
+            shutil.rmtree(self.plan.work, ignore_errors=True)
+            return f"(removed the work folder {self.plan.work})"
+        return f"(kept the work folder {self.plan.work})"
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -116,6 +126,18 @@ class Check:
             env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        """SIGTERM (the part ends its commands and saves its result), then SIGKILL after the grace period."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
     def part(self, name: str, budget: float) -> dict:
         """``name`` in its own process until its deadline (+ a grace period: then SIGTERM, then SIGKILL)."""
         deadline = time.time() + budget
@@ -129,20 +151,18 @@ class Check:
             stopped = False
             try:
                 proc.wait(timeout=budget + GRACE_S)
-            except subprocess.TimeoutExpired:
+            except BaseException as e:  # its budget ran out, or the check itself was stopped (Ctrl-C)
                 stopped = True
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=GRACE_S)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        for child in (work / "children").glob("*"):  # what a stopped part left running
-            try:
-                os.killpg(int(child.name), signal.SIGKILL)
-            except (ProcessLookupError, ValueError, PermissionError):
-                pass
-            child.unlink(missing_ok=True)
+                self.stop(proc)
+                if not isinstance(e, subprocess.TimeoutExpired):
+                    raise
+            finally:
+                for child in (work / "children").glob("*"):  # what a stopped part left running
+                    try:
+                        os.killpg(int(child.name), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError, PermissionError):
+                        pass
+                    child.unlink(missing_ok=True)
         res = read_json(work / "parts" / f"{name}.json") or {"status": "FAILED", "error": "it wrote no result"}
         if stopped or res.get("status") in ("running", "TIMED OUT"):
             res["status"] = "TIMED OUT"
@@ -187,9 +207,10 @@ class Check:
             self.header["seconds"] = time.time() - self.t0
             for write in (lambda: summary.write_summary(self.out, self.name, self.header, self.results, self.plan),
                           lambda: summary.write_json(self.out, self.header, self.results),
-                          lambda: summary.archive(self.out, Path(self.plan.work))):
+                          lambda: summary.archive(self.out, Path(self.plan.work)), self.clean):
                 try:
-                    self.say(f"wrote {write()}")
+                    done = write()
+                    self.say(done if isinstance(done, str) else f"wrote {done}")
                 except Exception as e:  # noqa: BLE001 - the others are still written
                     self.say(f"kdbench gpu-check: could not write a summary file: {type(e).__name__}: {e}")
             summary.cap_log(self.log_path)
