@@ -4,6 +4,8 @@ Measured on the printed lines of ``python -m kdbench.train`` (Hydra's entry poin
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import train_main
 
 
@@ -12,23 +14,29 @@ def lines(capfd) -> list[str]:
     return [ln for ln in (out + err).splitlines() if ln.strip()]
 
 
-def test_a_scratch_run_warns_of_nothing_and_refused_and_skipped_runs_print_one_line(tmp_path, capfd):
-    base = [f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none", "distill=none",
+def _base(tmp_path) -> list[str]:
+    return [f"paths.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none", "distill=none",
             "trainer.max_epochs=1"]
-    assert train_main([*base, "trainer.progress=false"]) == 0
+
+
+def test_a_refused_run_prints_one_line_and_the_tree_only_when_asked(tmp_path, capfd):
+    # trainer.progress on (an interactive run's default, under which the ~115-line tree used to come first)
+    assert train_main([*_base(tmp_path), "dataset.batch_size=0"]) == 2
+    (refused,) = lines(capfd)
+    assert refused.startswith("kdbench: error: dataset.batch_size: ") and refused.endswith("got 0")
+    assert train_main([*_base(tmp_path), "dataset.batch_size=0", "print_config=true"]) == 2
+    tree = lines(capfd)
+    assert tree[0] == "config: default" and any("batch_size: 0" in ln for ln in tree) and tree[-1] == refused
+
+
+@pytest.mark.slow  # trains a (1-epoch) scratch run
+def test_a_scratch_run_warns_of_nothing_and_a_skipped_run_prints_one_line(tmp_path, capfd):
+    assert train_main([*_base(tmp_path), "trainer.progress=false"]) == 0
     first = lines(capfd)
     assert not any("not read by method" in ln or "warning" in ln.lower() for ln in first), first
-    assert not any(ln.startswith("config:") for ln in first)  # no tree unless asked
-    # trainer.progress on (an interactive run's default, under which the ~115-line tree used to come first)
-    assert train_main(base) == 0
+    assert train_main(_base(tmp_path)) == 0
     (skipped,) = lines(capfd)
     assert "already complete" in skipped and "force=true" in skipped
-    assert train_main([*base, "dataset.batch_size=0"]) == 2
-    (refused,) = lines(capfd)
-    assert refused.startswith("kdbench: error: dataset.batch_size")
-    assert train_main([*base, "print_config=true"]) == 0
-    tree = lines(capfd)
-    assert tree[0].startswith("config: default") and any("batch_size" in ln for ln in tree) and len(tree) > 20
 
 
 def test_print_config_changes_no_run_id(compose):
