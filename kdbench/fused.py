@@ -419,7 +419,7 @@ def run_group(cfgs: Sequence, overrides: Sequence[Sequence[str]] | None = None) 
 def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
     from kdbench.config import check_class_counts, is_scratch
     from kdbench.lifecycle import Job, claimed
-    from kdbench.runner import build_student_module, load_data, new_record, student_data
+    from kdbench.runner import build_student_module, load_data, new_record, preflight_needs, student_data
     from kdbench.signals import build_signal, needs_teacher, preflight_signal
     from kdbench.teachers import train as teacher_training
 
@@ -449,6 +449,9 @@ def _run_group(cfgs: list, overrides: list[list[str]], trap) -> list[dict]:
     teacher, tmeta, shared = None, None, None
     if tjob is not None:
         tc = tjob.conf
+        for j in jobs:
+            if not is_scratch(j.cfg):
+                preflight_needs(j.conf)
         preflight_signal(tc["teacher_signal"], tc, data)
         if needs_teacher(tc["teacher_signal"]):
             teacher, tmeta = teacher_training.for_run(tc["teacher"], tc["dataset"], tc["trainer"], full,

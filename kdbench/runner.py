@@ -84,6 +84,7 @@ def _run(cfg: DictConfig, trap) -> dict:
     check_class_counts(full.num_classes, cfg)
     data = student_data(full, conf)
     scratch, trainer = is_scratch(cfg), conf["trainer"]
+    preflight_needs(conf)  # what the method needs of the teacher against what the signal gives
     preflight_signal(conf["teacher_signal"], conf, data)  # e.g. a teacher cache that cannot fit: before any work
     preflight_features(conf, data)
     teacher, tmeta = None, None
@@ -171,6 +172,37 @@ def build_parts(method, student_out, teacher_out, n_train: int, **context):
         return None
     named = inspect.signature(build).parameters
     return build(student_out, teacher_out, n_train, **{k: v for k, v in context.items() if k in named})
+
+
+_FORMS = {"dense": "dense teacher logits", "topk": "top-k log-probs"}
+
+
+def preflight_needs(conf: dict) -> None:
+    """Before any work, refuse a method (or a harness switch) that needs what the teacher signal cannot give
+    (:data:`kdbench.signals.CAPABILITIES`): dense logits or top-k log-probs, the teacher model in memory."""
+    from kdbench.methods import build_method, teacher_reads
+    from kdbench.signals import gives, signal_names
+
+    d, kind = conf["distill"], conf["teacher_signal"]
+    if d.get("method") in (None, "none") or not d.get("enabled", True):
+        return
+    has = gives(kind)
+
+    def able(need: frozenset) -> str:
+        ok = [k for k in signal_names() if k != kind and need <= gives(k)]
+        return f"use teacher_signal={' or '.join(ok)}" if ok else "no registered signal gives it"
+
+    for key in ("teacher_train_mode", "teacher_grad"):
+        if d.get(key) and "model" not in has:
+            raise ConfigError("teacher_signal", f"distill.{key}=true needs the teacher itself in memory (it changes or "
+                                                f"differentiates it during training); teacher_signal={kind} gives "
+                                                f"stored outputs: {able(frozenset({'model'}))}")
+    reads = teacher_reads(build_method(d["method"], d))
+    if not reads & has:
+        given = " and ".join(_FORMS[f] for f in ("dense", "topk") if f in has) or "no teacher outputs"
+        raise ConfigError("teacher_signal", f"variant {d.get('variant', d['method'])} (method {d['method']}) reads "
+                                            f"{' or '.join(_FORMS[f] for f in sorted(reads))}; teacher_signal={kind} "
+                                            f"gives {given} only: {able(frozenset({sorted(reads)[0]}))}")
 
 
 def preflight_features(conf: dict, data) -> None:

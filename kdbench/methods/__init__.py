@@ -26,7 +26,7 @@ from torch import Tensor
 from kdbench.kinds import N, Spec, like
 
 __all__ = ["HARNESS_KEYS", "Method", "build_method", "feature_terms", "method_names", "method_params", "method_specs",
-           "register_method"]
+           "register_method", "teacher_reads"]
 
 #: ``distill.*`` keys the harness reads itself (every other key is a parameter of the method)
 HARNESS_KEYS = ("variant", "method", "enabled", "teacher_train_mode", "teacher_grad")
@@ -40,6 +40,8 @@ class Method(Protocol):
 
     #: False for methods that train on labels only (no teacher signal needed)
     needs_teacher: bool
+    # optional ``reads``: the teacher outputs the method can read, a subset of ("dense", "topk")
+    # (kdbench.signals.CAPABILITIES); dense logits only when absent (see :func:`teacher_reads`)
 
     def __call__(self, student_logits: Tensor, teacher: Any, batch: Any) -> dict[str, Tensor]: ...
 
@@ -58,6 +60,12 @@ def feature_terms(student_logits: Tensor, batch: Any, ce_weight: float, **weight
     for w, term in weighted.values():
         loss = loss + w * term
     return {"loss": loss, "ce": ce, **{k: term for k, (_, term) in weighted.items()}}
+
+
+def teacher_reads(method: Any) -> frozenset[str]:
+    """The forms of teacher output ``method`` can read (``dense`` logits, ``topk`` log-probs): its ``reads``
+    attribute, else dense logits only (a method that reads top-k says so)."""
+    return frozenset(getattr(method, "reads", ("dense",)))
 
 
 def register_method(name: str):

@@ -35,10 +35,18 @@ class KD:
 
     needs_teacher = True
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Dense logits; top-k log-probs too where the loss has a top-k form (forward/reverse KL, summed,
+        without standardisation or the untempered-student ablation)."""
+        if self.kl in ("forward", "reverse") and not (self.standardize or self.student_tau_one) \
+                and self.kl_reduction == "sum":
+            return ("dense", "topk")
+        return ("dense",)
+
     def __call__(self, student_logits: Tensor, teacher, batch) -> dict[str, Tensor]:
         if hasattr(teacher, "log_probs"):  # a sparse (top-k) teacher signal (signals.TopK): captured log-probs
-            if self.kl not in ("forward", "reverse") or self.standardize or self.student_tau_one \
-                    or self.kl_reduction != "sum":
+            if "topk" not in self.reads:  # refused before any work (runner.preflight_needs); a direct caller here
                 raise ValueError("a top-k teacher supports kl=forward|reverse without standardize, "
                                  "student_tau_one or kl_reduction=mean")
             terms = topk_kd_loss_terms(student_logits, teacher.indices, teacher.log_probs, batch.y, alpha=self.alpha,

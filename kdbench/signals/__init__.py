@@ -66,7 +66,7 @@ class NoSignal:
 _REGISTRY: dict[str, Callable[..., TeacherSignal]] = {"none": lambda **_: NoSignal()}
 _PREFLIGHT: dict[str, Callable[[dict, Any], None]] = {}
 _NO_TEACHER: set[str] = {"none"}
-_FEATURES: set[str] = set()
+_GIVES: dict[str, frozenset[str]] = {"none": frozenset()}
 
 
 def table_for(tables: dict, split: str):
@@ -78,13 +78,21 @@ def table_for(tables: dict, split: str):
     return tables[split]
 
 
+#: what a teacher signal can give a method: ``dense`` logits per row, ``topk`` log-probs (signals.TopK), the
+#: teacher's intermediate ``features``, and the teacher ``model`` itself in memory (a gradient through it, its
+#: train mode)
+CAPABILITIES = ("dense", "topk", "features", "model")
+
+
 def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None = None, needs_teacher: bool = True,
-                    features: bool = False):
+                    gives: tuple[str, ...] = ("dense",)):
     """Decorator for a factory ``(*, teacher, conf, data, teacher_meta) -> TeacherSignal``:
     ``teacher_signal=<name>``. ``preflight(conf, data)`` runs before any work (before the teacher is
-    trained or loaded) and raises a one-line ConfigError for a run that cannot work. ``features``: the
-    signal gives a feature method the teacher's features (``request(selectors)`` / ``probe``), not only
-    its logits."""
+    trained or loaded) and raises a one-line ConfigError for a run that cannot work. ``gives``: which of
+    :data:`CAPABILITIES` the signal gives (a method's needs are checked against it before any work)."""
+    unknown = set(gives) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"signal {name!r}: unknown capabilities {sorted(unknown)}; allowed: {', '.join(CAPABILITIES)}")
 
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name] is not factory:
@@ -94,17 +102,21 @@ def register_signal(name: str, *, preflight: Callable[[dict, Any], None] | None 
             _PREFLIGHT[name] = preflight
         if not needs_teacher:
             _NO_TEACHER.add(name)
-        if features:
-            _FEATURES.add(name)
+        _GIVES[name] = frozenset(gives)
         return factory
 
     return deco
 
 
+def gives(kind: str) -> frozenset[str]:
+    """What teacher signal ``kind`` can give a method (:data:`CAPABILITIES`)."""
+    _discover()
+    return _GIVES.get(kind, frozenset())
+
+
 def gives_features(kind: str) -> bool:
     """True for signals that can give a feature method the teacher's intermediate features (``online``)."""
-    _discover()
-    return kind in _FEATURES
+    return "features" in gives(kind)
 
 
 def needs_teacher(kind: str) -> bool:

@@ -87,11 +87,6 @@ def preflight(conf: dict, data) -> None:
         raise ConfigError("teacher_signal", "cached holds one logit vector per (image, view); for sequence data use "
                                             "online, or captured (top-k per position, `kdbench capture`)")
     p = plan(conf, data)
-    d = conf["distill"]
-    for key in ("teacher_train_mode", "teacher_grad"):
-        if d.get(key):
-            raise ConfigError("teacher_signal", f"cached needs a frozen teacher; distill.{key}=true changes it "
-                                                "during training (use teacher_signal=online)")
     cap_gb = float((conf.get("teacher_cache") or {}).get("max_gb", 16))
     gib = p["bytes"] / 2**30
     if gib > cap_gb:

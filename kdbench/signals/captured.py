@@ -103,6 +103,6 @@ class CapturedSignal:
         return TopK(idx_t[idx, view].to(self.device), logp_t[idx, view].to(self.device), self.tau)
 
 
-@register_signal("captured", preflight=preflight, needs_teacher=False)
+@register_signal("captured", preflight=preflight, needs_teacher=False, gives=("topk",))
 def _captured(*, conf: dict, **_) -> CapturedSignal:
     return CapturedSignal(_store(conf))

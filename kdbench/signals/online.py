@@ -119,7 +119,7 @@ class OnlineSignal:
             self.teacher.load_state_dict(state)
 
 
-@register_signal("online", features=True)
+@register_signal("online", gives=("dense", "features", "model"))
 def _online(*, teacher: nn.Module | None, conf: dict, teacher_meta: dict | None = None, **_) -> OnlineSignal:
     if teacher is None:
         raise ValueError("teacher_signal=online needs a teacher")
