@@ -100,6 +100,14 @@ def plan(overrides: list[str], *, default_experiment: bool = True) -> list[dict]
     return list(unique.values())
 
 
+def sweep_warnings(jobs: list[dict]) -> list[str]:
+    """The distinct warnings of a grid's jobs (:func:`kdbench.config.unusual_values`: a value far outside
+    published recipes, a warm-up not shorter than the run), each once."""
+    from kdbench.config import unusual_values
+
+    return list(dict.fromkeys(w for j in jobs for w in unusual_values(j["cfg"])))
+
+
 def same_run_keys(jobs: list[dict]) -> list[str]:
     """The override keys in which the grid points that are one run (a job's ``same_as``) differ from it."""
     keys: dict[str, None] = {}
@@ -178,6 +186,8 @@ def run_sweep(overrides: list[str], *, report: bool = True, quiet_jobs: bool = T
           + (f"; {shared} more grid point(s) are one of these runs (they differ only in "
              f"{', '.join(same_run_keys(jobs))}, which those runs do not compute with): each runs once"
              if shared else ""), flush=True)
+    for w in sweep_warnings(jobs):  # the jobs' own warnings go to the log: each distinct one here, once
+        print(f"kdbench sweep: warning: {w}", flush=True)
 
     log_dir = Path("multirun") / experiments[0]
     log_dir.mkdir(parents=True, exist_ok=True)

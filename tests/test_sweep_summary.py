@@ -27,6 +27,14 @@ def test_a_sweep_wide_key_with_several_values_is_refused_as_such(tmp_path, monke
         "distill.tau"]
 
 
+def test_a_sweep_shows_each_distinct_warning_of_its_jobs_once():
+    from kdbench.sweep import plan, sweep_warnings
+
+    jobs = plan(["experiment=quickstart", "distill=dkd,none", "trainer.max_epochs=2", "seed=0,1"])
+    (warm,) = sweep_warnings(jobs)  # both DKD jobs warn; scratch has no warm-up
+    assert "distill.warmup_epochs=20" in warm and "trainer.max_epochs=2" in warm
+
+
 def test_progress_lines_show_the_jobs_own_time(tmp_path, capsys):
     import json
 
