@@ -20,8 +20,8 @@ from typing import Any
 
 from kdbench.identity import computational, is_computational
 from kdbench.report.frame import config_leaves, group_sort_key, to_float
-from kdbench.report.plots import short_cells, short_key, teachers_of, telling_apart
-from kdbench.report.tables import MISSING, Display, fmt_value
+from kdbench.report.plots import columns_apart, short_cells, teachers_of
+from kdbench.report.tables import MISSING, Display, fmt_value, short_header
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#222}
@@ -202,7 +202,7 @@ def _table(table_id: str, df, n_left: int, reference: Sequence[Mapping[str, str]
 
 def compact_table(display: Display):
     """``(table, n_left)``: the page's first table. The variant and only the config columns that tell its
-    rows apart (:func:`kdbench.report.plots.telling_apart`, short names, paths as their last part; a row
+    rows apart (:func:`kdbench.report.plots.columns_apart`, short names, paths as their last part; a row
     that would be bare beside others of its variant keeps the columns it has), then :data:`COMPACT_COLUMNS`."""
     import pandas as pd
 
@@ -214,7 +214,7 @@ def compact_table(display: Display):
     keys = [tuple(v if i == vi or str(v) != MISSING else None for i, v in enumerate(row))
             for row in df[cols[:n_left]].itertuples(index=False, name=None)]
     cells = short_cells(keys, gcols)
-    keep = telling_apart(keys, gcols)
+    keep = columns_apart(keys, gcols)
     for j, k in enumerate(keys):
         if vi is not None and sum(kk[vi] == k[vi] for kk in keys) > 1 and all(cells[i][j] is None for i in keep):
             keep += [i for i in cells if cells[i][j] is not None and i not in keep]
@@ -222,7 +222,7 @@ def compact_table(display: Display):
     if vi is not None:
         data[cols[vi]] = df[cols[vi]].tolist()
     for i in sorted(set(keep)):
-        data[short_key(gcols[i], gcols)] = [MISSING if c is None else c for c in cells[i]]
+        data[short_header(gcols[i], gcols)] = [MISSING if c is None else c for c in cells[i]]
     for c in COMPACT_COLUMNS:
         if c in cols[n_left:]:
             data[c] = df[c].tolist()

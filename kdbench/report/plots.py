@@ -26,10 +26,10 @@ from kdbench.report.frame import (
     summarize,
     to_float,
 )
-from kdbench.report.tables import GROUP_HEADERS, fmt_num
+from kdbench.report.tables import GROUP_HEADERS, fmt_num, short_header, short_values, telling_apart
 
 __all__ = ["as_runs", "run_label", "run_groups", "new_figure", "save_figure", "pool_reliability", "plain",
-           "teachers_of", "teacher_name", "short_key", "short_cells", "telling_apart", "group_labels", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
+           "teachers_of", "teacher_name", "short_cells", "columns_apart", "group_labels", "reliability_figure", "learning_curves_figure", "seed_bars_figure",
            "plot_reliability", "plot_tau_curves", "plot_learning_curves", "plot_seed_bars", "plot_acc_vs_ece",
            "SMALL_MULTIPLES_AFTER"]
 
@@ -150,57 +150,36 @@ def run_label(row: Mapping, group_cols: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def short_key(col: str, cols: Sequence[str]) -> str:
-    """``teacher_capture.k`` -> ``k`` unless another column ends the same way; α, τ for the grid columns."""
-    if col in GROUP_HEADERS:
-        return GROUP_HEADERS[col]
-    last = str(col).rsplit(".", 1)[-1]
-    return last if sum(str(c).rsplit(".", 1)[-1] == last for c in cols) == 1 else str(col)
-
-
-def _short_value(v: Any, values: Sequence[Any]) -> str:
-    """A path as its last part when that still tells the column's values apart."""
-    text = fmt_num(v)
-    distinct = {fmt_num(x) for x in values if group_key(x) is not None}
-    if "/" in text and len({t.rstrip("/").rsplit("/", 1)[-1] for t in distinct}) == len(distinct):
-        return text.rstrip("/").rsplit("/", 1)[-1]
-    return text
-
-
 def short_cells(keys: Sequence[tuple], group_cols: Sequence[str]) -> dict[int, list[str | None]]:
-    """Per non-variant group column (index): each key's value as short text (:func:`_short_value`), None where
-    the key lacks it."""
+    """Per non-variant group column (index): each key's value as short text (:func:`tables.short_values`), None
+    where the key lacks it."""
     keys = list(keys)
-    return {i: [_short_value(k[i], [kk[i] for kk in keys]) if group_key(k[i]) is not None else None for k in keys]
-            for i, c in enumerate(group_cols) if c != "variant"}
+    out = {}
+    for i, c in enumerate(group_cols):
+        if c != "variant":
+            col = [k[i] for k in keys]
+            out[i] = [None if group_key(v) is None else t for v, t in zip(col, short_values(col), strict=True)]
+    return out
 
 
-def telling_apart(keys: Sequence[tuple], group_cols: Sequence[str]) -> list[int]:
-    """The non-variant group columns (indices) needed to tell ``keys`` apart: dropping the widest first, each
-    column whose rows stay apart without it (all of them when the rows are not apart even with all)."""
+def columns_apart(keys: Sequence[tuple], group_cols: Sequence[str]) -> list[int]:
+    """The non-variant group columns (indices into ``group_cols``) needed to tell ``keys`` apart
+    (:func:`tables.telling_apart` over :func:`short_cells`)."""
     keys = list(keys)
     cells = short_cells(keys, group_cols)
     vi = list(group_cols).index("variant") if "variant" in group_cols else None
-
-    def apart(cols: list[int]) -> bool:
-        seen = [(k[vi] if vi is not None else None, *(cells[i][j] for i in cols)) for j, k in enumerate(keys)]
-        return len(set(seen)) == len(seen)
-
-    keep = list(cells)
-    if apart(keep):
-        for i in sorted(cells, key=lambda i: -max((len(t or "") for t in cells[i]), default=0)):
-            if apart([c for c in keep if c != i]):
-                keep.remove(i)
-    return keep
+    idx = list(cells)
+    keep = telling_apart([k[vi] if vi is not None else None for k in keys], [cells[i] for i in idx])
+    return [idx[j] for j in keep]
 
 
 def group_labels(keys: Sequence[tuple], group_cols: Sequence[str]) -> dict[tuple, str]:
     """Short labels of a figure's groups: the variant, then only the group columns that tell the groups apart
-    (:func:`telling_apart`), as ``short_key=value``; a column a group lacks is left out of its label (a bare
+    (:func:`columns_apart`), as ``short_header=value``; a column a group lacks is left out of its label (a bare
     variant beside others of its name says what it has). ``run_label`` is the long form."""
     keys = list(keys)
     cells = short_cells(keys, group_cols)
-    keep = telling_apart(keys, group_cols)
+    keep = columns_apart(keys, group_cols)
     vi = list(group_cols).index("variant") if "variant" in group_cols else None
     out = {}
     for j, k in enumerate(keys):
@@ -208,7 +187,7 @@ def group_labels(keys: Sequence[tuple], group_cols: Sequence[str]) -> dict[tuple
         shown = [i for i in keep if cells[i][j] is not None]
         if not shown and vi is not None and sum(kk[vi] == k[vi] for kk in keys) > 1:
             shown = [i for i in cells if cells[i][j] is not None]  # bare "kd" beside "kd k=1": say what it has
-        parts += [f"{short_key(group_cols[i], group_cols)}={cells[i][j]}" for i in shown]
+        parts += [f"{short_header(group_cols[i], group_cols)}={cells[i][j]}" for i in shown]
         out[k] = " ".join(parts)
     return out
 

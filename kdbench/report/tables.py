@@ -149,6 +149,45 @@ def fmt_num(v: Any, missing: str = MISSING) -> str:
     return f"{f:g}"
 
 
+def short_header(col: str, cols: Sequence[str]) -> str:
+    """A config column's short name: ``distill.topk_mode`` -> ``topk_mode`` unless another of ``cols`` ends the
+    same way; α, τ for the grid columns (:data:`GROUP_HEADERS`)."""
+    if col in GROUP_HEADERS:
+        return GROUP_HEADERS[col]
+    last = str(col).rsplit(".", 1)[-1]
+    return last if sum(str(c).rsplit(".", 1)[-1] == last for c in cols) == 1 else str(col)
+
+
+def short_values(values: Sequence[Any]) -> list[str]:
+    """A config column's cells as short text (:func:`fmt_num`; :data:`MISSING` where a row lacks the key):
+    paths shortened to their last part when that still tells the column's values apart."""
+    text = [fmt_num(v) for v in values]
+    distinct = {t for t in text if t != MISSING}
+    if any("/" in t for t in distinct):
+        tails = {t.rstrip("/").rsplit("/", 1)[-1] for t in distinct}
+        if len(tails) == len(distinct):
+            return [t if t == MISSING else t.rstrip("/").rsplit("/", 1)[-1] for t in text]
+    return text
+
+
+def telling_apart(variants: Sequence[Any], cells: Sequence[Sequence[Any]]) -> list[int]:
+    """Which config columns (indices into ``cells``, each a column of short cells) a compact view needs:
+    dropping the widest first, each column whose rows stay told apart (by the variant and the columns kept)
+    without it; all of them when the rows are not apart even with all (the full table shows every one)."""
+    keep = list(range(len(cells)))
+
+    def apart(cols: list[int]) -> bool:
+        keys = [(v, *(cells[k][i] for k in cols)) for i, v in enumerate(variants)]
+        return len(set(keys)) == len(keys)
+
+    if not apart(keep):
+        return keep
+    for k in sorted(keep, key=lambda k: -max((len(t or "") for t in cells[k]), default=0)):
+        if apart([c for c in keep if c != k]):
+            keep.remove(k)
+    return keep
+
+
 # --------------------------------------------------------------------------------------------
 # The display table of an experiment
 # --------------------------------------------------------------------------------------------

@@ -11,61 +11,24 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from kdbench.report.frame import group_key, to_float
 from kdbench.report.tables import (
-    GROUP_HEADERS,
     MISSING,
     fmt_delta_ci,
     fmt_mean_std,
-    fmt_num,
     fmt_value,
     read_summary_csv,
+    short_header,
+    short_values,
+    telling_apart,
 )
 
 __all__ = ["TERMINAL_WIDTH", "compact_rows", "compact_table", "print_summary"]
 
 #: the widest line the compact table may print (the console's width when stdout is not a terminal)
 TERMINAL_WIDTH = 100
-
-
-def _short_header(col: str, cols: Sequence[str]) -> str:
-    """``distill.topk_mode`` -> ``topk_mode`` unless another column ends the same way."""
-    if col in GROUP_HEADERS:
-        return GROUP_HEADERS[col]
-    last = str(col).rsplit(".", 1)[-1]
-    return last if sum(str(c).rsplit(".", 1)[-1] == last for c in cols) == 1 else str(col)
-
-
-def _short_values(values: list[Any]) -> list[str]:
-    """A config column's cells: paths shortened to their last part when that keeps them apart."""
-    text = [fmt_num(v) for v in values]
-    distinct = {t for t in text if t != MISSING}
-    if any("/" in t for t in distinct):
-        tails = {t.rstrip("/").rsplit("/", 1)[-1] for t in distinct}
-        if len(tails) == len(distinct):
-            return [t if t == MISSING else t.rstrip("/").rsplit("/", 1)[-1] for t in text]
-    return text
-
-
-def _telling_apart(variants: list[str], cfg_text: list[list[str]]) -> list[int]:
-    """The config columns (indices) the terminal needs: dropping the widest first, each column whose rows
-    stay told apart (by the variant and the columns kept) without it; the full table shows them all."""
-    keep = list(range(len(cfg_text)))
-
-    def distinct(cols: list[int]) -> bool:
-        keys = [(v, *(cfg_text[k][i] for k in cols)) for i, v in enumerate(variants)]
-        return len(set(keys)) == len(keys)
-
-    if not distinct(keep):
-        return keep
-    for k in sorted(keep, key=lambda k: -max((len(t) for t in cfg_text[k]), default=0)):
-        if distinct([c for c in keep if c != k]):
-            keep.remove(k)
-    return keep
 
 
 def _col(table, name: str) -> list[float]:
@@ -81,14 +44,14 @@ def compact_rows(table) -> tuple[list[str], list[list[str]], int, list[str]]:
     group_cols = cols[:cols.index("n")] if "n" in cols else ["variant"]
     cfg_all = [c for c in group_cols if c != "variant"]
     variants = [str(group_key(v)) for v in table["variant"].tolist()] if "variant" in cols else [""] * len(table)
-    text_all = [_short_values(table[c].tolist()) for c in cfg_all]
-    shown = _telling_apart(variants, text_all)
+    text_all = [short_values(table[c].tolist()) for c in cfg_all]
+    shown = telling_apart(variants, text_all)
     cfg = [cfg_all[k] for k in shown]
     hidden = [c for c in cfg_all if c not in cfg]
     # Δ vs scratch; without a scratch row, Δ vs KD, unless every row is its own KD (all +0.00: nothing said)
     delta = next((d for d in ("delta_vs_scratch", "delta_vs_kd")
                   if any(not math.isnan(v) and v != 0.0 for v in _col(table, d))), None)
-    headers = ["variant", *[_short_header(c, cfg) for c in cfg], "n", "top-1 last (%)",
+    headers = ["variant", *[short_header(c, cfg) for c in cfg], "n", "top-1 last (%)",
                {"delta_vs_scratch": "Δ vs scratch (pp)", "delta_vs_kd": "Δ vs KD (pp)"}.get(delta or "", ""),
                "ECE", "agreement (%)"]
     cfg_text = [text_all[k] for k in shown]
