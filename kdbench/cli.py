@@ -9,6 +9,7 @@
     kdbench report --experiment NAME      (= make table)
     kdbench runs [--experiment X] [--status S] | kdbench runs show RUN_ID   (the results browser)
     kdbench compare A B                   (two experiments side by side, with intervals)
+    kdbench openai import FILE --out STORE [overrides] | openai export STORE --out FILE [overrides]
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("runs", help="the run records: kdbench runs [--experiment X] [--status S] | runs show RUN_ID",
                    add_help=False)
     sub.add_parser("compare", help="two experiments side by side: kdbench compare A B", add_help=False)
+    sub.add_parser("openai", help="OpenAI/vLLM top_logprobs JSONL into or out of a capture store: kdbench openai "
+                                  "import|export ...", add_help=False)
     d = sub.add_parser("doctor", help="check your own KD loss for the common mistakes: kdbench doctor FILE.py:FUNCTION")
     d.add_argument("function", help="FILE.py:FUNCTION or package.module:FUNCTION")
     d.add_argument("--json", action="store_true", help="print only the JSON diagnosis")
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdbench.browse import main as browse_main
 
         return browse_main(argv)
+    if argv[:1] == ["openai"]:
+        from kdbench.openai_logprobs import main as openai_main
+
+        return openai_main(argv[1:])
     if argv[:2] == ["records", "migrate"]:
         from kdbench.migrate import main as migrate_main
 

@@ -50,7 +50,7 @@ LOGP_TOL = 1e-6
 RULES = 1
 #: the keys a header may hold: required ones first
 REQUIRED = ("format", "values", "k", "capture_tau", "num_classes", "family", "views", "n", "dataset", "teacher")
-OPTIONAL = ("positions", "alignment", "checked")
+OPTIONAL = ("positions", "alignment", "checked", "tokenizer")
 _MIN_ROW_BYTES = 16  # no JSONL row (or position of one) is shorter than this
 _CHUNK = 1 << 22  # entries per chunk of the value check (~32 MB per float64 copy)
 
@@ -154,6 +154,10 @@ def check_header(h, where: str, key: str) -> dict:
         bad(f"positions must be an integer >= 1 (token data) or absent, got {h['positions']!r}")
     if h.get("positions") is not None and h["views"]["train"] != 1:
         bad("token data has one view per sequence, views.train must be 1")
+    tok = h.get("tokenizer")
+    if tok is not None and (not isinstance(tok, dict) or not isinstance(tok.get("sha256"), str)
+                            or not _int(tok.get("size")) or not isinstance(tok.get("path"), str)):
+        bad(f"tokenizer must be an object with path, size and sha256 (kdbench.tokenizers_check.identity), got {tok!r}")
     return h
 
 
@@ -349,7 +353,7 @@ def check_out(out: Path, key: str = "--out") -> bool:
 
 
 def make_header(*, k: int, capture_tau: float, num_classes: int, family: str, arrays: dict, dataset: dict,
-                teacher: dict, positions: int | None = None) -> dict:
+                teacher: dict, positions: int | None = None, tokenizer: dict | None = None) -> dict:
     """A header for ``arrays`` (``{split: (indices, log_probs)}``): its views and counts read from their shapes."""
     h = {"format": FORMAT, "values": "log_probs", "k": int(k), "capture_tau": float(capture_tau),
          "num_classes": int(num_classes), "family": family, "dataset": dataset,
@@ -359,6 +363,8 @@ def make_header(*, k: int, capture_tau: float, num_classes: int, family: str, ar
     if positions is not None:
         h["positions"] = int(positions)
         h["alignment"] = "position t holds the distribution of token t + 1 (the label at t)"
+    if tokenizer is not None:  # token data read with a Hugging Face tokenizer: its identity, checked against a run's
+        h["tokenizer"] = {f: tokenizer[f] for f in ("path", "size", "sha256")}
     return h
 
 

@@ -89,3 +89,14 @@ def check_against(stored: dict | None, tok, path, key: str, what: str = "the cap
     raise ConfigError(key, f"{what} was made with another tokenizer ({stored.get('size')} ids, vocabulary sha256 "
                            f"{str(stored.get('sha256'))[:12]}..., at {where}) than the run's ({len(tok)} ids, "
                            f"{vocab_digest(tok)[:12]}..., {path})")
+
+
+def check_run_tokenizer(stored: dict | None, conf: dict, data, key: str = "teacher_capture.path") -> None:
+    """A capture store's tokenizer (its header's ``tokenizer``) against the run's ``dataset.tokenizer``."""
+    ours = (getattr(data, "info", None) or {}).get("tokenizer")
+    if not stored or not ours:
+        return
+    if stored.get("sha256") == ours.get("sha256"):
+        return
+    path = (conf.get("dataset") or {}).get("tokenizer")
+    check_against(stored, load_tokenizer(path, "dataset.tokenizer"), path, key)

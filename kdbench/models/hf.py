@@ -205,9 +205,13 @@ def preflight(conf: Mapping) -> None:
                                  and not conf.get("teacher_only")):
             continue  # no teacher is loaded (a capture names its tokenizer: checked against the run's)
         kwargs = node.get("kwargs") or {}
-        if (kwargs.get("path") is None) == (kwargs.get("config") is None):
-            raise ConfigError(f"{who}.kwargs.path", f"{ARCH} needs exactly one of {who}.kwargs.path (a local model "
-                                                    f"folder) or {who}.kwargs.config (a config to build a fresh model)")
+        if kwargs.get("path") is not None and kwargs.get("config") is not None:
+            raise ConfigError(f"{who}.kwargs.path", f"{ARCH} takes one of {who}.kwargs.path (a local model folder) or "
+                                                    f"{who}.kwargs.config (a fresh model), both are set: add "
+                                                    f"{who}.kwargs.config=null to load the folder")
+        if kwargs.get("path") is None and kwargs.get("config") is None:
+            raise ConfigError(f"{who}.kwargs.path", f"{ARCH} needs {who}.kwargs.path (a local model folder) or "
+                                                    f"{who}.kwargs.config (a config to build a fresh model)")
         if kwargs.get("path") is not None:
             check_folder(kwargs["path"], f"{who}.kwargs.path")
         else:

@@ -53,6 +53,9 @@ def preflight(conf: dict, data) -> None:
             raise ConfigError("teacher_capture.path", f"the capture has {h['n'][split]} {split} examples, the run "
                                                       f"{count}")
     if data.is_tokens:
+        from kdbench.tokenizers_check import check_run_tokenizer
+
+        check_run_tokenizer(h.get("tokenizer"), conf, data)  # the capture's vocabulary is the run's, id by id
         check_alignment(store, h, data)
     family = aug.family_of(conf["dataset"].get("augment"), data) if data.is_image else "none"
     views = aug.num_views(family)
