@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 
-from kdbench.errors import DivergedError
+from kdbench.errors import ConfigError, DivergedError, KDBenchError
 
 log = logging.getLogger("kdbench")
 
@@ -67,9 +67,31 @@ class Job:
             return None
         rec = complete_record(self.record_path)
         if rec is not None:
+            self._same_store(rec)
             log.debug("run %s is already complete (%s); skipping", self.run_id, self.record_path)
             print(f"kdbench: {self.run_id} already complete, record {self.record_path} (force=true re-runs it)")
         return rec
+
+
+    def _same_store(self, rec: dict) -> None:
+        """A captured run's record names the store it read (k, capture tau, checksums): a different store now
+        at that path is not the run's (refused: the record stays; ``force=true`` trains on the new store)."""
+        was = (rec.get("teacher") or {}).get("store") if isinstance(rec.get("teacher"), dict) else None
+        if self.conf.get("teacher_signal") != "captured" or not isinstance(was, dict):
+            return
+        from kdbench.files import abs_path
+        from kdbench.stores import read_header, store_identity
+
+        path = abs_path(self.conf["teacher_capture"]["path"])
+        try:
+            now = store_identity(read_header(path))
+        except (KDBenchError, KeyError):
+            return  # no readable store: the run is complete as recorded; nothing here to compare with
+        if now != was:
+            raise ConfigError("teacher_capture.path", f"{path} is not the store run {self.run_id} was trained on "
+                                                      f"(recorded k={was.get('k')} sha256 {was.get('sha256')}, now "
+                                                      f"k={now['k']} sha256 {now['sha256']}): restore it, or "
+                                                      "force=true re-runs it on this one")
 
 
 @contextmanager

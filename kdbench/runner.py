@@ -273,6 +273,10 @@ def new_record(cfg, conf: dict, run_id: str, data, signal, tmeta: dict | None, j
     if (tmeta or getattr(signal, "header", None)) and not scratch:  # a captured signal names its teacher
         t = tmeta or {**signal.header["teacher"], "path": None, "capture": str(conf["teacher_capture"]["path"])}
         record["teacher"] = {k: t.get(k) for k in ("key", "name", "arch", "test", "path", "capture") if k in t}
+        if getattr(signal, "header", None):
+            from kdbench.stores import store_identity
+
+            record["teacher"]["store"] = store_identity(signal.header)
     return record
 
 

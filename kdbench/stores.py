@@ -286,6 +286,18 @@ def _checked_note(store: Path, header: dict) -> dict:
             "sha256": {fname: file_digest(store / fname) for s in splits_of(header) for fname in files_of(s, header).values()}}
 
 
+def store_identity(header: dict) -> dict:
+    """What a run's record keeps of the store it read: k, the capture temperature and a digest of the arrays'
+    checksums (of the whole header for a store written without them), so a store replaced at the same path
+    is told apart from the one a record was trained on."""
+    import json
+
+    sums = (header.get("checked") or {}).get("sha256") if isinstance(header.get("checked"), dict) else None
+    blob = json.dumps(sums or {k: v for k, v in header.items() if k != "checked"}, sort_keys=True, default=str)
+    return {"k": header["k"], "capture_tau": header["capture_tau"],
+            "sha256": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+
+
 def validate_store(path: Path, *, values: bool = True, key: str = "teacher_capture.path") -> dict:
     """Validate the store at ``path`` fully and return its header; refuse (``ConfigError`` on ``key``, one line
     naming the file, split, row and rule) a store that breaks any rule. The header and the arrays' layout are

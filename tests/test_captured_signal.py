@@ -160,3 +160,27 @@ def test_a_captured_run_without_a_validation_split_validates_on_the_test_capture
     idx, _ = read_split(out, "test")
     assert idx.shape[0] == rec["dataset_info"]["sizes"]["test"]
     assert 0 <= rec["history"][-1]["val_agreement"] <= 1
+
+
+def test_a_store_replaced_at_the_same_path_is_not_the_recorded_runs(store, compose, tmp_path, capsys):
+    """The record names the store it read (k, capture tau, checksums); a complete run is skipped only while
+    that store is still the one at its path, else refused in one line (the record stays as it is)."""
+    import shutil
+
+    from kdbench.errors import ConfigError
+    from kdbench.stores import read_header, store_identity
+    from kdbench.train import run
+
+    mine = tmp_path / "cap"
+    shutil.copytree(store, mine)
+    args = (*CNN, "trainer.max_epochs=1", "distill.tau=4", "teacher_signal=captured", f"teacher_capture.path={mine}")
+    rec = run(compose(*args))
+    assert rec["teacher"]["store"] == store_identity(read_header(store)) and rec["teacher"]["store"]["k"] == 10
+    assert run(compose(*args))["run_id"] == rec["run_id"]  # unchanged store: skipped as complete
+    assert "already complete" in capsys.readouterr().out
+    h = json.loads((mine / "header.json").read_text())
+    (mine / "header.json").write_text(json.dumps({**h, "capture_tau": 2.0}))  # another capture, same path
+    with pytest.raises(ConfigError) as e:
+        run(compose(*args))
+    assert e.value.key == "teacher_capture.path" and f"is not the store run {rec['run_id']} was trained on" in str(e.value)
+    assert json.loads(open(rec["record_path"]).read())["status"] == "complete"  # nothing overwritten
