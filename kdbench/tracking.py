@@ -242,7 +242,7 @@ class RunLogger(WandbLogger):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._wandb_init.pop("anonymous", None)
+        getattr(self, "_wandb_init", {}).pop("anonymous", None)  # Lightning's wandb.init arguments
         self.test_passes = 0
 
     def log_metrics(self, metrics, step=None):
