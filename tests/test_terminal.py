@@ -56,3 +56,28 @@ def test_a_warm_up_as_long_as_the_run_is_announced_naming_both_keys(compose):
     assert unusual_values(compose("distill=dkd", "trainer.max_epochs=21")) == []
     assert unusual_values(compose("distill=dkd", "trainer.max_epochs=2", "distill.warmup_epochs=0")) == []
     assert unusual_values(compose("distill=kd", "trainer.max_epochs=2")) == []  # KD has no warm-up
+
+
+def test_scratch_announces_no_distill_key_while_a_method_still_names_what_it_ignores(compose, caplog):
+    import logging
+
+    from kdbench.lifecycle import Job
+
+    with caplog.at_level(logging.DEBUG, logger="kdbench"):
+        Job.of(compose("distill=none"), [])  # inherits KD's keys for grids such as distill=kd,none distill.tau=1,4
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with caplog.at_level(logging.DEBUG, logger="kdbench"):
+        Job.of(compose("distill=dkd", "+distill.alpha=0.3"), [])  # a shared recipe's alpha: DKD does not read it
+    assert any("distill.alpha: not read by method dkd" in r.getMessage() for r in caplog.records)
+
+
+def test_make_help_lists_every_target_with_a_description():
+    import re
+    import subprocess
+
+    from tests.conftest import REPO
+
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    documented = re.findall(r"^([a-zA-Z0-9_-]+):.*?## ", (REPO / "Makefile").read_text(), flags=re.M)
+    assert "study-cifar10" in documented
+    assert [ln.split()[1] for ln in out.splitlines() if ln.startswith("  make ")] == documented
