@@ -443,6 +443,9 @@ class SweepSummary(Callback):
             return
         finally:
             restore_gh_from_backup(backup)
+        if all(j["cfg"].experiment_name == "default" for j in jobs):
+            print("kdbench: no experiment= or experiment_name= given: this sweep's records go under 'default', beside "
+                  "single runs; experiment_name=NAME files them as a study of their own", flush=True)
         force = bool(jobs[0]["cfg"].get("force"))
         self.jobs = jobs
         self.skipped = [j["run_id"] for j in jobs if not force and (_status(j["record"]) or {}).get("status") == "complete"]

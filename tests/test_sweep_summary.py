@@ -83,3 +83,32 @@ def test_make_run_says_how_the_teacher_came_and_what_to_try_next(tmp_path, monke
     assert main([*args[:-3], "trainer.max_epochs=2", *args[-2:]]) == 0  # another run, the same teacher
     (again,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("teacher ")]
     assert "reused from the registry" in again
+
+
+def test_a_multirun_without_an_experiment_says_where_its_records_go(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdbench.config import CONF_DIR
+    from kdbench.sweep import SweepSummary
+
+    def started(*overrides: str) -> SweepSummary:
+        """The callback started as Hydra's -m starts it: with the command line's (sweep) overrides."""
+        from omegaconf import OmegaConf, open_dict
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", return_hydra_config=True)
+        OmegaConf.set_readonly(cfg, False)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = [*overrides, f"paths.results_dir={tmp_path}"]
+        cb = SweepSummary()
+        cb.on_multirun_start(cfg)
+        GlobalHydra.instance().clear()
+        return cb
+
+    cb = started("distill=kd,none", "seed=0")
+    assert len(cb.jobs) == 2 and cb.skipped == []
+    assert "records go under 'default'" in capsys.readouterr().out
+    started("distill=kd,none", "seed=0", "experiment_name=mine")
+    assert capsys.readouterr().out == ""
