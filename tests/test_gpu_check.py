@@ -165,6 +165,8 @@ def test_dry_run_rehearses_every_part_and_resumes_a_killed_run(tmp_path):
         assert it["status"] == "ok", it
         if name != "cuda-tests":
             assert 0 <= it["acc"] <= 1, it
+        if name not in ("cuda-tests", "teacher"):  # what each record says ran: the dry run's path
+            assert (it["precision"], it["compiled"]) == ("32-true", False), it
     assert items["cuda-tests"]["tests"] >= 1 and items["cuda-tests"]["skipped"] == items["cuda-tests"]["tests"]
     run = parts["run"]
     assert run["first"]["killed_after_epochs"] == 1 and run["resumed_from_epoch"] == 1
@@ -178,4 +180,4 @@ def test_dry_run_rehearses_every_part_and_resumes_a_killed_run(tmp_path):
                     "## (b) K students per teacher pass", "## (c) 10-epoch CIFAR-10 run"):
         assert heading in md
     assert re.search(r"\|\s+1\s+\|\s+1\s+\|\s+2\s+\|", md.split("## (c)")[1])  # killed after 1, resumed from 1, 2 epochs
-    assert re.search(r"\| (fitnet|crd) +\| feature +\|.*\| ok +\| +[\d.]+ +\| +[\d.]+ +\|", md)
+    assert re.search(r"\| (fitnet|crd) +\| feature +\|.*\| ok +\| 32-true +\| +[\d.]+ +\| +[\d.]+ +\|", md)

@@ -235,11 +235,17 @@ def checks(part: Part) -> None:
                 item["acc"] = float(m.group(2)) / 100 if m and m.group(2) else None
             else:
                 rec = record_of(out["text"])
-                item["acc"] = ((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc")
-                item["record_status"] = rec.get("status")
+                trainer = (rec.get("config") or {}).get("trainer") or {}
+                item.update(acc=((rec.get("metrics") or {}).get("last") or {}).get("test", {}).get("acc"),
+                            record_status=rec.get("status"), precision=trainer.get("precision"),
+                            compiled=trainer.get("compile"))
+                want = ("32-true", False) if part.plan.dry_run else ("bf16-mixed", True)
                 if rec.get("status") != "complete":
                     item.update(status="FAILED", error=f"record status {rec.get('status')!r}, not 'complete'",
                                 kind="error")
+                elif (item["precision"], item["compiled"]) != want:  # the record says what ran
+                    item.update(status="FAILED", kind="error", error=f"ran {item['precision']}, compile "
+                                f"{item['compiled']}: not the path under check ({want[0]}, compile {want[1]})")
         elif it["family"] == "tests" and item["status"] == "FAILED":
             item.update(junit(Path(part.plan.work) / "tests.xml"))
         part.save()

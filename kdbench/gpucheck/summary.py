@@ -71,8 +71,9 @@ def write_summary(out: Path, name: str, header: dict, results: dict[str, dict], 
                          f"{it.get('tests', 0)} collected, {it.get('passed', 0)} passed, {it.get('failures', 0)} failed, "
                          f"{it.get('errors', 0)} errors, {it.get('skipped', 0)} skipped; {it['status']}.")
             continue
+        ran = f"{it['precision']}{', compiled' if it.get('compiled') else ''}" if it.get("precision") else "-"
         rows.append({"run": it["name"], "family": it["family"], "what": it["what"], "status": it["status"],
-                     "seconds": it.get("seconds", "-"), "test acc %": pct(it.get("acc")),
+                     "ran (record)": ran, "seconds": it.get("seconds", "-"), "test acc %": pct(it.get("acc")),
                      "error": f"{it.get('kind')}: {it['error']}" if it.get("error") else ""})
     notes.append(f"Smoke runs: {' '.join(plan.trainer)}, {plan.smoke.get('train_subset')} training / "
                  f"{plan.smoke.get('test_subset')} test images of the CIFAR-10 JPEG copy (resnet20 -> resnet8), "
