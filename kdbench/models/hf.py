@@ -228,16 +228,17 @@ def preflight(conf: Mapping) -> None:
         tok = _side_tokenizer(kwargs)
         if tok is not None:
             named.append((f"{who}.kwargs.{'tokenizer' if kwargs.get('tokenizer') else 'path'}", tok))
+    sized = {who: kw for who, kw in sides.items() if kw.get("path") is not None
+             or (isinstance(kw.get("config"), Mapping) and "vocab_size" in kw["config"])}
+    if len(named) < 2 and not sized:
+        return  # one tokenizer and fresh models sized to it: nothing to compare (the data loader reads it)
     loaded = [(key, path, load_tokenizer(path, key)) for key, path in named]
     for (k1, p1, t1), (k2, p2, t2) in zip(loaded, loaded[1:]):
         compare_vocabularies(t1, t2, f"{k1} ({p1})", f"{k2} ({p2})", key=k2)
     if loaded:
         n = len(loaded[0][2])
-        for who, kwargs in sides.items():
+        for who, kwargs in sized.items():  # a fresh model without a vocab_size is sized to the tokenizer
             v = model_vocab(kwargs, f"{who}.kwargs")
-            if kwargs.get("path") is None and not (isinstance(kwargs.get("config"), Mapping)
-                                                  and "vocab_size" in kwargs["config"]):
-                continue  # a fresh model sized to the tokenizer
             if v < n:
                 raise ConfigError(f"{who}.kwargs", f"the {who}'s vocabulary has {v} ids, the tokenizer {n}: token ids "
                                                    "past the model's would index nothing")

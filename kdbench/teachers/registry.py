@@ -57,7 +57,8 @@ def read_meta(entry: Path) -> dict:
 def save_entry(entry: Path, model: nn.Module, meta: dict) -> None:
     """Write weights (temp file + rename) and then ``meta.json`` (the completion marker)."""
     entry.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # cloned: safetensors refuses tensors that share memory (a language model's tied input/output embeddings)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(entry / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"arch": str(meta.get("arch", ""))}))
     atomic_write_text(entry / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
