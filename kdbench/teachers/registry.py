@@ -48,10 +48,26 @@ def entry_complete(entry: Path) -> bool:
 
 
 def read_meta(entry: Path) -> dict:
+    """An entry's ``meta.json``, refused in one line unless it is an object whose ``arch`` is a name,
+    ``num_classes`` an integer >= 2 and ``test`` (when present) a mapping of metric names to numbers."""
+    where = entry / META
     try:
-        return json.loads((entry / META).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TeacherError("teacher.checkpoint", f"unreadable teacher metadata {entry / META}: {e}") from None
+        meta = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TeacherError("teacher.checkpoint", f"unreadable teacher metadata {where}: {e}") from None
+    if not isinstance(meta, dict):
+        raise TeacherError("teacher.checkpoint", f"teacher metadata {where} is a JSON {type(meta).__name__}, not an "
+                                                 "object; delete the folder to retrain")
+    n, test = meta.get("num_classes"), meta.get("test")
+    bad = ("arch" if not isinstance(meta.get("arch"), str) or not meta["arch"] else
+           "num_classes" if isinstance(n, bool) or not isinstance(n, int) or n < 2 else
+           "test" if test is not None and (not isinstance(test, dict) or any(
+               v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in test.values()))
+           else None)
+    if bad:
+        raise TeacherError("teacher.checkpoint", f"teacher metadata {where}: {bad} is {meta.get(bad)!r}, not what a "
+                                                 "registry entry holds; delete the folder to retrain")
+    return meta
 
 
 def save_entry(entry: Path, model: nn.Module, meta: dict) -> None:
@@ -76,6 +92,10 @@ def load_into(model: nn.Module, entry: Path, arch: str, num_classes: int) -> dic
     except (SafetensorError, OSError, ValueError) as e:
         raise TeacherError("teacher.checkpoint", f"corrupted teacher weights {entry / WEIGHTS}: {e}; "
                                                  "delete the folder to retrain") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise TeacherError("teacher.checkpoint", f"teacher weights {entry / WEIGHTS}: tensor {bad!r} holds NaN or "
+                                                 "infinite values; delete the folder to retrain")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -172,6 +192,10 @@ def locate(teacher_cfg: dict, dataset_cfg: dict, data, precision: str, teachers_
             raise TeacherError("teacher.checkpoint", f"no registry entry at {entry} (expected {META} and {WEIGHTS})")
     else:
         entry = teachers_dir / entry_name(teacher_cfg["arch"], dataset_cfg["name"], int(teacher_cfg["seed"]), key)
+        if entry_complete(entry) and read_meta(entry).get("key", key) != key:  # a folder copied or renamed by hand
+            raise TeacherError("teacher", f"registry entry {entry} holds the teacher of key "
+                                          f"{read_meta(entry).get('key')!r}, not this config's {key!r}; delete the "
+                                          "folder to retrain (or name it with teacher.checkpoint=)")
     return entry, {**fields, "key": key}
 
 
