@@ -135,7 +135,7 @@ def validate(cfg) -> None:
     validate_devices(cfg)
     from kdbench.models.hf import preflight as hf_preflight
 
-    hf_preflight(cfg)  # local model folders and one vocabulary (hf_causal_lm), before any work
+    hf_preflight(cfg, is_scratch(cfg))  # local model folders and one vocabulary (hf_causal_lm), before any work
     check_output_folders(cfg)
 
 

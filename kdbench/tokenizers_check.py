@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from kdbench.errors import ConfigError
@@ -17,11 +18,15 @@ from kdbench.errors import ConfigError
 _CACHE: dict[str, object] = {}
 
 
+def offline() -> None:
+    """This process never reaches the Hub (set before transformers is imported, which reads them once)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
 def load_tokenizer(path, key: str):
     """A local tokenizer (a folder written by ``save_pretrained``, or a ``tokenizer.json``), offline; one line naming
     ``key`` when there is none."""
-    from kdbench.models.hf import offline
-
     offline()
     p = Path(str(path)).expanduser()
     if not p.exists():

@@ -59,9 +59,9 @@ def data_args(lm, *extra):
             "optim=adamw", "optim.lr=3e-3", "trainer.max_epochs=1", "logger=none", *extra)
 
 
-def test_a_local_folder_loads_offline_and_a_padded_vocabulary_is_cut_to_the_tokenizer(lm):
+def test_a_local_folder_loads_offline_and_a_padded_vocabulary_is_cut_to_the_tokenizer(lm, tmp_path):
     from kdbench.models import build_model
-    from kdbench.models.hf import pretrained_teacher
+    from kdbench.teachers.train import for_run
 
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     x = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -73,9 +73,11 @@ def test_a_local_folder_loads_offline_and_a_padded_vocabulary_is_cut_to_the_toke
         assert full.shape[-1] == V + 64 and torch.equal(ll(x), full[..., :V])  # padded ids out of the softmax
     class Data:
         num_classes, input_shape = V, (32,)
-    teacher, meta = pretrained_teacher({"kwargs": {"path": str(lm["gpt2"])}}, Data())
+    teacher, meta = for_run({"arch": "hf_causal_lm", "kwargs": {"path": str(lm["gpt2"])}}, {}, {}, Data(),
+                            teachers_dir=tmp_path / "t", checkpoints_dir=tmp_path / "c", eval_batch_size=8)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert meta["arch"] == "hf_causal_lm" and meta["key"].startswith("hf-") and meta["name"] == "gpt2"
+    assert not (tmp_path / "t").exists()  # never registered, never trained
 
 
 def test_a_run_that_would_download_or_unpickle_is_refused_in_one_line_before_any_work(lm, compose, tmp_path):

@@ -27,17 +27,12 @@ import torch.nn as nn
 
 from kdbench.errors import ConfigError
 from kdbench.models import register_model
+from kdbench.tokenizers_check import offline
 
 ARCH = "hf_causal_lm"
 #: files a tokenizer folder may hold (any one makes a model folder carry its own tokenizer)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def offline() -> None:
-    """This process never reaches the Hub (set before transformers is imported, which reads them once)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 offline()
@@ -159,14 +154,13 @@ def folder_identity(folder: Path) -> dict:
     return {"name": folder.name, "key": f"hf-{h.hexdigest()[:10]}", "path": str(folder.resolve())}
 
 
-def pretrained_teacher(teacher_cfg: Mapping, data) -> tuple[nn.Module, dict]:
-    """``teacher.kwargs.path``: the frozen local model, as it is (never trained, never registered)."""
-    from kdbench.teachers import freeze
-
+def load_pretrained(teacher_cfg: Mapping, data) -> tuple[nn.Module, dict]:
+    """``teacher.kwargs.path``: the local model as it is (never trained, never registered; the caller freezes it)
+    and its identity."""
     kwargs = dict(teacher_cfg.get("kwargs") or {})
     folder = check_folder(kwargs["path"], "teacher.kwargs.path")
     model = hf_causal_lm(data.num_classes, data.input_shape, **kwargs)
-    return freeze(model), {**folder_identity(folder), "arch": ARCH, "test": {}}
+    return model, {**folder_identity(folder), "arch": ARCH, "test": {}}
 
 
 # ---- before any work ------------------------------------------------------------------------------
@@ -185,13 +179,13 @@ def note(msg: str) -> None:
     print(f"kdbench: note: {msg}", file=sys.stderr, flush=True)
 
 
-def preflight(conf: Mapping) -> None:
+def preflight(conf: Mapping, scratch: bool) -> None:
     """Refuse, before any work, what an ``hf_causal_lm`` run cannot do offline: a model folder that is not a
     complete local one, a dtype not offered, and teacher, student and data tokenizers that differ (one line
-    naming both and the first differing token id). A model vocabulary padded past the tokenizer's is a note."""
+    naming both and the first differing token id). A model vocabulary padded past the tokenizer's is a note.
+    ``scratch``: the run trains on labels alone (no teacher is loaded)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from kdbench.config import is_scratch
     from kdbench.tokenizers_check import compare_vocabularies, load_tokenizer
 
     if isinstance(conf, DictConfig):
@@ -201,7 +195,7 @@ def preflight(conf: Mapping) -> None:
         node = conf.get(who) or {}
         if node.get("arch") != ARCH:
             continue
-        if who == "teacher" and ((is_scratch(conf) or conf.get("teacher_signal") == "captured")
+        if who == "teacher" and ((scratch or conf.get("teacher_signal") == "captured")
                                  and not conf.get("teacher_only")):
             continue  # no teacher is loaded (a capture names its tokenizer: checked against the run's)
         kwargs = node.get("kwargs") or {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from kdbench.teachers.registry import get_or_train, locate, oracle
+from kdbench.teachers.registry import freeze, get_or_train, locate, oracle
 
 
 def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, teachers_dir: Path,
@@ -23,9 +23,10 @@ def for_run(teacher_cfg: dict, dataset_cfg: dict, trainer_cfg: dict, data, *, te
     if tc["arch"] == "oracle":
         return oracle(data)
     if tc["arch"] == "hf_causal_lm" and (tc.get("kwargs") or {}).get("path"):
-        from kdbench.models.hf import pretrained_teacher
+        from kdbench.models.hf import load_pretrained
 
-        return pretrained_teacher(tc, data)  # a local pretrained model: frozen as it is, never trained here
+        model, meta = load_pretrained(tc, data)  # a local pretrained model: frozen as it is, never trained here
+        return freeze(model), meta
     from kdbench.config import resolve_precision
     from kdbench.distill import DistillModule, OptimSpec, SchedSpec
     from kdbench.engine import FitSpec, check_every, fit_and_test
