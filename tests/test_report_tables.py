@@ -153,6 +153,23 @@ def test_a_metric_stored_as_a_string_is_a_record_defect_never_averaged_or_droppe
     assert "metrics.last.test.acc is str '0.97'" in md.split("## Failed runs")[1]
 
 
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("distill", "x", "field distill is str 'x', not an object"),
+    ("config", [1], "field config is list [1], not an object"),
+    ("teacher", "t", "field teacher is str 't', not an object"),
+    ("variant", ["kd"], "field variant is list ['kd'], not text"),
+    ("seed", True, "field seed is bool True, not an integer"),
+    ("history", [1, 2], "field history holds entries that are not objects"),
+])
+def test_a_record_with_a_field_of_the_wrong_kind_is_a_defect_not_a_crash(tmp_path, field, value, says):
+    bad = rec("kind", "kd", 2, 0.5)
+    bad[field] = value
+    runs = write(tmp_path, [rec("kind", "kd", s, a) for s, a in enumerate([0.90, 0.92])] + [bad])
+    summary, display = report.build_table(runs, "kind")
+    assert summary.table["n"].tolist() == [2]
+    assert [u["reason"] for u in report.load_experiment(runs, "kind").unreadable] == [says]
+
+
 def test_table_md_escapes_html_from_the_records(tmp_path):
     hostile = "<script>alert(1)</script>"
     recs = [rec("html", hostile, s, 0.9 + 0.01 * s, run_id=f"x-s{s}") for s in range(2)]

@@ -33,7 +33,7 @@ __all__ = [
     "to_float", "group_key", "group_sort_key", "records_root", "runs_root", "default_out_dir",
     "experiments_under", "iter_experiment_records", "config_leaves", "config_columns", "add_config_columns",
     "published_fields", "load_experiment", "summarize", "row_samples", "config_group_of", "compare_rows",
-    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS", "configuration_cols", "metric_defect",
+    "select_rows", "reference_acc", "add_deltas", "DELTA_COLS", "configuration_cols", "record_defect",
     "add_published", "is_grid", "default_group_cols", "failed_rows", "caption_of",
 ]
 
@@ -314,7 +314,7 @@ def load_experiment(records_dir: str | os.PathLike, experiment: str) -> Frame:
     problems: list[tuple[Path, str]] = []
     found, dups = dedupe_records(list(iter_experiment_records(records_dir, experiment, problems)))
     for p, r in found:
-        defect = metric_defect(r)
+        defect = record_defect(r)
         if defect:
             problems.append((p, defect))
             continue
@@ -362,10 +362,24 @@ def _metric_leaves(rec: Mapping) -> Iterator[tuple[str, Any]]:
         yield "teacher.test", test
 
 
-def metric_defect(rec: Mapping) -> str | None:
-    """Why a record's metrics cannot enter a table (a value that is not a number: ``"0.97"``, ``"high"``,
-    ``true``, a list), or None. Such a record is a defect, listed with the unreadable files: a string is
-    never averaged in or dropped silently. Null (a number the run did not measure, or NaN) is allowed."""
+#: the kind each top-level field a table reads must be, when present (None is always allowed), and its name
+_KINDS = {Mapping: "an object", list: "a list", str: "text", int: "an integer"}
+_FIELD_KINDS: dict[str, type] = {"distill": Mapping, "config": Mapping, "teacher": Mapping, "dataset_info": Mapping,
+                                 "reliability": Mapping, "history": list, "variant": str, "experiment": str, "seed": int}
+
+
+def record_defect(rec: Mapping) -> str | None:
+    """Why a record cannot enter a table, or None: a field of the wrong kind (``distill`` a string, ``history``
+    not a list of objects, a boolean or text seed), or a metric that is not a number (``"0.97"``, ``"high"``,
+    ``true``, a list). Such a record is a defect, listed with the unreadable files: never averaged in,
+    dropped silently or a crash. Null (a number the run did not measure, or NaN) is allowed."""
+    for key, kind in _FIELD_KINDS.items():
+        v = rec.get(key)
+        if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            return f"field {key} is {type(v).__name__} {shown}, not {_KINDS[kind]}"
+    if isinstance(rec.get("history"), list) and not all(isinstance(h, Mapping) for h in rec["history"]):
+        return "field history holds entries that are not objects"
     for where, v in _metric_leaves(rec):
         if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
             continue
