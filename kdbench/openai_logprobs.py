@@ -265,11 +265,13 @@ def data_x(data, split: str):
 
 def _run_data(overrides: list[str]):
     """The run's resolved config, its data (splits as a run holds them) and its tokenizer."""
-    from kdbench.config import compose_job, resolve
+    from kdbench.config import compose_job, resolve, validate
     from kdbench.runner import load_data
     from kdbench.tokenizers_check import load_tokenizer
 
-    conf = resolve(compose_job(overrides))
+    cfg = compose_job(overrides)
+    validate(cfg)  # the run's own checks (its tokenizers compared), before any data is read
+    conf = resolve(cfg)
     if conf["dataset"].get("name") != "hf_text" or not conf["dataset"].get("tokenizer"):
         raise ConfigError("dataset.name", "OpenAI-format captures map tokens through the run's tokenizer: give "
                                           "dataset=hf_text dataset.tokenizer=DIR (and the run's other dataset keys)")
@@ -279,21 +281,25 @@ def _run_data(overrides: list[str]):
 
 @exit_codes()
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kdbench openai", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("import", help="an OpenAI/vLLM top_logprobs JSONL into a capture store")
+    argv = list(argv or [])
+    cmd = argv[0] if argv else None
+    if cmd not in ("import", "export"):
+        raise ConfigError("kdbench openai", f"needs a command, import or export, got {cmd!r}")
+    i = argparse.ArgumentParser(prog="kdbench openai import",
+                                description="an OpenAI/vLLM top_logprobs JSONL into a capture store")
     i.add_argument("file")
     i.add_argument("--out", required=True, help="the store folder to write")
     i.add_argument("--k", type=int, default=None, help="alternatives kept per position (default: the first position's)")
     i.add_argument("--tau", type=float, default=1.0, help="temperature the log-probs were served at")
     i.add_argument("--teacher", default=None, help="the teacher's name for the store (default: the file's name)")
     i.add_argument("overrides", nargs="*", help="the run's config overrides (dataset=hf_text dataset.tokenizer=...)")
-    e = sub.add_parser("export", help="a capture store as OpenAI-format top_logprobs JSONL")
+    e = argparse.ArgumentParser(prog="kdbench openai export", description="a capture store as OpenAI-format "
+                                                                          "top_logprobs JSONL")
     e.add_argument("store")
     e.add_argument("--out", required=True, help="the JSONL file to write")
     e.add_argument("overrides", nargs="*", help="the run's config overrides")
-    a = p.parse_args(argv)
-    if a.cmd == "import":
+    a = (i if cmd == "import" else e).parse_intermixed_args(argv[1:])  # options and overrides in any order
+    if cmd == "import":
         if a.k is not None and a.k < 1:
             raise ConfigError("--k", f"must be an integer >= 1, got {a.k}")
         if not math.isfinite(a.tau) or a.tau <= 0:

@@ -171,6 +171,23 @@ def write_capture(lm, out, k: int, results):
     return out
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(lm):
+    from kdbench.models import build_model
+
+    x = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for ckpt in (False, True):
+        m = build_model("hf_causal_lm", V, (16,), path=str(lm["gpt2"]), gradient_checkpointing=ckpt).train()
+        m.model.config.resid_pdrop = m.model.config.embd_pdrop = m.model.config.attn_pdrop = 0.0
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        m(x).logsumexp(-1).sum().backward()
+        grads.append([p.grad for p in m.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert m.model.is_gradient_checkpointing
+
+
 @pytest.fixture(scope="module")
 def capture(lm, tmp_path_factory):
     """A top-8 capture, written once for the module."""
@@ -192,9 +209,16 @@ def test_openai_format_round_trip_and_its_refusals(lm, capture, compose, tmp_pat
     first = json.loads(lines[0])
     pos0 = first["logprobs"]["content"][0]
     assert len(pos0["top_logprobs"]) == 8 and bytes(pos0["bytes"]) == lm["tok"].decode([int(data.train_x[0, 1])]).encode()
+    from kdbench.cli import main
+
+    run_args = [*data_args(lm), f"paths.results_dir={tmp_path / 'results'}"]
+    assert main(["openai", "export", str(capture), "--out", str(tmp_path / "cli.jsonl"), *run_args]) == 0
+    assert (tmp_path / "cli.jsonl").read_bytes() == out.read_bytes()  # the command is the function
+    assert main(["openai", "import", str(out), "--out", str(tmp_path / "cli"), *run_args]) == 0
     back = import_openai(out, tmp_path / "back", conf, data, lm["tok"], teacher="gpt2-tiny")
     h = read_header(back)
     assert h["tokenizer"] == read_header(capture)["tokenizer"] and h["teacher"]["name"] == "gpt2-tiny"
+    assert read_header(tmp_path / "cli")["n"] == h["n"]
     for split in ("train", "val", "test"):
         i1, l1 = read_split(capture, split)
         i2, l2 = read_split(back, split)

@@ -26,8 +26,10 @@ from kdbench.data import keys
 from kdbench.data.core import TensorData
 from kdbench.data.text import IGNORE, corpus_bytes
 from kdbench.errors import ConfigError, DataError
+from kdbench.tokenizers_check import offline
 
 EOS = "<|endoftext|>"
+offline()  # before anything here imports transformers
 
 
 def read_documents(path: Path | None) -> tuple[list[tuple[str, str]], dict]:
