@@ -82,3 +82,13 @@ def run_id_of(conf: Mapping[str, Any]) -> str:
     blob = json.dumps(computational(conf), sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{conf['distill']['variant']}-s{conf['seed']}-{digest}"
+
+
+def wandb_id(experiment: str, run_id: str) -> str:
+    """The W&B run id of a kdbench run: one run, one W&B run (a resumed run continues it). Run ids are
+    unique within an experiment, so the experiment is part of it; W&B ids take letters, digits, - and _."""
+    import hashlib
+    import re
+
+    raw = re.sub(r"[^A-Za-z0-9_-]", "_", f"{experiment}-{run_id}")
+    return raw if len(raw) <= 64 else f"{raw[:53]}-{hashlib.sha256(raw.encode()).hexdigest()[:10]}"

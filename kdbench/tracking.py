@@ -13,6 +13,7 @@ from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger
 
+from kdbench.identity import wandb_id
 from kdbench.records import DIRECTIONS
 
 log = logging.getLogger("kdbench")
@@ -25,16 +26,6 @@ def wandb_settings(mode: str):
     import wandb
 
     return wandb.Settings(init_timeout=30, console="off", silent=True, mode=mode)
-
-
-def wandb_id(experiment: str, run_id: str) -> str:
-    """The W&B run id of a kdbench run: one run, one W&B run (a resumed run continues it). Run ids are
-    unique within an experiment, so the experiment is part of it; W&B ids take letters, digits, - and _."""
-    import hashlib
-    import re
-
-    raw = re.sub(r"[^A-Za-z0-9_-]", "_", f"{experiment}-{run_id}")
-    return raw if len(raw) <= 64 else f"{raw[:53]}-{hashlib.sha256(raw.encode()).hexdigest()[:10]}"
 
 
 #: override keys that never make a W&B run name: the variant and seed are shown anyway; the others are shared
@@ -81,7 +72,7 @@ def make_loggers(lg: Any, *, run_id: str, name: str, group_tags: list[str], conf
                  wandb_dir: Path, experiment: str, csv_dir: Path | None = None, fresh: bool = False) -> list:
     """Lightning loggers for the ``logger`` config: W&B and/or CSV (none when neither is set).
 
-    The W&B run's id is derived from the kdbench run id (:func:`wandb_id`) and resumed when it exists,
+    The W&B run's id is derived from the kdbench run id (:func:`kdbench.identity.wandb_id`) and resumed when it exists,
     so a resumed kdbench run continues its W&B run; ``fresh`` (``force=true``: trained again from
     scratch) gives it a new id. Each job's W&B run is its own (``reinit="create_new"``), beside the others of
     a fused group or of a sweep in one process; :func:`finish_loggers` closes it."""

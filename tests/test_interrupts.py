@@ -100,7 +100,7 @@ def test_a_signal_mid_training_exits_128_plus_n_records_interrupted_and_the_next
         rec = read_record(path)
         assert rec["status"] == "complete" and rec["resumed_from"] and len(rec["history"]) == EPOCHS
         # one run, one W&B run: the resumed invocation continued the same W&B run id
-        from kdbench.tracking import wandb_id
+        from kdbench.identity import wandb_id
 
         dirs = sorted((results / "wandb").glob("offline-run-*"))
         wid = wandb_id("sig", rec["run_id"])

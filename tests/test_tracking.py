@@ -6,7 +6,7 @@ import re
 
 
 def test_wandb_ids_are_derived_from_the_run_and_valid():
-    from kdbench.tracking import wandb_id
+    from kdbench.identity import wandb_id
 
     a, b = wandb_id("exp", "kd-s0-0123456789"), wandb_id("other", "kd-s0-0123456789")
     assert a == wandb_id("exp", "kd-s0-0123456789") and a != b  # stable; unique across experiments

@@ -43,8 +43,8 @@ def test_run_names_leave_out_what_every_run_of_a_group_shares():
 
 def test_wandb_runs_say_one_thing_per_key_with_deterministic_teacher_and_report_runs(
         compose, tmp_path, teachers_dir, capfd):
+    from kdbench.identity import wandb_id
     from kdbench.report import make_report
-    from kdbench.tracking import wandb_id
     from kdbench.train import run
 
     res = tmp_path / "results"

@@ -89,7 +89,7 @@ def log_report(experiment: str, out_dir: Path, display, summary, plots: dict[str
     without it, ``WANDB_PROJECT`` / ``WANDB_ENTITY`` / ``WANDB_MODE`` (offline by default)."""
     import wandb
 
-    from kdbench.tracking import wandb_id
+    from kdbench.identity import wandb_id
 
     settings = settings or {}
     mode = settings.get("mode") or os.environ.get("WANDB_MODE", "offline")
