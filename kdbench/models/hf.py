@@ -222,7 +222,7 @@ def preflight(conf: Mapping, scratch: bool) -> None:
         tok = _side_tokenizer(kwargs)
         if tok is not None:
             named.append((f"{who}.kwargs.{'tokenizer' if kwargs.get('tokenizer') else 'path'}", tok))
-    sized = {who: kw for who, kw in sides.items() if kw.get("path") is not None
+    sized = {who: kw for who, kw in sides.items() if kw.get("path") is not None or isinstance(kw.get("config"), str)
              or (isinstance(kw.get("config"), Mapping) and "vocab_size" in kw["config"])}
     if len(named) < 2 and not sized:
         return  # one tokenizer and fresh models sized to it: nothing to compare (the data loader reads it)
