@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 gpu-check gpu-wheels clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 study-fashion-all gpu-check gpu-wheels clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ study-tokens: $(STAMP) ## token-level KD (markov + bytes_text): capture top-k pe
 
 study-cifar10: $(STAMP) ## CIFAR-10 (JPEG copy) methods x 2 pairs x 3 seeds, cached teacher; resumable; on a GPU: ARGS="trainer=gpu"
 	$(PY) -m kdbench.sweep experiment=cifar10_methods $(ARGS)
+
+study-fashion-all: $(STAMP) ## every method, Fashion-MNIST with 1,000 labelled images, 3 seeds, CPU; resumable (hours on 2 cores)
+	$(PY) -m kdbench.sweep experiment=fashion_all $(ARGS)
+	$(PY) -m kdbench.sweep experiment=fashion_all distill=fitnet distill.hint_layer=1 seed=0,1,2 $(ARGS)
 
 gpu-check: ## issue 30: CUDA tests, smoke runs, GPU bench, a 10-epoch run killed + resumed, in 8 min (docs/gpu.md; ARGS=--dry-run on CPU)
 	$(if $(wildcard $(PY)),$(PY),python3) -m kdbench.gpucheck --out $(or $(OUT),outputs/gpucheck-$(shell date +%Y%m%d-%H%M%S)) $(ARGS)
