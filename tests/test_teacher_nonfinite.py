@@ -20,10 +20,10 @@ def overflowing_registry(compose, teachers_dir: Path, tmp_path: Path) -> Path:
 
     from kdbench.train import run
 
-    run(compose(*FAST, f"paths.teachers_dir={teachers_dir}", "teacher_only=true"))  # trained once a session
-    copy = tmp_path / "teachers"
-    shutil.copytree(teachers_dir, copy, ignore=shutil.ignore_patterns("*.lock", "cache"))
-    (weights,) = [w for w in copy.glob("digits-mlp-*/model.safetensors")]
+    name = run(compose(*FAST, f"paths.teachers_dir={teachers_dir}", "teacher_only=true"))["teacher"]["name"]
+    copy = tmp_path / "teachers"  # only that entry: the session's registry holds other tests' teachers too
+    shutil.copytree(teachers_dir / name, copy / name, ignore=shutil.ignore_patterns("*.lock", "cache"))
+    weights = copy / name / "model.safetensors"
     save_file({k: v * 1e20 if v.is_floating_point() else v for k, v in load_file(str(weights)).items()},
               str(weights), metadata={"arch": "mlp"})
     return copy
