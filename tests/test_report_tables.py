@@ -109,6 +109,22 @@ def test_teacher_kept_is_a_dash_with_a_note_when_the_teacher_has_no_lead_over_sc
     assert _hand(math.nan, 0.98, 0.20).table["teacher_kept"].tolist() == pytest.approx([0.0, 37.5])
 
 
+def test_teacher_kept_reads_the_kd_runs_teacher_not_one_a_variant_trained():
+    """fashion_all: kd_teacher_grad trains its teacher into garbage (NLL ~2e4); the NLL ratio of every row is
+    over the KD runs' teacher, never a mean that folds the broken one in (it read 'teacher's NLL 7172.9')."""
+    import pandas as pd
+
+    df = pd.DataFrame({"variant": ["scratch", "kd", "teacher_grad"], "n": [3, 3, 3],
+                       "last_test_acc_mean": [0.90, 0.93, 0.10], "last_test_acc_std": [0.005, 0.01, 0.0],
+                       "last_test_nll_mean": [0.40, 0.30, 2.30], "last_test_nll_std": [0.01, 0.01, 0.0],
+                       "teacher_test_acc_mean": [math.nan, 0.98, 0.10],
+                       "teacher_test_nll_mean": [math.nan, 0.20, 21500.0]})
+    out = report.add_deltas(report.Summary(df, group_cols=["variant"]))
+    assert list(out.table["teacher_kept_nll"]) == pytest.approx([0.0, 50.0, -950.0])  # (0.40 - x) / (0.40 - 0.20)
+    assert list(out.table["teacher_kept"]) == pytest.approx([0.0, 37.5, -1000.0])
+    assert out.notes == []
+
+
 def test_the_tables_show_the_dash_and_the_note(tmp_path):
     """Records whose teacher has a worse NLL than scratch: no "teacher kept, NLL" numbers anywhere, and the
     note in table.md and table.tex; the accuracy ratio (a real lead) stays."""

@@ -616,7 +616,7 @@ def add_deltas(summary: Summary, baseline: str | Mapping[str, Any] | None = "kd"
     for col, metric, t_col, better, header, unit in _KEPT:
         if f"{metric}_mean" not in s.columns or (col == "teacher_kept_nll" and t_col not in s.columns):
             continue
-        teacher = t_acc if col == "teacher_kept" else _teacher_values(s, t_col, cfg, None)
+        teacher = t_acc if col == "teacher_kept" else _teacher_values(s, t_col, cfg, baseline)
         mine = [to_float(v) for v in s[f"{metric}_mean"].tolist()]
         spread = [to_float(v) for v in s[f"{metric}_std"].tolist()] if f"{metric}_std" in s.columns \
             else [math.nan] * nrows
