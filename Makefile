@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton study-topk study-tokens study-cifar10 study-fashion-all gpu-check gpu-wheels clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton reproduce-omitted3 study-topk study-tokens study-cifar10 study-fashion-all gpu-check gpu-wheels clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: both sweeps, then the ta
 	$(PY) -m kdbench.sweep experiment=hinton_mnist $(ARGS)
 	$(PY) -m kdbench.sweep experiment=hinton_mnist_tau $(ARGS)
 	$(PY) -m kdbench.studies.hinton
+
+reproduce-omitted3: $(STAMP) ## Hinton et al. 2015's omitted 3: students without 3s, 3 seeds, bias fixed on val; results/hinton_mnist/omitted3.csv
+	$(PY) -m kdbench.sweep experiment=hinton_omitted3 $(ARGS)
+	$(PY) -m kdbench.studies.omitted --experiment hinton_omitted3
 
 study-topk: $(STAMP) ## top-k captured teachers on Fashion-MNIST: capture k=1,2,5,10 (kept if present), then the sweep
 	for k in 1 2 5 10; do $(PY) -m kdbench.cli capture --k $$k --out results/captures/fashion_topk-k$$k experiment=fashion_topk || exit 1; done

@@ -111,7 +111,7 @@ class DistillModule(pl.LightningModule):
 
     def __init__(self, student: nn.Module, num_classes: int, optim: OptimSpec, sched: SchedSpec, *,
                  method=None, signal=None, check_finite_every: int = 1, reference: nn.Module | None = None,
-                 parts: nn.Module | None = None):
+                 parts: nn.Module | None = None, per_class_acc: bool = False):
         super().__init__()
         #: a feature method's trainable modules and per-sample state (regressors, embeddings, memory banks):
         #: optimised with the student and checkpointed with it, never part of the deployed student
@@ -132,7 +132,7 @@ class DistillModule(pl.LightningModule):
         self.check_finite_every = max(1, int(check_finite_every))
         with_t = self.signal.kind != "none"
         self.val_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
-        self.test_metrics = ClassificationMetrics(num_classes, with_teacher=with_t)
+        self.test_metrics = ClassificationMetrics(num_classes, with_teacher=with_t, per_class=per_class_acc)
         self.teacher_test_metrics = ClassificationMetrics(num_classes) if with_t else None
         for m in (self.val_metrics, self.test_metrics, self.teacher_test_metrics):
             _no_cross_rank_sync(m)

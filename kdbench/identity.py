@@ -55,6 +55,14 @@ def computational(cfg: Mapping[str, Any]) -> dict[str, Any]:
         # the whole training split (no transfer restriction): what every run did before the keys existed
         out["dataset"] = {k: v for k, v in ds.items()
                           if not ((k == "transfer_subset" and v is None) or (k == "train_exclude_classes" and not v))}
+    m = out.get("metrics")
+    if isinstance(m, Mapping):
+        # measurements the runs before the key made (none per class): their ids stay; per_class_acc=true is a
+        # run of its own, so a complete record without the per-class numbers is never taken for one with them
+        m = {k: v for k, v in m.items() if not (k == "per_class_acc" and not v)}
+        out["metrics"] = m
+        if not m:
+            out.pop("metrics")
     if not out.get("callbacks"):
         out.pop("callbacks", None)  # none that changes a number: the ids of runs from before the group
     d = out.get("distill") or {}

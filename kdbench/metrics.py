@@ -72,7 +72,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, lo: float = 0.05
 class ClassificationMetrics(nn.Module):
     """Accumulates metrics of one model's logits over an evaluation set (and its fidelity to a teacher)."""
 
-    def __init__(self, num_classes: int, with_teacher: bool = False, n_bins: int = N_BINS):
+    def __init__(self, num_classes: int, with_teacher: bool = False, n_bins: int = N_BINS, per_class: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.with_teacher = with_teacher
@@ -80,6 +80,13 @@ class ClassificationMetrics(nn.Module):
         # validate_args=False: torchmetrics' argument checks read tensor values on the host (a GPU sync
         # per batch); the inputs here are always logits/probabilities and int64 labels in range
         self.acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        #: ``metrics.per_class_acc``: each class's accuracy (recall: the share of its examples classified as
+        #: it), as ``acc_class_<c>``; a class with no example in the set is NaN, never a 0 it did not earn
+        self.acc_class = (MulticlassAccuracy(num_classes=num_classes, average=None, validate_args=False)
+                          if per_class else None)
+        # on the metrics' device, not in checkpoints (counted on the device: no host read per batch)
+        self.register_buffer("class_count", torch.zeros(num_classes, dtype=torch.long) if per_class else None,
+                             persistent=False)
         self.ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1", validate_args=False)
         self.mce = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="max", validate_args=False)
         # nan_strategy="disable": a NaN (or Inf) reaches the mean and shows in the record, never silently
@@ -114,6 +121,9 @@ class ClassificationMetrics(nn.Module):
         logits = logits.float()
         probs = logits.softmax(-1)
         self.acc.update(logits, target)
+        if self.acc_class is not None:
+            self.acc_class.update(logits, target)
+            self.class_count += torch.bincount(target, minlength=self.num_classes)
         self.ece.update(probs, target)
         self.mce.update(probs, target)
         self.nll.update(F.cross_entropy(logits, target, reduction="none"))
@@ -137,6 +147,11 @@ class ClassificationMetrics(nn.Module):
         }
         if self.tokens:
             out["ppl"] = torch.exp(out["nll"])
+        if self.acc_class is not None and self.acc.update_count > 0:
+            per = self.acc_class.compute().float().cpu()
+            seen = self.class_count.cpu() > 0
+            for c in range(self.num_classes):
+                out[f"acc_class_{c}"] = per[c] if seen[c] else torch.tensor(float("nan"))
         if self.temperature is not None and self.nll_ts.update_count > 0:
             out.update(ece_ts=self.ece_ts.compute(), nll_ts=self.nll_ts.compute(),
                        temperature=torch.tensor(self.temperature))
@@ -170,3 +185,5 @@ class ClassificationMetrics(nn.Module):
     def reset(self) -> None:
         for m in self.children():
             m.reset()
+        if self.class_count is not None:
+            self.class_count.zero_()

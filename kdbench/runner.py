@@ -40,9 +40,13 @@ def load_data(dataset: dict):
 
 def student_data(full, conf: dict):
     """The student's transfer set (``dataset.transfer_subset`` / ``train_exclude_classes``) of the loaded data;
-    the teacher trains on ``full``. A captured store indexes the whole training split: refused with a restriction."""
+    the teacher trains on ``full``. A captured store indexes the whole training split: refused with a restriction;
+    so is ``metrics.per_class_acc`` on token data (a "class" per vocabulary id)."""
     from kdbench.data.transfer import restricts, transfer_set
 
+    if (conf.get("metrics") or {}).get("per_class_acc") and full.is_tokens:
+        raise ConfigError("metrics.per_class_acc", "is for labelled examples; token data has a class per vocabulary "
+                                                   f"id ({full.num_classes}): leave it false")
     if restricts(conf["dataset"]) and conf.get("teacher_signal") == "captured" and not is_scratch(conf):
         key = "transfer_subset" if conf["dataset"].get("transfer_subset") is not None else "train_exclude_classes"
         raise ConfigError(f"dataset.{key}", "restricts the student's training split, which a captured store "
@@ -149,7 +153,7 @@ def build_student_module(cfg, conf: dict, data, signal, module_cls=None):
     module = (module_cls or DistillModule)(
         student, data.num_classes, OptimSpec(**conf["optim"]), SchedSpec(**conf["sched"]), method=method,
         signal=signal, check_finite_every=check_every(trainer["check_finite_every"], trainer["accelerator"]),
-        reference=_true_law(data), parts=parts)
+        reference=_true_law(data), parts=parts, per_class_acc=bool((conf.get("metrics") or {}).get("per_class_acc")))
     return module, spec
 
 

@@ -91,6 +91,7 @@ SCHEMA: dict[str, Spec] = {
     "teacher_signal": R(_signals, "teacher signal"), "resume": B, "teacher_only": B, "force": B, "fuse": I(1), "print_config": B,
     "teacher_cache.dtype": R(_cache_dtypes, "value"), "teacher_cache.max_gb": N(0),
     "teacher_cache.on_device": AUTO_BOOL,
+    "metrics.per_class_acc": B,
     "teacher_capture.path": S0, "teacher_capture.k": I(1, optional=True),
     # the harness's own distill keys; every other distill.* is a parameter of the method, which checks it
     "distill.variant": PLAIN_NAME, "distill.method": R(_methods, "method"), "distill.enabled": B,

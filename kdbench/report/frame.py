@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,13 @@ DEFAULT_METRICS = (
 #: shown only when the records hold them (records before temperature scaling do not)
 OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts", "last_test_ppl", "last_test_kl_to_true")
 GRID_COLS = ("variant", "distill_alpha", "distill_tau")
+
+
+def per_class_columns(columns: Iterable[str]) -> list[str]:
+    """The per-class test accuracies (``last_test_acc_class_<c>``, runs with ``metrics.per_class_acc=true``)
+    among ``columns``, by class id."""
+    found = [(int(m[1]), c) for c in columns if (m := re.fullmatch(r"last_test_acc_class_(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
 #: computational config keys that are not grouping columns because the table shows them already
 #: (the seed is what a group averages over; variant, α and τ have their own columns)
 SHOWN_ELSEWHERE = ("seed", "distill.variant", "distill.enabled", "distill.alpha", "distill.tau")
@@ -412,6 +420,7 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
     if metrics is None:
         present = set(df.columns) if df is not None else set()
         metrics = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if m in present]
+        metrics += per_class_columns(present)
     metrics = list(metrics)
     rows_in = df.to_dict("records") if df is not None and len(df) else []
     groups: dict[tuple, dict[str, list]] = {}

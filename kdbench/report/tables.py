@@ -92,8 +92,17 @@ def _directions() -> dict[str, str]:
 
 def metric_direction(column: str) -> str | None:
     """``"max"`` or ``"min"`` for a metric column (``last_test_ece`` -> ECE -> ``"min"``), else None."""
-    m = re.fullmatch(r"(?:last|best)_(?:test|val)_(\w+?)(?:_mean)?", str(column))
+    m = re.fullmatch(r"(?:last|best)_(?:test|val)_(\w+?)(?:_class_\d+)?(?:_mean)?", str(column))
     return _directions().get(m[1] if m else str(column))
+
+
+def metric_spec(column: str) -> tuple[str, float, int]:
+    """(header, display scale, decimals) of a metric column: :data:`METRIC_SPEC`'s, or a per-class accuracy's
+    (``last_test_acc_class_3`` -> "top-1 on class 3, last (%)", from ``metrics.per_class_acc``)."""
+    m = re.fullmatch(r"(last|best)_test_acc_class_(\d+)", str(column))
+    if m:
+        return (f"top-1 on class {m[2]}, {'last' if m[1] == 'last' else 'best-epoch'} (%)", 100.0, 2)
+    return METRIC_SPEC.get(column, (column, 1.0, 4))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def format_display(summary: Summary, group_cols: Sequence[str] | None = None) ->
                 data[header] = [fmt_value(v, 1.0, dec, signed=signed, missing=missing) for v in vals]
             colmap[header] = (c, better)
             continue
-        header, scale, dec = METRIC_SPEC.get(c, (c, 1.0, 4))
+        header, scale, dec = metric_spec(c)
         means = src[f"{c}_mean"].astype(float).tolist()
         stds = src[f"{c}_std"].astype(float).tolist()
         if all(math.isnan(v) for v in means) and c not in ("last_test_acc", "best_test_acc"):
