@@ -114,6 +114,19 @@ def iter_records(root: str | os.PathLike, problems: list | None = None) -> Itera
             problems.append((p, f"not a run record ({what})"))
 
 
+def run_time_s(rec: dict) -> float | None:
+    """Seconds from the record's ``started_at`` to its ``finished_at``: the student's fit and test (the teacher's
+    training or loading and a teacher cache come before ``started_at``; ``wall_time_s`` counts them too; the
+    members of a fused group share one). None when either time is missing or unreadable."""
+    from datetime import datetime
+
+    try:
+        a, b = datetime.fromisoformat(str(rec["started_at"])), datetime.fromisoformat(str(rec["finished_at"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0.0, (b - a).total_seconds())
+
+
 def flatten_record(rec: dict) -> dict:
     """One flat row per record: identity columns, distill settings, ``last_test_acc``, ``best_test_acc``...."""
     row: dict[str, Any] = {k: rec.get(k) for k in (
@@ -127,6 +140,10 @@ def flatten_record(rec: dict) -> dict:
         for split in ("val", "test"):
             for k, v in (m.get(split) or {}).items():
                 row[f"{which}_{split}_{k}"] = v
+    row["run_time_s"] = run_time_s(rec)
+    params = rec.get("params")
+    if isinstance(params, dict):  # the student's and a method's trainable modules' (never deployed) counts
+        row["params_student"], row["params_training_only"] = params.get("student"), params.get("training_only")
     t = rec.get("teacher") or {}
     row["teacher_key"] = t.get("key")
     for k, v in (t.get("test") or {}).items():

@@ -266,3 +266,35 @@ def test_the_terminal_table_fits_100_columns_on_a_real_experiments_records(tmp_p
         in online
     assert f"full table: {tmp_path.name}/table.md" in lines and f"page:       {tmp_path.name}/index.html" in lines
     assert not any(report.DELTA_NOTE[:40] in ln or report.PROTOCOL_NOTE[:40] in ln for ln in lines)  # notes: in files
+
+
+# --------------------------------------------------------------------------------------------
+# 26.3: what a run cost — the student's run time and a method's training-only parameters
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_table_shows_the_students_run_time_and_training_only_parameters(tmp_path):
+    """Run time is started_at -> finished_at (the first KD run of a study also trained the teacher: its
+    wall_time_s says 3121 s, its run 75 s); training-only parameters appear once some method has any."""
+    recs = []
+    for s, (start, end, wall) in enumerate([("05:03:20", "05:04:35", 3121.0), ("05:04:36", "05:05:48", 72.0),
+                                            ("05:05:48", "05:07:10", 82.0)]):
+        for variant, extra in (("kd", 0), ("crd", 12544)):
+            r = rec("cost", variant, s, 0.9, run_id=f"{variant}-s{s}")
+            r.update(started_at=f"2026-12-04T{start}+00:00", finished_at=f"2026-12-04T{end}+00:00", wall_time_s=wall,
+                     params={"student": 5226, "training_only": extra})
+            recs.append(r)
+    summary, display = report.build_table(write(tmp_path, recs), "cost")
+    t = summary.table.set_index("variant")
+    runs = [75.0, 72.0, 82.0]
+    assert t.loc["kd", "run_time_s_mean"] == pytest.approx(statistics.mean(runs))
+    assert t.loc["kd", "run_time_s_std"] == pytest.approx(statistics.stdev(runs))
+    shown = display.table.set_index("variant")
+    assert shown.loc["crd", "training-only params"] == "12544" and shown.loc["kd", "training-only params"] == "0"
+    assert shown.loc["kd", "run time (s)"] == f"{statistics.mean(runs):.0f} ± {statistics.stdev(runs):.0f}"
+    md = report.write_tables(display, tmp_path / "o", "cost")["md"].read_text()
+    assert report.RUN_TIME_NOTE in md
+    # no method with parameters of its own, no record with times: neither column
+    bare = [rec("bare", "kd", s, 0.9, run_id=f"kd-s{s}") for s in range(2)]
+    _, d2 = report.build_table(write(tmp_path / "b", bare), "bare")
+    assert "training-only params" not in d2.table.columns and "run time (s)" not in d2.table.columns

@@ -74,6 +74,7 @@ from kdbench.report.tables import (
     METRIC_SPEC,
     PROTOCOL_NOTE,
     PUBLISHED_HEADER,
+    RUN_TIME_NOTE,
     Display,
     best_mask,
     fmt_delta_ci,
@@ -95,7 +96,7 @@ from kdbench.report.tracking import load_wandb_runs
 
 __all__ = [
     "BOLD_RULE", "DEFAULT_METRICS", "DELTA_COLS", "DELTA_NOTE", "DERIVED_SPEC", "Display", "Frame", "GRID_COLS", "GROUP_HEADERS", "METRIC_SPEC", "PROTOCOL_NOTE",
-    "Interval", "PUBLISHED_COLS", "PUBLISHED_HEADER", "SHOWN_ELSEWHERE", "ReportError", "add_config_columns",
+    "Interval", "PUBLISHED_COLS", "PUBLISHED_HEADER", "RUN_TIME_NOTE", "SHOWN_ELSEWHERE", "ReportError", "add_config_columns",
     "add_deltas", "add_published", "best_mask", "build_table", "compare_rows", "config_columns", "default_group_cols",
     "default_out_dir", "diff_interval", "experiments_under", "fmt_delta_ci", "fmt_mean_std", "fmt_num", "fmt_value", "format_display",
     "iter_experiment_records", "latex_table", "load_experiment", "load_wandb_runs", "main", "make_report",

@@ -421,6 +421,12 @@ def summarize(df, group_cols: Sequence[str] = ("variant",), metrics: Sequence[st
         present = set(df.columns) if df is not None else set()
         metrics = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if m in present]
         metrics += per_class_columns(present)
+        # what a run cost: the parameters a method trains beside the student (shown when some run has any)
+        # and the student's run time (kdbench.records.run_time_s: its fit and test, not the teacher's training)
+        if df is not None and "params_training_only" in present and (df["params_training_only"].fillna(0) > 0).any():
+            metrics.append("params_training_only")
+        if "run_time_s" in present and df["run_time_s"].notna().any():
+            metrics.append("run_time_s")
     metrics = list(metrics)
     rows_in = df.to_dict("records") if df is not None and len(df) else []
     groups: dict[tuple, dict[str, list]] = {}

@@ -24,7 +24,7 @@ from kdbench.report.frame import DEFAULT_METRICS, Summary, compare_rows, config_
 from kdbench.report.stats import excludes_zero
 
 __all__ = [
-    "Display", "PROTOCOL_NOTE", "MISSING", "NA", "DELTA_NOTE", "KEPT_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
+    "Display", "PROTOCOL_NOTE", "RUN_TIME_NOTE", "MISSING", "NA", "DELTA_NOTE", "KEPT_NOTE", "BOLD_RULE", "METRIC_SPEC", "DERIVED_SPEC", "GROUP_HEADERS",
     "DISPLAY_ORDER", "PUBLISHED_HEADER", "metric_direction", "fmt_value", "fmt_mean_std", "fmt_delta_ci", "fmt_num",
     "format_display",
     "tex_escape", "best_mask", "md_text", "md_cell", "markdown_table", "csv_table", "latex_table", "render_markdown",
@@ -47,6 +47,9 @@ BOLD_RULE = ("a column's best value is in bold only when, against every other ro
              "the 95% confidence interval over seeds of the difference (paired t-interval when the seeds pair, "
              "else Welch) excludes 0; ties or overlapping intervals: nothing in bold")
 PUBLISHED_HEADER = "published top-1 (%)"
+RUN_TIME_NOTE = ("run time: the student's fit and test, from the record's started_at to its finished_at, on the "
+                 "machine in its record (the teacher's training and cache come before; a fused group's members "
+                 "share one).")
 
 #: record column -> (table header, display scale, decimals); which way is better comes from
 #: :data:`kdbench.records.DIRECTIONS` (:func:`metric_direction`)
@@ -67,6 +70,8 @@ METRIC_SPEC: dict[str, tuple[str, float, int]] = {
     "best_test_brier": ("Brier best-epoch", 1.0, 4),
     "best_test_agreement": ("agreement best-epoch (%)", 100.0, 2),
     "best_test_kl_teacher": ("KL(T‖S) best-epoch", 1.0, 4),
+    "params_training_only": ("training-only params", 1.0, 0),
+    "run_time_s": ("run time (s)", 1.0, 0),
 }
 #: summary column of a derived quantity -> (header, better, decimals, signed, shown when missing);
 #: values are already in pp / %
@@ -261,7 +266,10 @@ def format_display(summary: Summary, group_cols: Sequence[str] | None = None) ->
         stds = src[f"{c}_std"].astype(float).tolist()
         if all(math.isnan(v) for v in means) and c not in ("last_test_acc", "best_test_acc"):
             continue
-        data[header] = [fmt_mean_std(m, s, scale, dec, no_std="na") for m, s in zip(means, stds)]
+        if c == "params_training_only":  # a count of the method's own modules: one number per group
+            data[header] = [fmt_value(m, scale, dec) for m in means]
+        else:
+            data[header] = [fmt_mean_std(m, s, scale, dec, no_std="na") for m, s in zip(means, stds)]
         colmap[header] = (f"{c}_mean", metric_direction(c))
     data["failed"] = [str(int(v)) for v in src["n_failed"].tolist()]
     colmap["failed"] = ("n_failed", None)
@@ -406,6 +414,11 @@ def render_markdown(display: Display, caption: str) -> str:
     if "teacher kept (%)" in cols or "teacher kept, NLL (%)" in cols:
         extra.append(KEPT_NOTE)
     extra += summary.notes
+    if "run time (s)" in cols:
+        extra.append(RUN_TIME_NOTE)
+    if "training-only params" in cols:
+        extra.append("training-only params: the method's own trainable modules (regressors, embeddings, "
+                     "a learnable temperature), trained with the student and never part of it.")
     if "failed" in cols:
         extra.append("failed: runs of the group that did not complete (not in the means).")
     if extra:
