@@ -34,9 +34,12 @@ def _models(args) -> int:
     names = [n for n in model_names() if keep(n)]
     if not names:
         raise KDBenchError("--family", f"no model in family {args.family!r}")
-    print(format_table(model_table(num_classes=args.num_classes, names=names)))
-    print(f"\n{len(names)} models; MACs per image at the input size shown (torch.utils.flop_counter, "
-          f"MACs = FLOPs / 2), {args.num_classes} classes")
+    table = model_table(num_classes=args.num_classes, names=names)
+    print(format_table(table))
+    print(f"\n{len(table)} models, {args.num_classes} classes (the vocabulary, for language models); MACs per input "
+          "of the size shown\n(an image; 64 token ids for a language model), torch.utils.flop_counter, MACs = FLOPs / 2")
+    for name in table.attrs.get("skipped", []):
+        print(f"not listed: {name} (its size comes from its own kwargs.path or kwargs.config)")
     return 0
 
 

@@ -136,3 +136,22 @@ def test_channels_last_bf16_autocast(name):
         loss = nn.functional.cross_entropy(model(x).float(), torch.tensor([1, 2]))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_kdbench_models_lists_every_family_including_the_language_models(capsys):
+    """Issue 24.1: `kdbench models` crashed on the language models (profiled with a float image). They are
+    profiled on token ids; the HF model, sized only by its own config, is named as not listed; lines fit 100."""
+    from kdbench.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(("-", "model"))}
+    lm = profile_model("transformer_lm", 100)
+    assert lm["input_shape"] == (64,) and f"{lm['params']:,}" in rows["transformer_lm"]
+    gru = build_model("gru_lm", 100, in_shape=(64,))
+    # a GRU's MACs: input and hidden projections, 3 gates, per token, plus the head (d = 64, V = 100)
+    d, v, t = 64, 100, 64
+    assert profile_model("gru_lm", 100)["macs"] == pytest.approx(t * (3 * 2 * d * d + d * v), rel=0.01)
+    assert count_parameters(gru) == profile_model("gru_lm", 100)["params"]
+    assert "not listed: hf_causal_lm" in out and "resnet8x4" in rows
+    assert max(len(line) for line in out.splitlines()) <= 100

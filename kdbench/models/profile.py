@@ -20,14 +20,17 @@ __all__ = ["DEFAULT_FLAT_INPUT", "format_table", "model_table", "profile_model"]
 
 #: input used for models that accept any (flattened) input: one MNIST image
 DEFAULT_FLAT_INPUT = (1, 28, 28)
+#: language models (family "lm") are profiled on one sequence of this many token ids
+LM_SEQ_LEN = 64
 
 
 def profile_model(name: str, num_classes: int = 100) -> dict:
     """``{"name", "family", "params", "macs", "input_shape"}`` for the registered model ``name``."""
     spec = get_spec(name)
-    shape = spec.input_shape or DEFAULT_FLAT_INPUT
+    lm = spec.family == "lm"  # token ids in, not pixels: one sequence of LM_SEQ_LEN ids (vocabulary = num_classes)
+    shape = (LM_SEQ_LEN,) if lm else (spec.input_shape or DEFAULT_FLAT_INPUT)
     model = build_model(name, num_classes, in_shape=shape).eval()
-    x = torch.zeros(1, *shape)
+    x = torch.zeros(1, *shape, dtype=torch.long) if lm else torch.zeros(1, *shape)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)
@@ -41,9 +44,19 @@ def profile_model(name: str, num_classes: int = 100) -> dict:
 
 
 def model_table(num_classes: int = 100, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per model (all registered ones by default): name, family, input, params, MACs."""
-    rows = [profile_model(n, num_classes) for n in (model_names() if names is None else names)]
+    """One row per model (all registered ones by default): name, family, input, params, MACs. A model sized only by
+    its own config (``hf_causal_lm``: ``kwargs.path`` or ``kwargs.config``) has no row; ``df.attrs["skipped"]``
+    names it."""
+    from kdbench.errors import KDBenchError
+
+    rows, skipped = [], []
+    for n in (model_names() if names is None else names):
+        try:
+            rows.append(profile_model(n, num_classes))
+        except KDBenchError:
+            skipped.append(n)
     df = pd.DataFrame(rows, columns=["name", "family", "input_shape", "params", "macs"])
+    df.attrs["skipped"] = skipped
     df["input"] = df["input_shape"].map(lambda s: "x".join(map(str, s)))
     return df
 
