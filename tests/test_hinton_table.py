@@ -242,6 +242,41 @@ def test_the_long_teacher_rerun_gets_its_own_table_targets_and_the_short_rows_be
     assert (out / "table.md").read_text() == md
 
 
+def test_the_paper_regime_rerun_goes_above_the_long_teacher_with_its_own_targets(results):
+    """Issue 29 part 1: a third regime (its own experiment, 60-epoch students on 59,000 images) gets its own
+    section, csv and frozen records, above the long-teacher one, and is rebuilt from the frozen copy."""
+    for exp, t_acc, kd, epochs in ((hinton.LONG_EXPERIMENT, 0.9922, 0.9862, 200),
+                                   (hinton.PAPER_EXPERIMENT, 0.9927, 0.9918, 300)):
+        for s in SEEDS:
+            sc = _record(f"scratch-s{s}", "scratch", s, SCRATCH_ACC[s])
+            k = _record(f"kd-s{s}", "kd", s, kd, tau=20.0)
+            k["teacher"] = {"key": exp, "name": f"mnist-hinton_teacher-s0-{exp}", "test": {"acc": t_acc}}
+            k["config"]["teacher"] = {**k["config"]["teacher"], "seed": 0, "recipe": {
+                **k["config"]["teacher"]["recipe"], "epochs": epochs, "optim": {"lr": 0.05}}}
+            for r in (sc, k):
+                r["experiment"] = exp
+                if exp == hinton.PAPER_EXPERIMENT:
+                    r["config"]["trainer"] = {**r["config"].get("trainer", {}), "max_epochs": 60}
+                    r["dataset_info"] = {"sizes": {"train": 59000, "val": 1000, "test": N_TEST}}
+                write_record(results / "runs" / exp / f"{r['run_id']}.json", r)
+    assert hinton.main(["--results", str(results)]) == 0
+    out = results / "hinton_mnist"
+    md = (out / "table.md").read_text()
+    assert md.index(f"({hinton.PAPER_EXPERIMENT})") < md.index(f"({hinton.LONG_EXPERIMENT})") < md.index("## Short")
+    assert "(paper regime: 300 epochs, lr 0.05)" in md and "(long teacher: 200 epochs, lr 0.05)" in md
+    assert "the students train 60 epochs (the short table's: 15) on 59,000 images (validation 1,000)" in md
+    assert "Targets (issue 29):" in md and "- teacher errors: 73.0 (target ≤ 75): MET" in md
+    assert "- distilled student errors: 82.0 (target ≤ 90): MET" in md
+    paper = pd.read_csv(out / "paper_regime.csv").set_index("model")
+    assert paper.loc[hinton.ROW_KD, "errors_mean"] == 82
+    assert len(list((out / "records_paper").glob("*.json"))) == 6
+    import shutil
+
+    shutil.rmtree(results / "runs")
+    assert hinton.main(["--results", str(results), "--records", str(out / "records")]) == 0
+    assert (out / "table.md").read_text() == md
+
+
 def test_machine_sizes_and_published_numbers_come_from_records_and_one_source(results):
     """No number typed into the text: the machine is the records' device and host, the image counts their
     ``dataset_info`` (and the diagnostics' own counts), the published numbers :mod:`kdbench.studies.published`."""
