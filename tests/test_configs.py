@@ -25,7 +25,7 @@ PAIR_KEYS = {"name", "teacher_arch", "student_arch", "lr", "published"}
 #: the rows a pair's published block may hold: the teacher, the scratch student and method variants (the
 #: feature methods' from RepDistiller's README)
 PUBLISHED_VARIANTS = {"teacher", "scratch", "kd", "dkd", "dist", "fitnet", "at", "sp", "vid", "rkd", "pkt", "nst",
-                      "crd", "ttm", "wttm", "ctkd", "ctkd_ls", "mlkd", "mlkd_ls"}
+                      "crd", "ttm", "wttm", "ctkd", "ctkd_ls", "mlkd", "mlkd_ls", "kd_ls", "dkd_ls"}
 PUBLISHED_TEXT = {"source", "protocol"}
 
 
