@@ -61,6 +61,7 @@ reproduce-hinton-paper: $(STAMP) ## Hinton et al. 2015 MNIST, longer regime: 300
 reproduce-omitted3: $(STAMP) ## Hinton et al. 2015's omitted 3: students without 3s, 3 seeds, bias fixed on val; results/hinton_mnist/omitted3.csv
 	$(PY) -m kdbench.sweep experiment=hinton_omitted3 $(ARGS)
 	$(PY) -m kdbench.studies.omitted --experiment hinton_omitted3
+	$(PY) -m kdbench.studies.hinton
 
 study-topk: $(STAMP) ## top-k captured teachers on Fashion-MNIST: capture k=1,2,5,10 (kept if present), then the sweep
 	for k in 1 2 5 10; do $(PY) -m kdbench.cli capture --k $$k --out results/captures/fashion_topk-k$$k experiment=fashion_topk || exit 1; done

@@ -304,3 +304,21 @@ def test_machine_sizes_and_published_numbers_come_from_records_and_one_source(re
                             "scratch_agreement_with_teacher_test")} | {"n_train": 45_000, "n_test": 2_000}]
     text = hinton.render_diagnostics(rows)
     assert "on the 45,000 training images" in text and "on the 2,000 test images" in text and "55,000" not in text
+
+
+def test_the_omitted3_csv_becomes_a_section_of_the_table(results):
+    """Issue 29 part 2: omitted3.csv (written by kdbench.studies.omitted, which needs the checkpoints) is kept
+    as a section of table.md, means over seeds beside the paper's 206/133 -> 109/14."""
+    from kdbench.studies import omitted
+
+    out = results / "hinton_mnist"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [("distilled", 0, 170, 70, 1.5, 130, 20), ("distilled", 1, 150, 50, 2.5, 120, 10),
+            ("scratch", 0, 1150, 1010, 13.0, 1130, 950)]
+    (out / "omitted3.csv").write_text("\n".join([",".join(omitted.COLUMNS)] + [",".join(map(str, r)) for r in rows])
+                                      + "\n")
+    assert hinton.main(["--results", str(results)]) == 0
+    md = (out / "table.md").read_text()
+    section = md[md.index("## hinton_omitted3: the omitted 3"):]
+    assert "| distilled (mean of 2 seeds)   | 160.0 ± 14.1 | 60.0 ± 14.1" in section
+    assert "| distilled, Hinton et al. 2015 | 206" in section and "| distilled s1 | 150" in section

@@ -459,7 +459,8 @@ def render_long(long: Study, short: Study | None, regime: Regime = REGIMES[0]) -
     return "\n".join(parts)
 
 
-def render_markdown(study: Study, long: Study | None = None, extra: dict | None = None) -> str:
+def render_markdown(study: Study, long: Study | None = None, extra: dict | None = None,
+                    omitted: str | None = None) -> str:
     """The page: each re-run regime's table first (``long``: the long teacher; ``extra``: {Regime: Study} of
     the later ones, shown above it), then the short-teacher grid."""
     parts = ["# Hinton, Vinyals & Dean (2015), MNIST: test errors out of "
@@ -490,7 +491,25 @@ def render_markdown(study: Study, long: Study | None = None, extra: dict | None 
         parts += ["## Wall-clock cost", "", markdown(_display_wall(wt)), "",
                   f"Total over these {len(wt)} runs: {wt['wall_time_s'].sum() / 3600:.2f} h. A distilled run "
                   "that found no teacher in the registry trained it first, inside its own wall time.", ""]
+    if omitted:
+        parts += [omitted]
     return "\n".join(parts)
+
+
+def omitted_section(csv: Path) -> str | None:
+    """The omitted-3 section (``omitted3.csv`` of :mod:`kdbench.studies.omitted`, which needs the students'
+    checkpoints, so the table keeps what that command computed), one level down; None without the file."""
+    from kdbench.studies.omitted import COLUMNS, summary_markdown
+
+    if not csv.is_file():
+        return None
+    lines = csv.read_text().splitlines()
+    if not lines or lines[0] != ",".join(COLUMNS):
+        return None
+    rows = [dict(zip(COLUMNS, ln.split(","), strict=True)) for ln in lines[1:] if ln]
+    rows = [{**r, "seed": int(r["seed"])} for r in rows]
+    md = summary_markdown(rows, "hinton_omitted3")
+    return "#" + md.replace("\n# ", "\n## ") + "\nBuilt by `make reproduce-omitted3` (`python -m kdbench.studies.omitted`).\n"
 
 
 def _display_wall(wt):
@@ -590,7 +609,8 @@ def write_outputs(study: Study, out_dir: str | Path, long: Study | None = None,
     paths = write_text_files(out, {
         "marker": (STUDY_MARKER, "hinton: these tables are rendered by `python -m kdbench.studies.hinton`; the "
                                  "generic report writes into generic/ instead\n"),
-        "md": ("table.md", render_markdown(study, long, extra)), "tex": ("table.tex", render_latex(study)),
+        "md": ("table.md", render_markdown(study, long, extra, omitted_section(out / "omitted3.csv"))),
+        "tex": ("table.tex", render_latex(study)),
         "csv": ("table.csv", study.table.to_csv(index=False)), "tau_csv": ("tau_table.csv", study.tau.to_csv(index=False)),
     })
     if long is not None:
