@@ -322,3 +322,20 @@ def test_the_omitted3_csv_becomes_a_section_of_the_table(results):
     section = md[md.index("## hinton_omitted3: the omitted 3"):]
     assert "| distilled (mean of 2 seeds)   | 160.0 ± 14.1 | 60.0 ± 14.1" in section
     assert "| distilled, Hinton et al. 2015 | 206" in section and "| distilled s1 | 150" in section
+
+
+def test_teacher_kept_is_paired_by_seed_with_a_t_interval(results):
+    """Issue 29 part 3: per seed (scratch_s - distilled_s) / (scratch_s - teacher_s), in errors and in NLL, mean
+    and 95 % t-interval over seeds, against a hand computation."""
+    from kdbench.report.stats import t_quantile
+
+    study = hinton.collect(results / "runs" / "hinton_mnist")
+    err = lambda a: round((1 - a) * N_TEST)  # noqa: E731
+    per = [(err(SCRATCH_ACC[s]) - err(KD_ACC[s])) / (err(SCRATCH_ACC[s]) - err(TEACHER_ACC[s])) for s in SEEDS]
+    m, sd = statistics.mean(per), statistics.stdev(per)
+    half = t_quantile(len(per) - 1) * sd / math.sqrt(len(per))
+    got = hinton.teacher_kept(study)
+    assert got["errors"] == pytest.approx((m, m - half, m + half, 3))
+    assert got["nll"][0] == pytest.approx(0.0)  # every student's NLL is 0.05 in the fixture: nothing kept
+    assert f"| {100 * m:.0f} % [{100 * (m - half):.0f}, {100 * (m + half):.0f}] |" in hinton.render_kept(
+        [("short", study)])

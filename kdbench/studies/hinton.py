@@ -406,6 +406,59 @@ def gap_closed(table) -> float:
     return (_num(t.get(ROW_SCRATCH)) - _num(t.get(ROW_KD))) / den
 
 
+def teacher_kept(study: Study) -> dict[str, tuple[float, float, float, int]]:
+    """Issue 29 part 3: the share of the teacher's lead over scratch the distilled student kept, per seed (paired:
+    seed s's scratch and distilled students and the teacher seed s distilled from), in test errors and in NLL:
+    ``{"errors"|"nll": (mean, lo, hi, n)}``, lo/hi the 95 % t-interval over seeds (NaN with fewer than 2)."""
+    from kdbench.report.stats import t_quantile
+
+    scratch = {r.get("seed"): r for r in study.sources.get(ROW_SCRATCH, [])}
+    kd = {r.get("seed"): r for r in study.sources.get(ROW_KD, [])}
+    out = {}
+    for metric in ("errors", "nll"):
+        vals = []
+        for seed in sorted(set(scratch) & set(kd), key=str):
+            sc, st, te = _last_test(scratch[seed]), _last_test(kd[seed]), ((kd[seed].get("teacher") or {}).get("test") or {})
+            if metric == "errors":
+                a, b, t = (errors_of(_num(m.get("acc")), study.n_test) if m.get("acc") is not None else math.nan
+                           for m in (sc, st, te))
+            else:
+                a, b, t = (_num(m.get("nll")) for m in (sc, st, te))
+            if not any(math.isnan(v) for v in (a, b, t)) and a - t > 0:
+                vals.append((a - b) / (a - t))
+        if not vals:
+            out[metric] = (math.nan, math.nan, math.nan, 0)
+            continue
+        m = statistics.mean(vals)
+        half = t_quantile(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 \
+            else math.nan
+        out[metric] = (m, m - half, m + half, len(vals))
+    return out
+
+
+def render_kept(studies: Sequence[tuple[str, Study]]) -> str:
+    """One row per regime: the teacher kept in errors and in NLL, mean [95 % interval] over paired seeds."""
+    import pandas as pd
+
+    def cell(v):
+        m, lo, hi, n = v
+        if math.isnan(m):
+            return NA
+        return f"{100 * m:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]" if not math.isnan(lo) else f"{100 * m:.0f} %"
+
+    rows = []
+    for name, st in studies:
+        k = teacher_kept(st)
+        rows.append({"regime": name, "seeds": str(k["errors"][3]), "teacher kept, errors": cell(k["errors"]),
+                     "teacher kept, NLL": cell(k["nll"])})
+    return "\n".join([
+        "## Teacher kept (issue 29 part 3)", "",
+        "Per seed s, (scratch_s − distilled_s) / (scratch_s − teacher_s), in test errors and in test NLL (last "
+        "epoch), with seed s's scratch and distilled students and the teacher seed s distilled from; mean and 95 % "
+        f"t-interval over the seeds. Published (errors): {100 * HINTON_2015.gap_closed:.0f} %.", "",
+        markdown(pd.DataFrame(rows)), ""])
+
+
 def _recipe_of(study: Study) -> str:
     t = next(iter(study.teachers), None)
     rec = next((r for r in study.complete if (r.get("teacher") or {}).get("key") == (t or {}).get("key")), None)
@@ -465,6 +518,9 @@ def render_markdown(study: Study, long: Study | None = None, extra: dict | None 
     the later ones, shown above it), then the short-teacher grid."""
     parts = ["# Hinton, Vinyals & Dean (2015), MNIST: test errors out of "
              f"{study.n_test:,}", ""]
+    regimes = [(f"{r.label} ({_recipe_of(o)})", o) for r, o in (extra or {}).items()]
+    regimes += [(f"long teacher ({_recipe_of(long)})", long)] if long is not None else []
+    parts += [render_kept([*reversed(regimes), (f"short teacher ({_recipe_of(study)})", study)])]
     for regime, other in reversed(list((extra or {}).items())):
         parts += [render_long(other, study, regime)]
     if long is not None:
