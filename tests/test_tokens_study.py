@@ -36,3 +36,19 @@ def test_teacher_kept_is_measured_against_the_one_scratch_group_and_the_teachers
     assert kept.loc["forward KL, online teacher", "n"] == 2
     md = (tmp_path / "results" / "tok" / "kept.md").read_text()
     assert "KL(true ‖ T) 0.1000" in md and "entropy rate" in md
+
+
+def test_two_temperatures_are_two_arms_never_averaged(tmp_path):
+    """hf_corpus ran the same arms at tau = 2 and tau = 1: one row each, labelled with tau (one tau: no label)."""
+    runs = tmp_path / "results" / "runs" / "tok"
+    for s in range(2):
+        write_record(runs / f"sc{s}.json", _rec(f"sc{s}", "scratch", s, 2.0))
+        for tau, nll in ((2.0, 1.8), (1.0, 1.4)):
+            r = _rec(f"on{tau:g}{s}", "kd", s, nll)
+            r["config"]["distill"]["tau"] = tau
+            write_record(runs / f"on{tau:g}{s}.json", r)
+    assert tokens.main(["--experiment", "tok", "--results", str(tmp_path / "results")]) == 0
+    kept = pd.read_csv(tmp_path / "results" / "tok" / "kept.csv").set_index("arm")
+    assert kept.loc["forward KL, online teacher, τ = 2", "nll"] == pytest.approx(1.8)
+    assert kept.loc["forward KL, online teacher, τ = 1", "nll"] == pytest.approx(1.4)
+    assert list(kept["n"]) == [2, 2, 2]

@@ -23,25 +23,30 @@ from kdbench.report.tables import markdown_table, write_text_files
 COLUMNS = ("arm", "n", "nll", "nll_std", "ppl", "teacher_kept_nll", "kl_to_true", "ece", "agreement")
 
 
-def arm_of(rec: dict) -> tuple[str, str, str, str]:
-    """(direction, signal, k, mode) of a record: what the study varies."""
+def arm_of(rec: dict) -> tuple[str, str, str, str, str]:
+    """(direction, signal, k, mode, τ) of a record: what the study varies (runs of two temperatures are two arms,
+    never averaged together)."""
     c = rec.get("config") or {}
     d = c.get("distill") or {}
     if rec.get("variant") == "scratch":
-        return ("scratch", "-", "-", "-")
+        return ("scratch", "-", "-", "-", "-")
     direction = "reverse" if d.get("kl") == "reverse" else "forward"
     signal = c.get("teacher_signal", "online")
+    tau = f"{float(d['tau']):g}" if d.get("tau") is not None else "-"
     if signal != "captured":
-        return (direction, signal, "-", "-")
-    return (direction, "captured", str((c.get("teacher_capture") or {}).get("k")), str(d.get("topk_mode", "renorm")))
+        return (direction, signal, "-", "-", tau)
+    return (direction, "captured", str((c.get("teacher_capture") or {}).get("k")), str(d.get("topk_mode", "renorm")),
+            tau)
 
 
-def _label(arm: tuple[str, str, str, str]) -> str:
+def _label(arm: tuple[str, str, str, str, str], with_tau: bool = False) -> str:
+    """The arm's row label; with ``with_tau`` (the study ran more than one temperature) its τ too."""
     if arm[0] == "scratch":
         return "scratch (labels only)"
+    tau = f", τ = {arm[4]}" if with_tau else ""
     if arm[1] != "captured":
-        return f"{arm[0]} KL, {arm[1]} teacher"
-    return f"{arm[0]} KL, captured top-{arm[2]}, {arm[3]}"
+        return f"{arm[0]} KL, {arm[1]} teacher{tau}"
+    return f"{arm[0]} KL, captured top-{arm[2]}, {arm[3]}{tau}"
 
 
 def collect(records_dir: Path, experiment: str) -> tuple[list[dict], dict]:
@@ -63,17 +68,18 @@ def collect(records_dir: Path, experiment: str) -> tuple[list[dict], dict]:
                 is not None]
         return statistics.fmean(vals) if vals else math.nan
 
-    scratch = mean(groups.get(("scratch", "-", "-", "-"), []), "nll")
+    scratch = mean(groups.get(("scratch", "-", "-", "-", "-"), []), "nll")
+    with_tau = len({a[4] for a in groups if a[0] != "scratch"}) > 1
     t_nll = float(teacher.get("nll", math.nan))
     rows = []
-    order = sorted(groups, key=lambda a: (a[0] != "scratch", a[0], a[1] != "online", int(a[2]) if a[2].isdigit() else 0,
-                                          a[3]))
+    order = sorted(groups, key=lambda a: (a[0] != "scratch", a[0], -float(a[4]) if a[4] != "-" else 0.0,
+                                          a[1] != "online", int(a[2]) if a[2].isdigit() else 0, a[3]))
     for arm in order:
         recs = groups[arm]
         nlls = [float(r["metrics"]["last"]["test"]["nll"]) for r in recs]
         nll = statistics.fmean(nlls)
         gap = scratch - t_nll
-        rows.append({"arm": _label(arm), "n": len(recs), "nll": nll,
+        rows.append({"arm": _label(arm, with_tau), "n": len(recs), "nll": nll,
                      "nll_std": statistics.stdev(nlls) if len(nlls) > 1 else math.nan, "ppl": mean(recs, "ppl"),
                      "teacher_kept_nll": (scratch - nll) / gap * 100 if gap and not math.isnan(gap) else math.nan,
                      "kl_to_true": mean(recs, "kl_to_true"), "ece": mean(recs, "ece"),
