@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton reproduce-hinton-paper reproduce-omitted3 study-topk study-tokens study-cifar10 study-fashion-all gpu-check gpu-wheels clean
+.PHONY: help install run test browser test-slow lint sweep table bench models reproduce-hinton reproduce-omitted3 study-topk study-tokens study-cifar10 study-fashion-all gpu-check gpu-wheels clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,13 +48,9 @@ bench: $(STAMP) ## benchmarks that print tables (loss, data, step, signals, harn
 models: $(STAMP) ## every model's parameters and MACs
 	$(PY) -m kdbench.cli models $(ARGS)
 
-reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: both sweeps, then the table/plot in results/hinton_mnist/
+reproduce-hinton: $(STAMP) ## Hinton et al. 2015 MNIST: the sweeps (15-epoch students; the paper's regime), then results/hinton_mnist/
 	$(PY) -m kdbench.sweep experiment=hinton_mnist $(ARGS)
 	$(PY) -m kdbench.sweep experiment=hinton_mnist_tau $(ARGS)
-	$(PY) -m kdbench.studies.hinton
-
-reproduce-hinton-paper: $(STAMP) ## Hinton et al. 2015 MNIST, longer regime: 300-epoch teacher, 60-epoch students x 3 seeds (~2 h on 2 cores)
-	$(PY) -m kdbench.train experiment=hinton_mnist_paper teacher_only=true
 	$(PY) -m kdbench.sweep experiment=hinton_mnist_paper $(ARGS)
 	$(PY) -m kdbench.studies.hinton
 
