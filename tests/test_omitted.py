@@ -128,3 +128,26 @@ def test_per_class_acc_true_is_its_own_run_id_and_false_keeps_the_old_ones(compo
     plain = run_id_of(resolve(compose()))
     assert run_id_of(resolve(compose("metrics.per_class_acc=false"))) == plain
     assert run_id_of(resolve(compose("metrics.per_class_acc=true"))) != plain
+
+
+def test_a_transfer_set_of_two_classes_raises_every_omitted_class_by_one_bias(compose, teachers_dir, tmp_path):
+    """The paper's 'only 7s and 8s': one b added to the eight omitted classes (= lowering 7 and 8); errors on the
+    omitted classes equal the record's per-class accuracies weighted by their test counts."""
+    from kdbench.runner import load_data
+    from kdbench.train import run
+
+    res = tmp_path / "results"
+    rec = run(compose(*FAST, f"paths.teachers_dir={teachers_dir}", "student.kwargs.hidden=[32]",
+                      "experiment_name=o78", "dataset.train_exclude_classes=[0,1,2,3,4,5,6,9]",
+                      "metrics.per_class_acc=true", results=res))
+    out = tmp_path / "o" / "only78.csv"
+    assert omitted.main(["--experiment", "o78", "--results", str(res), "--only", "7,8", "--out", str(out)]) == 0
+    header, row = out.read_text().splitlines()
+    assert header == ",".join(omitted.COLUMNS_MANY)
+    r = dict(zip(omitted.COLUMNS_MANY, row.split(","), strict=True))
+    counts = torch.bincount(load_data(rec["config"]["dataset"]).test_y, minlength=10)
+    t = rec["metrics"]["last"]["test"]
+    want = sum((1 - t[f"acc_class_{c}"]) * int(counts[c]) for c in (0, 1, 2, 3, 4, 5, 6, 9))
+    assert abs(int(r["errors_on_omitted"]) - want) <= 8
+    assert "only 7s and 8s" in out.with_suffix(".md").read_text()
+    assert omitted.main(["--experiment", "o78", "--results", str(res), "--only", "7,x"]) == 2
