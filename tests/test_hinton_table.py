@@ -257,7 +257,7 @@ def test_the_paper_regime_rerun_goes_above_the_long_teacher_with_its_own_targets
                 r["experiment"] = exp
                 if exp == hinton.PAPER_EXPERIMENT:
                     r["config"]["trainer"] = {**r["config"].get("trainer", {}), "max_epochs": 60}
-                    r["dataset_info"] = {"sizes": {"train": 59000, "val": 1000, "test": N_TEST}}
+                    r["dataset_info"] = {"sizes": {"train": 60000, "test": N_TEST}, "val_size": 1000}
                 write_record(results / "runs" / exp / f"{r['run_id']}.json", r)
     assert hinton.main(["--results", str(results)]) == 0
     out = results / "hinton_mnist"

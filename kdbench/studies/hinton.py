@@ -472,8 +472,9 @@ def _regime_facts(study: Study) -> dict:
     rec = next(iter(study.complete), None)
     info = (rec or {}).get("dataset_info") or {}
     sizes = info.get("sizes") or {}
+    n_val = int(info.get("val_size") or 0)  # held out of the training split: sizes["train"] counts it
     return {"student_epochs": _cfg(rec, "trainer", "max_epochs", default="?") if rec else "?",
-            "n_train": int(sizes.get("train") or 0), "n_val": int(sizes.get("val") or 0)}
+            "n_train": int(sizes.get("train") or 0) - n_val, "n_val": n_val}
 
 
 def render_long(long: Study, short: Study | None, regime: Regime = REGIMES[0]) -> str:
@@ -552,20 +553,23 @@ def render_markdown(study: Study, long: Study | None = None, extra: dict | None 
     return "\n".join(parts)
 
 
-def omitted_section(csv: Path) -> str | None:
-    """The omitted-3 section (``omitted3.csv`` of :mod:`kdbench.studies.omitted`, which needs the students'
-    checkpoints, so the table keeps what that command computed), one level down; None without the file."""
-    from kdbench.studies.omitted import COLUMNS, summary_markdown
+def omitted_section(csv: Path, only: list[int] | None = None) -> str | None:
+    """An omitted-class section (``omitted3.csv``, or ``only78.csv`` with ``only=[7, 8]``, of
+    :mod:`kdbench.studies.omitted`, which needs the students' checkpoints, so the table keeps what that command
+    computed), one heading level down; None without the file."""
+    from kdbench.studies.omitted import COLUMNS, COLUMNS_MANY, summary_markdown
 
+    columns = COLUMNS_MANY if only else COLUMNS
     if not csv.is_file():
         return None
     lines = csv.read_text().splitlines()
-    if not lines or lines[0] != ",".join(COLUMNS):
+    if not lines or lines[0] != ",".join(columns):
         return None
-    rows = [dict(zip(COLUMNS, ln.split(","), strict=True)) for ln in lines[1:] if ln]
+    rows = [dict(zip(columns, ln.split(","), strict=True)) for ln in lines[1:] if ln]
     rows = [{**r, "seed": int(r["seed"])} for r in rows]
-    md = summary_markdown(rows, "hinton_omitted3")
-    return "#" + md.replace("\n# ", "\n## ") + "\nBuilt by `make reproduce-omitted3` (`python -m kdbench.studies.omitted`).\n"
+    md = summary_markdown(rows, "hinton_only78" if only else "hinton_omitted3", only)
+    make = "python -m kdbench.studies.omitted" + (" --experiment hinton_only78 --only 7,8" if only else "")
+    return "#" + md.replace("\n# ", "\n## ") + f"\nBuilt by `{make}`.\n"
 
 
 def _display_wall(wt):
@@ -665,7 +669,8 @@ def write_outputs(study: Study, out_dir: str | Path, long: Study | None = None,
     paths = write_text_files(out, {
         "marker": (STUDY_MARKER, "hinton: these tables are rendered by `python -m kdbench.studies.hinton`; the "
                                  "generic report writes into generic/ instead\n"),
-        "md": ("table.md", render_markdown(study, long, extra, omitted_section(out / "omitted3.csv"))),
+        "md": ("table.md", render_markdown(study, long, extra, "\n".join(
+            sec for sec in (omitted_section(out / "omitted3.csv"), omitted_section(out / "only78.csv", [7, 8])) if sec))),
         "tex": ("table.tex", render_latex(study)),
         "csv": ("table.csv", study.table.to_csv(index=False)), "tau_csv": ("tau_table.csv", study.tau.to_csv(index=False)),
     })
