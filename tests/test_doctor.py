@@ -222,7 +222,16 @@ def test_cli_exit_codes_and_json(capsys, tmp_path):
 
 
 def test_readme_shows_the_real_report():
+    """The README's report is the doctor's output for the lesson's loss. Residuals at float64 round-off
+    (below 1e-12: 3.6e-16 on one CPU, 2.8e-16 on another) are compared as such, not digit for digit."""
+    import re
+
     from kdbench.doctor import render
 
+    def roundoff(text: str) -> str:
+        return re.sub(r"\b\d\.\de-(1[3-9]|[2-9]\d)\b", "<round-off>", text)
+
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert render(diagnose(lesson())) in readme
+    report = render(diagnose(lesson()))
+    assert roundoff(report) in roundoff(readme)
+    assert "<round-off>" in roundoff(report)  # the lesson's residuals are round-off, on any CPU
