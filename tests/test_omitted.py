@@ -77,7 +77,7 @@ def test_omitted_class_runs_record_per_class_accuracy_and_the_study_tabulates_th
         t = rec["metrics"]["last"]["test"]
         per = [t[f"acc_class_{c}"] for c in range(10)]
         # the overall accuracy is the class-count-weighted mean of the per-class ones
-        assert sum(float(n) * a for n, a in zip(counts, per)) / float(counts.sum()) == pytest.approx(t["acc"], abs=1e-6)
+        assert sum(float(n) * a for n, a in zip(counts, per)) / float(counts.sum()) == pytest.approx(t["acc"], abs=1e-5)
         assert rec["dataset_info"]["transfer"]["excluded_classes"] == [3]
     from kdbench import report
 

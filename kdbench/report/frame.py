@@ -45,13 +45,6 @@ DEFAULT_METRICS = (
 #: shown only when the records hold them (records before temperature scaling do not)
 OPTIONAL_METRICS = ("last_test_ece_ts", "last_test_nll_ts", "last_test_ppl", "last_test_kl_to_true")
 GRID_COLS = ("variant", "distill_alpha", "distill_tau")
-
-
-def per_class_columns(columns: Iterable[str]) -> list[str]:
-    """The per-class test accuracies (``last_test_acc_class_<c>``, runs with ``metrics.per_class_acc=true``)
-    among ``columns``, by class id."""
-    found = [(int(m[1]), c) for c in columns if (m := re.fullmatch(r"last_test_acc_class_(\d+)", str(c)))]
-    return [c for _, c in sorted(found)]
 #: computational config keys that are not grouping columns because the table shows them already
 #: (the seed is what a group averages over; variant, α and τ have their own columns)
 SHOWN_ELSEWHERE = ("seed", "distill.variant", "distill.enabled", "distill.alpha", "distill.tau")
@@ -61,6 +54,13 @@ _VARIANT_ORDER = {"scratch": 0, "kd": 1}
 #: the difference columns of :func:`add_deltas`; each comes with ``_lo``, ``_hi`` (95 % interval, pp)
 #: and ``_paired`` (the two rows ran the same seeds: interval over the per-seed differences)
 DELTA_COLS = ("delta_vs_kd", "delta_vs_scratch")
+
+
+def per_class_columns(columns: Iterable[str]) -> list[str]:
+    """The per-class test accuracies (``last_test_acc_class_<c>``, runs with ``metrics.per_class_acc=true``)
+    among ``columns``, by class id."""
+    found = [(int(m[1]), c) for c in columns if (m := re.fullmatch(r"last_test_acc_class_(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
 
 
 class ReportError(KDBenchError):

@@ -23,6 +23,7 @@ changes nothing); the columns then say ``omitted`` for the class (``errors_on_om
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -42,6 +43,10 @@ COLUMNS_MANY = ("model", "seed", "errors", "errors_on_omitted", "bias", "errors_
                 "errors_on_omitted_adjusted")
 #: the bias grid (logit units): 0 (no correction) to 15 in steps of 0.05
 GRID = tuple(round(0.05 * i, 2) for i in range(301))
+
+
+#: the loaded data of each dataset config seen (one study reads one or two)
+_DATA: dict[str, object] = {}
 
 
 class StudyError(KDBenchError):
@@ -77,7 +82,10 @@ def _logits(rec: dict, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     from kdbench.runner import load_data
 
     conf = rec["config"]
-    data = load_data(conf["dataset"])
+    key = json.dumps(conf["dataset"], sort_keys=True, default=str)
+    if key not in _DATA:  # the runs of a study share their data: read it once
+        _DATA[key] = load_data(conf["dataset"])
+    data = _DATA[key]
     student = build_model(conf["student"]["arch"], data.num_classes, data.input_shape,
                           **(conf["student"].get("kwargs") or {}))
     state = torch.load(str(ckpt), map_location="cpu", weights_only=True)["state_dict"]
